@@ -130,6 +130,10 @@ class PeriodicRow(RowFamily):
     def keep_probability(self) -> float:
         return self.k / self.dp
 
+    @property
+    def scale(self) -> float:
+        return self.dp / self.k
+
     def pattern(self, offset: int) -> RowPattern:
         """The pattern for a given offset b in [0, dp)."""
         check_in_range("offset", offset, 0, self.dp - 1)
@@ -177,6 +181,10 @@ class BlockRow(RowFamily):
     def keep_probability(self) -> float:
         return self.keep / self.width
 
+    @property
+    def scale(self) -> float:
+        return self.width / self.keep
+
     def pattern(self, start: int) -> RowPattern:
         """The block that starts at unit ``start`` (wrapping around the end)."""
         check_in_range("start", start, 0, self.width - 1)
@@ -218,6 +226,10 @@ class RandomSubsetRow(RowFamily):
     @property
     def keep_probability(self) -> float:
         return self.keep / self.width
+
+    @property
+    def scale(self) -> float:
+        return self.width / self.keep
 
     def sample(self, generator: torch.Generator | None = None) -> RowPattern:
         kept = torch.randperm(self.width, generator=generator)[: self.keep].sort().values
