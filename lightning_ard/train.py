@@ -44,7 +44,9 @@ def instantiate_dict(node: DictConfig | None, what: str) -> list[Any]:
         return []
     if not isinstance(node, DictConfig):
         raise TypeError(f"{what} config must be a mapping of name -> config, got {type(node).__name__}")
-    return [hydra.utils.instantiate(conf) for conf in node.values() if isinstance(conf, DictConfig) and "_target_" in conf]
+    return [
+        hydra.utils.instantiate(conf) for conf in node.values() if isinstance(conf, DictConfig) and "_target_" in conf
+    ]
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:

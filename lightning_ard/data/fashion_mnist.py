@@ -53,7 +53,9 @@ def load_split(root: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor
     labels_path = find_file(root, labels_stem)
     labels = read_idx(labels_path, LABELS_MAGIC, (n,)).long()
     if labels.min() < 0 or labels.max() >= len(CLASSES):
-        raise ValueError(f"{labels_path}: labels must lie in [0, {len(CLASSES) - 1}], got [{labels.min()}, {labels.max()}]")
+        raise ValueError(
+            f"{labels_path}: labels must lie in [0, {len(CLASSES) - 1}], got [{labels.min()}, {labels.max()}]"
+        )
     return images, labels
 
 

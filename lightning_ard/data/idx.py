@@ -42,7 +42,9 @@ def _read_bytes(path: Path) -> bytes:
         with opener(path, "rb") as f:
             return f.read()
     except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError; a truncated gzip stream is an EOFError
-        raise IDXFormatError(f"{path}: cannot read the file ({err}); re-install it or point data.root elsewhere") from err
+        raise IDXFormatError(
+            f"{path}: cannot read the file ({err}); re-install it or point data.root elsewhere"
+        ) from err
 
 
 def read_idx(
@@ -76,7 +78,8 @@ def read_idx(
         raise IDXFormatError(f"{path}: file ends inside the header ({len(raw)} bytes, {ndim} dimensions)")
     shape = struct.unpack(f">{ndim}I", raw[4:header_len])
     if expected_shape is not None:
-        if len(expected_shape) != ndim or any(e is not None and e != s for e, s in zip(expected_shape, shape)):
+        same_rank = len(expected_shape) == ndim
+        if not same_rank or any(e is not None and e != s for e, s in zip(expected_shape, shape, strict=True)):
             raise IDXFormatError(f"{path}: shape {tuple(shape)}, expected {tuple(expected_shape)}")
     np_dtype, torch_dtype = _IDX_TYPES[type_code]
     itemsize = np.dtype(np_dtype).itemsize

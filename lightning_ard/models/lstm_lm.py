@@ -52,8 +52,12 @@ class LSTMLanguageModel(L.LightningModule):
         decay_after: int = 6,
     ) -> None:
         super().__init__()
-        for name, value in (("vocab_size", vocab_size), ("embed_dim", embed_dim), ("hidden_size", hidden_size),
-                            ("num_layers", num_layers)):
+        for name, value in (
+            ("vocab_size", vocab_size),
+            ("embed_dim", embed_dim),
+            ("hidden_size", hidden_size),
+            ("num_layers", num_layers),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 hint = " (the app fills it from the DataModule when it is null)" if name == "vocab_size" else ""
                 raise ValueError(f"model.{name} must be a positive integer, got {value!r}{hint}")
@@ -132,4 +136,3 @@ class LSTMLanguageModel(L.LightningModule):
         # Zaremba et al.: lr_epoch = lr * decay ** max(epoch + 1 - after, 0), epochs counted from 0.
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: decay ** max(epoch + 1 - after, 0))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
-

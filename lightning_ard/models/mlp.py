@@ -34,7 +34,7 @@ def build_mlp(
         raise ValueError(f"model.activation must be one of {list(ACTIVATIONS)}, got {activation!r}")
     layers: list[nn.Module] = []
     fan_in = input_dim
-    for width, p in zip(widths, dropout):
+    for width, p in zip(widths, dropout, strict=True):
         layers += [nn.Linear(fan_in, width), ACTIVATIONS[activation]()]
         if p > 0:
             layers.append(nn.Dropout(p))
@@ -132,4 +132,3 @@ class MLPClassifier(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
         return build_optimizer(self.parameters(), hp.optimizer, hp.lr, hp.momentum, hp.weight_decay)
-

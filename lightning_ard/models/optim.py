@@ -1,4 +1,4 @@
-"""Optimizer construction from plain settings, shared by the models (keeps hyper-parameters YAML- and checkpoint-friendly)."""
+"""Optimizers from plain settings, shared by the models (keeps hyper-parameters YAML- and checkpoint-friendly)."""
 
 from __future__ import annotations
 
