@@ -1,5 +1,8 @@
 """lightning_ard: Approximate Random Dropout for PyTorch Lightning."""
 
+from lightning_ard.callback import ApproximateDropout
+from lightning_ard.controller import ARDController
+
 from lightning_ard.patterns import (
     BlockRow,
     PatternDistribution,
@@ -12,6 +15,8 @@ from lightning_ard.patterns import (
 )
 
 __all__ = [
+    "ARDController",
+    "ApproximateDropout",
     "BlockRow",
     "PatternDistribution",
     "PatternSampler",

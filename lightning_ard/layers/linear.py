@@ -10,7 +10,10 @@ from lightning_ard.kernels.backend import Backend, get_backend
 from lightning_ard.layers._swap import revert_class, swap_class
 from lightning_ard.patterns import RowPattern, TilePattern
 
-_ATTRIBUTES = ("ard_in_pattern", "ard_out_pattern", "ard_tile_pattern", "ard_backend_name", "_ard_backends")
+_ATTRIBUTES = (
+    "ard_in_pattern", "ard_out_pattern", "ard_tile_pattern", "ard_backend_name", "_ard_backends", "ard_rows",
+    "ard_grad_input",
+)
 
 
 class ARDLinear(nn.Linear):
@@ -39,6 +42,7 @@ class ARDLinear(nn.Linear):
         get_backend(backend, layer.weight.device)  # validates the name (and a forced Triton) now
         layer.ard_backend_name = backend
         layer._ard_backends: dict[torch.device, Backend] = {}
+        layer.ard_rows, layer.ard_grad_input = 0, False
         layer.clear_patterns()
         return layer
 
@@ -85,6 +89,8 @@ class ARDLinear(nn.Linear):
         inp, out, tile = self.ard_in_pattern, self.ard_out_pattern, self.ard_tile_pattern
         if not self.training or (inp is None and out is None and tile is None):
             return F.linear(input, self.weight, self.bias)
+        self.ard_rows = input.numel() // max(input.shape[-1], 1)  # read by FLOP accounting
+        self.ard_grad_input = input.requires_grad
         backend = self.backend_for(input.device)
         if tile is not None:
             return backend.tile_linear(input, self.weight, self.bias, tile)

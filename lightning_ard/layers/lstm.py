@@ -43,12 +43,13 @@ class ARDLSTM(nn.LSTM):
             raise ValueError(f"ARDLSTM does not support proj_size > 0, got proj_size={lstm.proj_size}")
         swap_class(lstm, nn.LSTM, cls)
         layer: ARDLSTM = lstm  # type: ignore[assignment]
+        layer.ard_rows, layer.ard_grad_input = 0, False
         layer.clear_patterns()
         return layer
 
     def to_lstm(self) -> nn.LSTM:
         """Undo :meth:`from_lstm` in place."""
-        revert_class(self, nn.LSTM, ("ard_patterns",))
+        revert_class(self, nn.LSTM, ("ard_patterns", "ard_rows", "ard_grad_input"))
         return self
 
     def layer_input_size(self, layer: int) -> int:
@@ -104,6 +105,8 @@ class ARDLSTM(nn.LSTM):
             if not packed and not batched:
                 hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
             hx = self.permute_hidden(hx, sorted_indices)
+        self.ard_rows = x.numel() // max(x.shape[-1], 1)  # tokens (T·B), read by FLOP accounting
+        self.ard_grad_input = x.requires_grad
         hs, cs = [], []
         for layer, pattern in enumerate(self.ard_patterns):
             if pattern is not None:

@@ -1,0 +1,234 @@
+"""ARDController: ARD on a plain ``nn.Module`` (no Lightning): detect, swap, draw per step, account, restore.
+
+The Lightning callback drives one of these; a plain PyTorch loop (or the benchmark) can use it directly::
+
+    ctl = ARDController(model, pattern="row").apply()
+    for x, y in data:
+        ctl.step()                      # this step's patterns
+        loss_fn(model(x), y).backward()
+        opt.step(); opt.zero_grad()
+    ctl.restore()
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from lightning_ard._validate import check_choice, check_rate
+from lightning_ard.flops import linear_step_flops, lstm_layer_step_flops
+from lightning_ard.kernels.backend import BACKENDS
+from lightning_ard.layers import ARDLSTM, ARDLinear
+from lightning_ard.patterns import PatternDistribution, PatternSampler, RowPattern, TilePattern
+from lightning_ard.surgery import Site, SiteReport, Surgery, find_sites
+
+FAMILIES = ("row", "block", "random", "tile")
+
+
+@dataclass
+class _LinearPlan:
+    module: ARDLinear
+    in_site: str | None = None
+    out_site: str | None = None
+    tile_site: str | None = None
+
+
+@dataclass
+class _LSTMPlan:
+    module: ARDLSTM
+    layer_sites: list[str | None] = field(default_factory=list)
+
+
+def check_search(search: dict[str, Any] | None) -> dict[str, Any]:
+    """Validate a dict of search settings (names known to the search, no 'family')."""
+    if search is not None and not isinstance(search, dict):
+        raise ValueError(f"search must be a dict of search settings, got {search!r}")
+    search = dict(search or {})
+    if "family" in search:
+        raise ValueError("search must not set 'family'; choose the family with pattern=...")
+    from lightning_ard.search.settings import SearchSettings
+
+    unknown = set(search) - set(SearchSettings.names()) - {"method"}
+    if unknown:
+        raise ValueError(f"unknown search settings {sorted(unknown)}; allowed: {['method', *SearchSettings.names()]}")
+    return search
+
+
+class ARDController:
+    """Owns ARD for one model: site detection, per-site distributions, the swap, per-step patterns, FLOPs.
+
+    Args: as :class:`lightning_ard.ApproximateDropout` (pattern, p, search, include, exclude, sites, backend,
+    tile), plus ``seed`` (an int: the caller adds the rank).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        pattern: str = "row",
+        p: float | None = None,
+        search: dict[str, Any] | None = None,
+        include: list[str] | None = None,
+        exclude: list[str] | None = None,
+        sites: list[str] | None = None,
+        backend: str = "auto",
+        seed: int = 0,
+        tile: tuple[int, int] = (64, 64),
+    ) -> None:
+        check_choice("pattern", pattern, FAMILIES)
+        check_choice("backend", backend, BACKENDS)
+        if p is not None:
+            check_rate("p", p)
+        self.model = model
+        self.pattern, self.p, self.search = pattern, p, check_search(search)
+        self.include, self.exclude, self.sites = include, exclude, sites
+        self.backend, self.seed, self.tile = backend, seed, (int(tile[0]), int(tile[1]))
+        self.report: SiteReport = SiteReport()
+        self.distributions: dict[str, PatternDistribution] = {}
+        self.surgery: Surgery | None = None
+        self.sampler: PatternSampler | None = None
+        self.patterns: dict[str, RowPattern | TilePattern] = {}
+        self._linears: list[_LinearPlan] = []
+        self._lstms: list[_LSTMPlan] = []
+
+    @property
+    def active(self) -> bool:
+        """Whether ARD layers are in the model now."""
+        return self.surgery is not None
+
+    def apply(self) -> "ARDController":
+        """Detect sites, search each site's distribution and swap the modules (no-op when there is no site)."""
+        self.report = find_sites(self.model, self.p, self.include, self.exclude, self.sites)
+        if not self.report.sites:
+            return self
+        self.distributions = {site.name: self._distribution(site) for site in self.report.sites}
+        self.surgery = Surgery(self.model, self.report.sites, self.backend).apply()
+        self._plan()
+        self.sampler = PatternSampler(self.distributions, self.seed)
+        return self
+
+    def family_for(self, site: Site) -> str:
+        """The family a site uses: the chosen one, except row for LSTM sites under the tile family."""
+        if self.pattern == "tile" and site.kind not in ("consumer", "producer+consumer"):
+            return "row"
+        return self.pattern
+
+    def _distribution(self, site: Site) -> PatternDistribution:
+        from lightning_ard.search import search_distribution
+
+        family = self.family_for(site)
+        try:
+            if family == "tile":
+                consumer = self.model.get_submodule(site.consumer)
+                return search_distribution(
+                    site.p,
+                    site.width,
+                    "tile",
+                    shape=(consumer.out_features, consumer.in_features),
+                    tile=self.tile,
+                    **self.search,
+                )
+            return search_distribution(site.p, site.width, family, **self.search)
+        except ValueError as err:
+            raise ValueError(f"site {site.name!r} (p={site.p}, width={site.width}): {err}") from err
+
+    def _plan(self) -> None:
+        linears: dict[str, _LinearPlan] = {}
+        lstms: dict[str, _LSTMPlan] = {}
+        for site in self.report.sites:
+            module = self.model.get_submodule(site.consumer)
+            if isinstance(module, ARDLSTM):
+                plan = lstms.setdefault(site.consumer, _LSTMPlan(module, [None] * module.num_layers))
+                plan.layer_sites[site.consumer_layer] = site.name
+                continue
+            lplan = linears.setdefault(site.consumer, _LinearPlan(module))  # type: ignore[arg-type]
+            if self.family_for(site) == "tile":
+                lplan.tile_site = site.name
+                continue
+            lplan.in_site = site.name
+            if site.producer is not None:
+                producer = self.model.get_submodule(site.producer)
+                linears.setdefault(site.producer, _LinearPlan(producer)).out_site = site.name  # type: ignore[arg-type]
+        for name, plan in linears.items():
+            if plan.tile_site is not None and plan.out_site is not None:
+                plan.out_site = None  # a tile consumer computes all its outputs; the next site is consumer-only
+                for site in self.report.sites:
+                    if site.producer == name:
+                        site.producer, site.kind = None, "consumer"
+        self._linears, self._lstms = list(linears.values()), list(lstms.values())
+
+    def step(self) -> dict[str, RowPattern | TilePattern]:
+        """Draw this step's pattern for every site and set it on the layers; returns the patterns."""
+        if self.surgery is None or self.sampler is None:
+            return {}
+        pats = self.patterns = self.sampler.draw()
+        for plan in self._linears:
+            if plan.tile_site is not None:
+                plan.module.set_patterns(tile_pattern=pats[plan.tile_site])  # type: ignore[arg-type]
+            else:
+                plan.module.set_patterns(
+                    in_pattern=pats[plan.in_site] if plan.in_site else None,  # type: ignore[arg-type]
+                    out_pattern=pats[plan.out_site] if plan.out_site else None,  # type: ignore[arg-type]
+                )
+        for lplan in self._lstms:
+            lplan.module.set_patterns([pats[s] if s else None for s in lplan.layer_sites])  # type: ignore[misc]
+        for drop in self.surgery.dropouts.values():
+            drop.ard_calls = 0
+        self.surgery.enable(True)
+        return pats
+
+    def check_calls(self) -> None:
+        """Raise if a swapped dropout ran a different number of times than it has sites (since :meth:`step`)."""
+        if self.surgery is None:
+            return
+        for path, drop in self.surgery.dropouts.items():
+            expected = self.surgery.dropout_uses[path]
+            if drop.ard_calls != expected:
+                raise RuntimeError(
+                    f"dropout {path!r} ran {drop.ard_calls} times in this training step but {expected} site(s) "
+                    f"were proven; an unproven use would lose its dropout. Exclude it with exclude=[{path!r}]"
+                )
+
+    def layer_flops(self) -> dict[str, tuple[int, int]]:
+        """(dense, executed) FLOPs of the last step per ARD layer path (forward + backward products)."""
+        out: dict[str, tuple[int, int]] = {}
+        if self.surgery is None:
+            return out
+        for path, lin in self.surgery.linears.items():
+            rows, grad_in = lin.ard_rows, lin.ard_grad_input
+            dense = linear_step_flops(rows, lin.out_features, lin.in_features, grad_in)
+            if lin.ard_tile_pattern is not None:
+                executed = round(dense * lin.ard_tile_pattern.keep_fraction)
+            else:
+                ko = lin.ard_out_pattern.num_kept if lin.ard_out_pattern is not None else lin.out_features
+                ki = lin.ard_in_pattern.num_kept if lin.ard_in_pattern is not None else lin.in_features
+                executed = linear_step_flops(rows, ko, ki, grad_in)
+            out[path] = (dense, executed)
+        for path, lstm in self.surgery.lstms.items():
+            dirs = 2 if lstm.bidirectional else 1
+            dense = executed = 0
+            for layer, pat in enumerate(lstm.ard_patterns):
+                width = lstm.layer_input_size(layer)
+                grad_in = layer > 0 or lstm.ard_grad_input
+                dense += lstm_layer_step_flops(lstm.ard_rows, width, lstm.hidden_size, dirs, grad_in)
+                kept = pat.num_kept if pat is not None else width
+                executed += lstm_layer_step_flops(lstm.ard_rows, kept, lstm.hidden_size, dirs, grad_in)
+            out[path] = (dense, executed)
+        return out
+
+    def site_flops(self, layer_flops: dict[str, tuple[int, int]], site: Site) -> tuple[int, int]:
+        """(dense, executed) FLOPs of the layers a site touches (its consumer and producer)."""
+        layers = [p for p in (site.consumer, site.producer) if p is not None]
+        return sum(layer_flops[p][0] for p in layers), sum(layer_flops[p][1] for p in layers)
+
+    def clear(self) -> None:
+        """Keep the ARD layers but remove patterns: the model acts as the plain one."""
+        if self.surgery is not None:
+            self.surgery.clear()
+
+    def restore(self) -> None:
+        """Give the plain modules back (same Parameters, trained values)."""
+        if self.surgery is not None:
+            self.surgery.restore()
+            self.surgery = None

@@ -1,0 +1,281 @@
+"""The ApproximateDropout callback in real Lightning fits: sites, swap/restore, logging, resume, precision."""
+
+import glob
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_ard import ApproximateDropout
+from lightning_ard.layers import ARDLinear
+
+
+class MLP(pl.LightningModule):
+    def __init__(self, widths=(20, 64, 64, 5), p=0.5) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i in range(len(widths) - 2):
+            layers += [nn.Linear(widths[i], widths[i + 1]), nn.ReLU(), nn.Dropout(p)]
+        layers.append(nn.Linear(widths[-2], widths[-1]))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class Functional(MLP):
+    """Functional forward and one Dropout module used at two places."""
+
+    def __init__(self) -> None:
+        pl.LightningModule.__init__(self)
+        self.a, self.b, self.c = nn.Linear(20, 32), nn.Linear(32, 32), nn.Linear(32, 5)
+        self.drop = nn.Dropout(0.4)
+
+    def forward(self, x):
+        h = self.drop(F.relu(self.a(x)))
+        h = self.drop(torch.tanh(self.b(h)))
+        return self.c(F.relu(h))
+
+
+class NoSites(MLP):
+    def __init__(self) -> None:
+        pl.LightningModule.__init__(self)
+        self.net = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 5))
+
+
+class LSTMLM(pl.LightningModule):
+    """Zaremba-style: embedding dropout, nn.LSTM(dropout), dropout before the decoder."""
+
+    def __init__(self, vocab=50, hidden=24, p=0.5) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, hidden)
+        self.drop = nn.Dropout(p)
+        self.lstm = nn.LSTM(hidden, hidden, 2, dropout=p, batch_first=True)
+        self.decoder = nn.Linear(hidden, vocab)
+
+    def forward(self, x):
+        out, _ = self.lstm(self.drop(self.emb(x)))
+        return self.decoder(self.drop(out))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x).flatten(0, 1), y.flatten())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.5)
+
+
+def _data(n=64, batch=16):
+    g = torch.Generator().manual_seed(0)
+    ds = TensorDataset(torch.randn(n, 20, generator=g), torch.randint(0, 5, (n,), generator=g))
+    return DataLoader(ds, batch_size=batch)
+
+
+def _lm_data():
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 50, (32, 9), generator=g)
+    return DataLoader(TensorDataset(tokens[:, :-1], tokens[:, 1:]), batch_size=8)
+
+
+def _trainer(tmp_path, cb, **kw):
+    args = dict(
+        max_steps=4, logger=TensorBoardLogger(str(tmp_path), name="tb"), log_every_n_steps=1, enable_progress_bar=False,
+        enable_checkpointing=False, enable_model_summary=False, accelerator="cpu", devices=1,
+        limit_val_batches=0, callbacks=[cb] if cb else [],
+    )
+    args.update(kw)
+    return pl.Trainer(**args)
+
+
+def _scalars(tmp_path):
+    files = glob.glob(str(tmp_path / "tb" / "**" / "events.out.tfevents.*"), recursive=True)
+    acc = EventAccumulator(files[0])
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_mlp_fit_logs_and_restores(tmp_path) -> None:
+    pl.seed_everything(0)
+    model = MLP()
+    params = [id(p) for p in model.parameters()]
+    keys = list(model.state_dict())
+    cb = ApproximateDropout(pattern="row", measure_speedup=True)
+    _trainer(tmp_path, cb).fit(model, _data())
+    assert [type(m) for m in model.net] == [nn.Linear, nn.ReLU, nn.Dropout] * 2 + [nn.Linear]
+    assert [id(p) for p in model.parameters()] == params and list(model.state_dict()) == keys
+    sites = [s.name for s in cb.controller.report.sites]
+    assert sites == ["net.2", "net.5"]
+    assert [s.kind for s in cb.controller.report.sites] == ["producer+consumer"] * 2
+    scalars = _scalars(tmp_path)
+    for site in sites:
+        keep = scalars[f"ard/{site}/keep_fraction"]
+        assert len(keep) == 4 and all(0 < k <= 1 for k in keep)
+        assert all(0 <= v < 1 for v in scalars[f"ard/{site}/flops_saved"])
+        assert all(v > 0 for v in scalars[f"ard/{site}/speedup_measured"])
+    assert all(0 < v < 1 for v in scalars["ard/flops_saved"])
+    total = scalars["ard/tflops_saved_total"]
+    assert total == sorted(total) and total[-1] > 0
+    assert all(v > 0 for v in scalars["ard/speedup_estimate"])
+
+
+def test_flop_accounting_matches_flop_counter(tmp_path) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lightning_ard.controller import ARDController
+
+    torch.manual_seed(0)
+    model = MLP().net
+    x, y = torch.randn(16, 20), torch.randint(0, 5, (16,))
+    with FlopCounterMode(display=False) as dense_count:
+        F.cross_entropy(model(x), y).backward()
+    ctl = ARDController(model, pattern="row").apply()
+    ctl.step()
+    with FlopCounterMode(display=False) as ard_count:
+        F.cross_entropy(model(x), y).backward()
+    layer = ctl.layer_flops()
+    assert sum(d for d, _ in layer.values()) == dense_count.get_total_flops()
+    assert sum(e for _, e in layer.values()) == ard_count.get_total_flops()
+    assert ard_count.get_total_flops() < dense_count.get_total_flops()
+    ctl.restore()
+
+
+def test_functional_forward_and_reused_dropout(tmp_path) -> None:
+    pl.seed_everything(0)
+    model = Functional()
+    cb = ApproximateDropout(measure_speedup=False)
+    _trainer(tmp_path, cb).fit(model, _data())
+    sites = {s.name: s for s in cb.controller.report.sites}
+    assert set(sites) == {"drop->b", "drop->c"}
+    assert sites["drop->b"].producer == "a" and sites["drop->c"].producer == "b"
+    assert type(model.drop) is nn.Dropout and type(model.a) is nn.Linear
+    assert "ard/drop->b/keep_fraction" in _scalars(tmp_path)
+
+
+def test_lstm_language_model_sites_and_training(tmp_path) -> None:
+    pl.seed_everything(0)
+    model = LSTMLM()
+    before = model.lstm.weight_ih_l1.detach().clone()
+    cb = ApproximateDropout(measure_speedup=True)
+    _trainer(tmp_path, cb).fit(model, _lm_data())
+    kinds = {s.name: s.kind for s in cb.controller.report.sites}
+    assert kinds == {"drop->lstm": "lstm-input", "drop->decoder": "consumer", "lstm.l1": "lstm-inter"}
+    assert type(model.lstm) is nn.LSTM
+    assert not torch.equal(before, model.lstm.weight_ih_l1)
+    scalars = _scalars(tmp_path)
+    assert 0 < scalars["ard/flops_saved"][-1] < 1
+    assert "ard/lstm.l1/speedup_measured" in scalars
+
+
+def test_no_sites_warns_and_trains_unchanged(tmp_path) -> None:
+    pl.seed_everything(0)
+    plain = NoSites()
+    _trainer(tmp_path / "a", None).fit(plain, _data())
+    pl.seed_everything(0)
+    model = NoSites()
+    with pytest.warns(UserWarning, match="ApproximateDropout found no dropout site"):
+        _trainer(tmp_path / "b", ApproximateDropout()).fit(model, _data())
+    for a, b in zip(plain.parameters(), model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_resume_reproduces_uninterrupted_fit(tmp_path) -> None:
+    def fit(epochs, ckpt=None, save=None):
+        pl.seed_everything(0)
+        model = MLP()
+        cb = ApproximateDropout(seed=3, measure_speedup=False)
+        trainer = _trainer(tmp_path, cb, max_steps=-1, max_epochs=epochs, logger=False)
+        trainer.fit(model, _data(), ckpt_path=ckpt)
+        if save:
+            trainer.save_checkpoint(save)
+        return model
+
+    # stop at an epoch boundary so that Lightning replays the same data order too
+    full = fit(2)
+    fit(1, save=tmp_path / "half.ckpt")
+    resumed = fit(2, ckpt=str(tmp_path / "half.ckpt"))
+    for a, b in zip(full.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_gradient_accumulation_and_bf16(tmp_path) -> None:
+    pl.seed_everything(0)
+    model = MLP()
+    cb = ApproximateDropout(measure_speedup=False)
+    trainer = _trainer(tmp_path, cb, max_steps=2, accumulate_grad_batches=2, precision="bf16-mixed")
+    trainer.fit(model, _data())
+    assert cb.controller.sampler.steps == 4  # a new pattern per micro-batch
+
+
+def test_validation_runs_dense_model(tmp_path) -> None:
+    class Check(MLP):
+        def validation_step(self, batch, batch_idx):
+            x, _ = batch
+            assert isinstance(self.net[0], ARDLinear) and not self.training
+            self.net.eval()
+            plain = x
+            for m in self.net:
+                plain = F.linear(plain, m.weight, m.bias) if isinstance(m, nn.Linear) else m(plain)
+            torch.testing.assert_close(self(x), plain)
+
+    pl.seed_everything(0)
+    _trainer(tmp_path, ApproximateDropout(measure_speedup=False), limit_val_batches=1, val_check_interval=2).fit(
+        Check(), _data(), _data()
+    )
+
+
+def test_keep_ard_layers_and_restore_on_exception(tmp_path) -> None:
+    model = MLP()
+    _trainer(tmp_path, ApproximateDropout(restore_on_fit_end=False, measure_speedup=False)).fit(model, _data())
+    assert isinstance(model.net[0], ARDLinear) and model.net[0].ard_in_pattern is None
+    model.train()
+    assert model(torch.randn(3, 20)).shape == (3, 5)
+
+    class Boom(MLP):
+        def training_step(self, batch, batch_idx):
+            if batch_idx == 1:
+                raise RuntimeError("boom")
+            return super().training_step(batch, batch_idx)
+
+    boom = Boom()
+    with pytest.raises(RuntimeError, match="boom"):
+        _trainer(tmp_path, ApproximateDropout(measure_speedup=False)).fit(boom, _data())
+    assert type(boom.net[0]) is nn.Linear and type(boom.net[2]) is nn.Dropout
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(pattern="diagonal"), r"pattern must be one of \['row', 'block', 'random', 'tile'\], got 'diagonal'"),
+        (dict(p=1.2), r"p must be in \[0, 1\), got 1.2"),
+        (dict(backend="cuda"), "backend must be one of"),
+        (dict(seed="x"), "seed must be an integer or None"),
+        (dict(include="net.*"), "include must be a list of strings"),
+        (dict(search={"dp_maxx": 3}), r"unknown search settings \['dp_maxx'\]"),
+        (dict(tile=(0, 4)), "tile must be a pair of positive integers"),
+    ],
+)
+def test_bad_arguments(kwargs, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        ApproximateDropout(**kwargs)
+
+
+def test_unreachable_rate_names_site(tmp_path) -> None:
+    cb = ApproximateDropout(p=0.9, search={"dp_max": 2}, measure_speedup=False)
+    with pytest.raises(ValueError, match="site 'net.2'"):
+        _trainer(tmp_path, cb).fit(MLP(), _data())
