@@ -95,9 +95,16 @@ def _lm_data():
 
 def _trainer(tmp_path, cb, **kw):
     args = dict(
-        max_steps=4, logger=TensorBoardLogger(str(tmp_path), name="tb"), log_every_n_steps=1, enable_progress_bar=False,
-        enable_checkpointing=False, enable_model_summary=False, accelerator="cpu", devices=1,
-        limit_val_batches=0, callbacks=[cb] if cb else [],
+        max_steps=4,
+        logger=TensorBoardLogger(str(tmp_path), name="tb"),
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+        limit_val_batches=0,
+        callbacks=[cb] if cb else [],
     )
     args.update(kw)
     return pl.Trainer(**args)

@@ -136,14 +136,20 @@ def test_lstm_matches_masked_layer_by_layer(data, bidirectional, batch_first, la
     dt = torch.float64
     gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
     n_in, hidden = data.draw(st.integers(1, 12)), data.draw(st.integers(1, 9))
-    lstm = nn.LSTM(n_in, hidden, layers, batch_first=batch_first, bidirectional=bidirectional, dropout=0.3 if layers > 1 else 0.0).to(dt)
+    lstm = nn.LSTM(
+        n_in, hidden, layers, batch_first=batch_first, bidirectional=bidirectional, dropout=0.3 if layers > 1 else 0.0
+    ).to(dt)
     state = {k: v.clone() for k, v in lstm.state_dict().items()}
     layer = ARDLSTM.from_lstm(lstm)
     pats = []
     for i in range(layers):
         width = layer.layer_input_size(i)
         use = data.draw(st.booleans()) or i > 0
-        pats.append(_row_family(data.draw(st.sampled_from(["periodic", "random"])), width, data.draw).sample(gen) if use else None)
+        pats.append(
+            _row_family(data.draw(st.sampled_from(["periodic", "random"])), width, data.draw).sample(gen)
+            if use
+            else None
+        )
     layer.set_patterns(pats)
     x = torch.randn(4, 3, n_in, dtype=dt, generator=gen, requires_grad=True)
     y, (h, c) = layer(x)
@@ -153,7 +159,6 @@ def test_lstm_matches_masked_layer_by_layer(data, bidirectional, batch_first, la
     # reference: one plain single-layer LSTM per layer on the masked input
     xr = x.detach().clone().requires_grad_(True)
     inp, hs, cs, subs = xr, [], [], []
-    dirs = 2 if bidirectional else 1
     for i, pat in enumerate(pats):
         if pat is not None:
             inp = inp * pat.mask(dt)

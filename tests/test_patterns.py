@@ -38,7 +38,13 @@ def test_periodic_row_rule_and_counts(width: int, data: st.DataObject) -> None:
 
 @pytest.mark.parametrize(
     "family",
-    [PeriodicRow(37, 3), PeriodicRow(37, 5, 2), BlockRow(37, 12), RandomSubsetRow(37, 20), PeriodicTile(45, 70, 3, 1, (8, 16))],
+    [
+        PeriodicRow(37, 3),
+        PeriodicRow(37, 5, 2),
+        BlockRow(37, 12),
+        RandomSubsetRow(37, 20),
+        PeriodicTile(45, 70, 3, 1, (8, 16)),
+    ],
     ids=repr,
 )
 def test_drop_frequency_within_4_sigma(family) -> None:

@@ -11,7 +11,12 @@ from lightning_ard.layers._swap import revert_class, swap_class
 from lightning_ard.patterns import RowPattern, TilePattern
 
 _ATTRIBUTES = (
-    "ard_in_pattern", "ard_out_pattern", "ard_tile_pattern", "ard_backend_name", "_ard_backends", "ard_rows",
+    "ard_in_pattern",
+    "ard_out_pattern",
+    "ard_tile_pattern",
+    "ard_backend_name",
+    "_ard_backends",
+    "ard_rows",
     "ard_grad_input",
 )
 
@@ -61,16 +66,15 @@ class ARDLinear(nn.Linear):
         if in_pattern is not None and in_pattern.width != self.in_features:
             raise ValueError(f"in_pattern width {in_pattern.width} does not match in_features={self.in_features}")
         if out_pattern is not None and out_pattern.width != self.out_features:
-            raise ValueError(
-                f"out_pattern width {out_pattern.width} does not match out_features={self.out_features}"
-            )
+            raise ValueError(f"out_pattern width {out_pattern.width} does not match out_features={self.out_features}")
         if tile_pattern is not None:
             if in_pattern is not None or out_pattern is not None:
                 raise ValueError("tile_pattern cannot be combined with in_pattern/out_pattern on one layer")
             shape = (tile_pattern.out_features, tile_pattern.in_features)
             if shape != (self.out_features, self.in_features):
                 raise ValueError(
-                    f"tile_pattern shape {shape} does not match the weight shape {(self.out_features, self.in_features)}"
+                    f"tile_pattern shape {shape} does not match the weight shape "
+                    f"{(self.out_features, self.in_features)}"
                 )
         self.ard_in_pattern, self.ard_out_pattern, self.ard_tile_pattern = in_pattern, out_pattern, tile_pattern
 
