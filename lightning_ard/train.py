@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 if TYPE_CHECKING:
     import lightning as L
+    from lightning.pytorch.loggers import Logger
 
 ARD_APP_KEYS = ("enabled",)
 """Keys of the ``ard`` config node that the app reads; all others are ApproximateDropout arguments."""
@@ -34,7 +36,10 @@ def ard_enabled(cfg: DictConfig) -> bool:
 
 def instantiate_ard(ard_cfg: DictConfig) -> L.Callback:
     """The ``ApproximateDropout`` callback of an ``ard`` config node (its app-only keys removed)."""
-    node = OmegaConf.masked_copy(ard_cfg, [k for k in ard_cfg if k not in ARD_APP_KEYS])
+    node = OmegaConf.to_container(ard_cfg, resolve=True)  # resolve first: ${seed} points outside the node
+    assert isinstance(node, dict)
+    for key in ARD_APP_KEYS:
+        node.pop(key, None)
     return hydra.utils.instantiate(node)
 
 
@@ -53,7 +58,7 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     """Step timer first (its start hook must run before the others), then ARD, then ``cfg.callbacks``."""
     from lightning_ard.timing import StepTimer
 
-    callbacks: list[L.Callback] = [StepTimer(warmup_steps=int(cfg.get("timing_warmup_steps", 5)))]
+    callbacks: list[L.Callback] = [StepTimer(warmup_steps=int(cfg.get("timing", {}).get("warmup_steps", 5)))]
     if ard_enabled(cfg):
         callbacks.append(instantiate_ard(cfg.ard))
     callbacks.extend(instantiate_dict(cfg.get("callbacks"), "callbacks"))
@@ -100,31 +105,52 @@ def print_summary(metrics: dict[str, float], log_dir: str | None, output_dir: st
 def route_lightning_logs() -> None:
     """Send Lightning's log records through the root logger only (Hydra's console and ``<run dir>/train.log``).
 
-    The ``lightning`` package attaches its own console handler; under Hydra's root handler every line would
-    otherwise be printed twice.
+    The ``lightning`` packages attach their own console handlers when imported before Hydra configures logging;
+    lines would then be printed twice, or miss the run's log file.
     """
-    if logging.getLogger().hasHandlers():
-        lightning_logger = logging.getLogger("lightning")
-        for handler in list(lightning_logger.handlers):
+    if not logging.getLogger().handlers:
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
             if type(handler) is logging.StreamHandler:
-                lightning_logger.removeHandler(handler)
+                logger.removeHandler(handler)
+        logger.propagate = True
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Build everything from ``cfg``, fit, test; returns the final metrics (fit and test) as floats."""
+@dataclass
+class Run:
+    """Everything one run needs, built from the config but not started."""
+
+    datamodule: L.LightningDataModule
+    model: L.LightningModule
+    callbacks: list[L.Callback]
+    loggers: list[Logger]
+    trainer: L.Trainer
+
+
+def build(cfg: DictConfig) -> Run:
+    """Seed, then instantiate callbacks, DataModule, model, loggers and Trainer from ``cfg`` (nothing runs yet)."""
     import lightning as L
 
     route_lightning_logs()
-
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
-
-    # Callbacks first: a bad ard.p fails with the callback's own message before data is loaded.
+    if cfg.get("test_weights", "best") not in ("best", "final"):
+        raise ValueError(f"test_weights must be 'best' or 'final', got {cfg.test_weights!r}")
+    # Callbacks first: a bad ard.p fails with the callback's own message before any data is read.
     callbacks = build_callbacks(cfg)
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
     model = build_model(cfg, datamodule)
     loggers = instantiate_dict(cfg.get("logger"), "logger")
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return Run(datamodule, model, callbacks, loggers, trainer)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Build everything from ``cfg``, fit, test; returns the final metrics (fit and test) as floats."""
+    run = build(cfg)
+    trainer, model, datamodule = run.trainer, run.model, run.datamodule
 
     trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = _scalars(trainer.callback_metrics)
@@ -133,8 +159,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         ckpt_path = None
         if cfg.get("test_weights", "best") == "best" and trainer.checkpoint_callback is not None:
             ckpt_path = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
-        elif cfg.get("test_weights", "best") not in ("best", "final"):
-            raise ValueError(f"test_weights must be 'best' or 'final', got {cfg.test_weights!r}")
         trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
         metrics.update(_scalars(trainer.callback_metrics))
 

@@ -87,7 +87,9 @@ class Vocabulary:
     def build(cls, tokens: Iterable[str], max_size: int | None = None) -> Vocabulary:
         """The ``max_size`` most frequent tokens, ``<unk>`` and ``<eos>`` counted in; the rest map to ``<unk>``."""
         if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 3):
-            raise ValueError(f"vocab_size must be an integer >= 3 (room for <unk>, <eos> and a word), got {max_size!r}")
+            raise ValueError(
+                f"max_vocab_size must be an integer >= 3 (room for <unk>, <eos> and a word), got {max_size!r}"
+            )
         counts = Counter(tokens)
         counts.pop(UNK, None)
         counts.pop(EOS, None)

@@ -3,7 +3,7 @@
 With ``root`` set it reads ``ptb.train.txt``, ``ptb.valid.txt`` and ``ptb.test.txt`` from that folder (the
 layout of Mikolov's PTB release, also used by many other corpora). With ``root=None`` it uses the embedded corpus
 of :func:`lightning_ard.data.corpus.embedded_corpus`, split train/valid/test, so the app runs without downloads.
-The vocabulary comes from the training split only and is capped at ``vocab_size`` (rarer words become ``<unk>``).
+The vocabulary comes from the training split only and is capped at ``max_vocab_size`` (rarer words become ``<unk>``).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class PTBDataModule(L.LightningDataModule):
         batch_size: number of parallel streams in training (Zaremba et al.: 20).
         eval_batch_size: streams for validation and test (``None``: same as ``batch_size``).
         bptt: truncated-BPTT window length, the number of unrolled steps (Zaremba et al.: 35).
-        vocab_size: cap on the vocabulary, ``<unk>`` and ``<eos>`` included (``None``: every training word).
+        max_vocab_size: cap on the vocabulary, ``<unk>`` and ``<eos>`` included (``None``: every training word).
         split: train/valid/test fractions of the embedded corpus (ignored when ``root`` is set).
         num_workers: DataLoader workers (windows are slices of an in-memory tensor; 0 is best).
     """
@@ -51,7 +51,7 @@ class PTBDataModule(L.LightningDataModule):
         batch_size: int = 20,
         eval_batch_size: int | None = None,
         bptt: int = 35,
-        vocab_size: int | None = 10_000,
+        max_vocab_size: int | None = 10_000,
         split: tuple[float, float, float] = (0.8, 0.1, 0.1),
         num_workers: int = 0,
     ) -> None:
@@ -64,7 +64,7 @@ class PTBDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.bptt = bptt
-        self.max_vocab = vocab_size
+        self.max_vocab = max_vocab_size
         self.split = tuple(split)
         self.num_workers = num_workers
         self.vocab: Vocabulary | None = None

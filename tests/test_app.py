@@ -1,0 +1,194 @@
+"""The Hydra app: every config composes and instantiates, bad input fails with a useful message, a multirun sweep
+runs from the command line, and the report turns it into a table, a CSV and a plot."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import DictConfig
+
+import lightning_ard.conf
+from lightning_ard.report import main as report_main
+from lightning_ard.report import read_scalars
+from lightning_ard.timing import StepTimer
+from lightning_ard.train import ard_enabled, build, objective, train
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = Path(lightning_ard.conf.__file__).parent
+GROUPS = ("data", "model", "ard", "ard/search", "trainer", "logger", "callbacks", "experiment")
+# Small, fast settings for runs inside tests (the real experiments are minutes long).
+FAST = ["model.widths=[32]", "data.eval_batch_size=500"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose_cfg(overrides: list[str], output_dir: Path) -> DictConfig:
+    """The app's config as ``python -m lightning_ard.train <overrides>`` composes it, writing into output_dir."""
+    with initialize_config_module("lightning_ard.conf", version_base="1.3"):
+        return compose("config", overrides=[f"paths.output_dir={output_dir}", *overrides])
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_every_group_has_the_documented_options() -> None:
+    assert set(options("ard")) == {"row", "block", "random", "tile", "dropout"}
+    assert set(options("ard/search")) == {"sgd", "exact"}
+    assert {"mlp", "lstm_lm"} <= set(options("model")) and {"fashion_mnist", "ptb"} <= set(options("data"))
+    assert {"cpu", "gpu", "ddp"} <= set(options("trainer")) and "tensorboard" in options("logger")
+    assert {"mlp_fashion", "lstm_ptb", "paper_mlp", "paper_lstm"} <= set(options("experiment"))
+
+
+CASES = [(g, o) for g in GROUPS for o in options(g)]
+
+
+@pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
+def test_every_config_composes_and_instantiates(group: str, option: str, tmp_path: Path) -> None:
+    overrides = [f"{group}={option}"]
+    if group == "model" and option == "lstm_lm":
+        overrides.append("data=ptb")
+    if group == "data" and option == "ptb":
+        overrides.append("model=lstm_lm")
+    if group in ("trainer", "experiment") and not torch.cuda.is_available():
+        overrides.append("trainer.accelerator=cpu")  # gpu/ddp configs still instantiate on a CPU-only machine
+    cfg = compose_cfg(overrides, tmp_path)
+    run = build(cfg)
+    assert isinstance(run.callbacks[0], StepTimer)
+    names = [type(c).__name__ for c in run.callbacks]
+    assert ("ApproximateDropout" in names) == ard_enabled(cfg)
+    if ard_enabled(cfg):
+        ard = next(c for c in run.callbacks if type(c).__name__ == "ApproximateDropout")
+        assert ard.pattern == cfg.ard.pattern and ard.p == cfg.ard.p and ard.seed == cfg.seed
+    dropout = [m.p for m in run.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropout and all(p == cfg.ard.p for p in dropout)  # the model's rate follows ard.p
+    assert run.trainer.callbacks[0] is run.callbacks[0]
+    if cfg.get("logger"):
+        assert run.trainer.log_dir is not None and Path(run.trainer.log_dir).is_relative_to(tmp_path)
+
+
+def test_defaults_and_baseline_switch(tmp_path: Path) -> None:
+    cfg = compose_cfg([], tmp_path)
+    assert (cfg.data._target_, cfg.model._target_, cfg.ard.pattern) == (
+        "lightning_ard.data.FashionMNISTDataModule", "lightning_ard.models.MLPClassifier", "row"
+    )  # fmt: skip
+    assert ard_enabled(cfg)
+    assert not ard_enabled(compose_cfg(["ard.enabled=false"], tmp_path))
+    assert not ard_enabled(compose_cfg(["ard=dropout"], tmp_path))
+    paper = compose_cfg(["experiment=paper_lstm"], tmp_path)
+    assert (paper.model.hidden_size, paper.model.num_layers, paper.data.bptt, paper.data.batch_size) == (650, 2, 35, 20)
+    assert compose_cfg(["experiment=paper_mlp"], tmp_path).model.widths == [2048, 2048]
+
+
+def test_objective_returns_the_monitored_metric(tmp_path: Path) -> None:
+    cfg = compose_cfg([], tmp_path)
+    assert objective(cfg, {"val/acc": 0.75, "val/loss": 1.0}) == 0.75
+    assert objective(cfg, {"val/loss": 1.0}) is None
+
+
+# --- bad input ----------------------------------------------------------------------------------------------------
+
+
+def test_unknown_key_or_option_fails_with_hydras_message(tmp_path: Path) -> None:
+    with pytest.raises(ConfigCompositionException, match="Could not override 'model.no_such_key'"):
+        compose_cfg(["model.no_such_key=1"], tmp_path)
+    with pytest.raises(MissingConfigException, match="Could not find 'ard/nope'"):
+        compose_cfg(["ard=nope"], tmp_path)
+    result = cli("-m", "lightning_ard.train", "trainer.no_such_arg=1")
+    assert result.returncode != 0
+    assert "Could not override 'trainer.no_such_arg'" in result.stderr
+    assert "Key 'no_such_arg' is not in struct" in result.stderr
+
+
+def test_missing_data_dir_names_path_package_and_override(tmp_path: Path) -> None:
+    missing = tmp_path / "no-fashion-here"
+    cfg = compose_cfg([f"data.root={missing}", "ard.enabled=false", "trainer.fast_dev_run=true"], tmp_path)
+    with pytest.raises(FileNotFoundError) as info:
+        train(cfg)
+    message = str(info.value)
+    assert str(missing) in message and "dataset-fashion-mnist" in message and "data.root=" in message
+
+
+def test_bad_rate_fails_before_training_with_the_callbacks_message(tmp_path: Path) -> None:
+    cfg = compose_cfg(["ard.p=1.5", "trainer.fast_dev_run=true"], tmp_path)
+    with pytest.raises(Exception, match=r"p must be in \[0, 1\), got 1.5"):
+        train(cfg)
+    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "tensorboard").exists()
+
+
+# --- runs ---------------------------------------------------------------------------------------------------------
+
+
+def test_train_in_process_writes_metrics_and_tensorboard(tmp_path: Path) -> None:
+    cfg = compose_cfg(
+        [*FAST, "ard=row", "ard.p=0.3", "trainer.max_epochs=1", "trainer.limit_train_batches=6",
+         "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "trainer.log_every_n_steps=1",
+         "trainer.enable_progress_bar=false", "timing.warmup_steps=1"],
+        tmp_path,
+    )  # fmt: skip
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test/acc"] <= 1.0 and metrics["time/step_ms_median"] > 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["test/acc"] == pytest.approx(metrics["test/acc"])
+    scalars = read_scalars(tmp_path)
+    assert len(scalars["time/step_ms"]) == 6 and "test/acc" in scalars
+    assert any(tag.startswith("ard/") for tag in scalars)  # the callback's scalars land in the run's TensorBoard
+    assert 0.0 < scalars["ard/flops_saved"][-1] < 1.0
+    assert list((tmp_path / "checkpoints").glob("*.ckpt"))
+
+
+def test_lstm_experiment_runs_fast_dev_run(tmp_path: Path) -> None:
+    cfg = compose_cfg(
+        ["experiment=lstm_ptb", "model.hidden_size=32", "model.embed_dim=32", "trainer.fast_dev_run=true",
+         "trainer.enable_progress_bar=false"],
+        tmp_path,
+    )  # fmt: skip
+    metrics = train(cfg)
+    assert metrics["test/ppl"] > 1.0 and objective(cfg, metrics) == metrics["val/ppl"]
+
+
+def test_cli_multirun_sweep_over_two_rates_and_report(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = cli(
+        "-m", "lightning_ard.train", "-m", "experiment=mlp_fashion", "ard=dropout,row", "ard.p=0.3,0.5", *FAST,
+        "trainer.fast_dev_run=true", "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted(p.parent.parent.name for p in sweep.glob("*/.hydra/config.yaml"))
+    assert runs == ["0", "1", "2", "3"]
+    assert all((sweep / r / "metrics.json").is_file() for r in runs)
+
+    assert report_main([str(sweep)]) == 0
+    for name in ("report.md", "report.csv", "report.png"):
+        assert (sweep / name).stat().st_size > 0
+    assert (sweep / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with (sweep / "report.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["family"], float(r["p"])) for r in rows) == [
+        ("dropout", 0.3), ("dropout", 0.5), ("row", 0.3), ("row", 0.5)
+    ]  # fmt: skip
+    assert all(r["metric"] == "test/acc" and 0.0 <= float(r["value"]) <= 1.0 for r in rows)
+    assert all(float(r["step_ms"]) > 0 and float(r["speedup"]) > 0 for r in rows)
+    assert all(float(r["speedup"]) == 1.0 for r in rows if r["family"] == "dropout")
+    table = (sweep / "report.md").read_text()
+    assert table.startswith("| run | model | family | p |") and table.count("\n") == 6
+
+
+def test_report_on_a_folder_without_runs_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert report_main([str(tmp_path)]) == 1
+    assert "no runs found in" in capsys.readouterr().err
+    result = cli("-m", "lightning_ard.report", str(tmp_path / "missing"))
+    assert result.returncode != 0 and "is not a folder" in result.stderr
