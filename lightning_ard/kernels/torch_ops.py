@@ -43,6 +43,13 @@ def put(dst: torch.Tensor, rows: Index, cols: Index, src: torch.Tensor, accumula
         view.add_(src) if accumulate else view.copy_(src)
 
 
+def scaled_mm(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    """``scale · a @ b`` with the scale applied inside the GEMM (its alpha), not as a second pass."""
+    if scale == 1.0:
+        return torch.mm(a, b)
+    return torch.addmm(a.new_zeros(()), a, b, beta=0, alpha=scale)
+
+
 def _compute_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
     if torch.is_autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)
@@ -57,11 +64,10 @@ class _RowLinear(torch.autograd.Function):
         xc = x if (in_index is None or x_compact) else take(x, -1, in_index)
         x2 = xc.reshape(-1, xc.shape[-1]).to(dtype)
         wc = take(take(weight, 0, out_index), 1, in_index).to(dtype)
-        y = torch.mm(x2, wc.t())
-        if scale != 1.0:
-            y.mul_(scale)
-        if bias is not None:
-            y.add_(take(bias, 0, out_index).to(dtype))
+        if bias is not None:  # bias and scale folded into the GEMM (beta = 1, alpha = scale)
+            y = torch.addmm(take(bias, 0, out_index).to(dtype), x2, wc.t(), alpha=scale)
+        else:
+            y = scaled_mm(x2, wc.t(), scale)
         ctx.save_for_backward(x2, wc)
         ctx.meta = (x.shape, x.dtype, in_index, out_index, scale, x_compact, bias is not None)
         ctx.weight_shape, ctx.weight_dtype = weight.shape, weight.dtype
@@ -75,9 +81,7 @@ class _RowLinear(torch.autograd.Function):
         g = grad_y.reshape(-1, grad_y.shape[-1]).to(wc.dtype)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            gxc = torch.mm(g, wc)
-            if scale != 1.0:
-                gxc.mul_(scale)
+            gxc = scaled_mm(g, wc, scale)
             if in_index is None or x_compact:
                 grad_x = gxc.to(x_dtype).reshape(x_shape)
             else:
@@ -85,9 +89,7 @@ class _RowLinear(torch.autograd.Function):
                 put(grad_x, None, in_index, gxc.to(x_dtype))
                 grad_x = grad_x.reshape(x_shape)
         if ctx.needs_input_grad[1]:
-            gwc = torch.mm(g.t(), x2)
-            if scale != 1.0:
-                gwc.mul_(scale)
+            gwc = scaled_mm(g.t(), x2, scale)
             grad_w = torch.zeros(weight_shape, dtype=ctx.weight_dtype, device=g.device)
             put(grad_w, out_index, in_index, gwc.to(ctx.weight_dtype))
         if has_bias and ctx.needs_input_grad[2]:
