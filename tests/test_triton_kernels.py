@@ -95,7 +95,7 @@ def child_results(tmp_path_factory) -> dict[str, tuple[str, str]]:
     report = tmp_path_factory.mktemp("triton_interpreter") / "junit.xml"
     env = dict(os.environ, TRITON_INTERPRET="1", TRITON_DEFAULT_FP_FUSION="1")
     cmd = [sys.executable, "-m", "pytest", str(Path(__file__).resolve()), "-q", "-p", "no:cacheprovider"]
-    cmd += ["-k", "not test_kernels_compile_for_cuda", f"--junit-xml={report}"]
+    cmd += ["-k", " or ".join(sorted(_INTERPRETED)), f"--junit-xml={report}"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     if not report.exists():
         pytest.fail(f"the interpreter child run produced no report:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
@@ -111,9 +111,13 @@ def child_results(tmp_path_factory) -> dict[str, tuple[str, str]]:
     return results
 
 
+_INTERPRETED: set[str] = set()
+
+
 def interpreted(test):
     """Mark a test that needs the Triton interpreter: run it here if this process interprets, else report the
     outcome of the same test in the child run (see the module docstring)."""
+    _INTERPRETED.add(test.__name__)
     if IN_PROCESS:
         return test
     params = [p for name, p in inspect.signature(test).parameters.items() if name != "kernels"]
@@ -642,3 +646,32 @@ def test_kernels_compile_for_cuda():
         pytest.skip("Triton's bundled ptxas is not available")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "compiled all variants" in proc.stdout
+
+
+# --- the GPU benchmark script ------------------------------------------------------------------------------------
+
+BENCH = ROOT / "benchmarks" / "gpu_kernels.py"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message printed where there is no GPU")
+def test_gpu_benchmark_exits_clearly_without_cuda():
+    proc = subprocess.run([sys.executable, str(BENCH)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "no CUDA device" in proc.stderr and "nothing was measured" in proc.stderr
+
+
+def test_gpu_benchmark_dry_run(tmp_path):
+    """Every section of the benchmark runs end to end (tiny shapes, CPU interpreter) and writes JSON + Markdown."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = tmp_path / "bench"
+    cmd = [sys.executable, str(BENCH), "--dry-run", "--quick", "--modes", "tf32", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    import json
+
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["meta"]["dry_run"] is True
+    for section in ("correctness", "compact_gemm", "tile_gemm", "mlp_step"):
+        assert result[section], section
+    assert all(row["ok"] for row in result["correctness"])
+    assert "DRY RUN" in out.with_suffix(".md").read_text()
