@@ -3,7 +3,8 @@
 Reads every run below the folder (a run is a folder with ``.hydra/config.yaml``, as Hydra writes for each job of
 ``-m``), its TensorBoard scalars (``time/step_ms*``, ``ard/flops_saved``, ``test/acc`` or ``test/ppl``) and, for what
 the event files lack (``trainer.fast_dev_run`` disables loggers), the ``metrics.json`` the app writes. It writes
-``report.md`` (Markdown table), ``report.csv`` and ``report.png`` (speedup and test metric against p, one line per
+``report.md`` (Markdown table; runs without ``metrics.json``, i.e. failed or unfinished, are marked
+``incomplete``), ``report.csv`` and ``report.png`` (speedup and test metric against p, one line per
 pattern family) into the folder, or ``--out``, and prints the table.
 
 Speedup is the median step time of the ``nn.Dropout`` baseline run (``ard.enabled=false``) of the same model and
@@ -29,7 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 BASELINE = "dropout"
 """Family name of runs without the ARD callback."""
 
-COLUMNS = ("run", "model", "family", "p", "metric", "value", "step_ms", "speedup", "flops_saved")
+COLUMNS = ("run", "status", "model", "family", "p", "metric", "value", "step_ms", "speedup", "flops_saved")
+METRIC_NAMES = {"test/acc": "test accuracy", "test/ppl": "test perplexity"}
 
 
 @dataclass
@@ -37,6 +39,7 @@ class RunResult:
     """One row of the report."""
 
     run: str
+    status: str
     model: str
     family: str
     p: float | None
@@ -140,6 +143,7 @@ def load_run(run_dir: Path, root: Path) -> RunResult:
 
     return RunResult(
         run=str(run_dir.relative_to(root)) or ".",
+        status="ok" if final else "incomplete",
         model=describe_model(cfg),
         family=family,
         p=p,
@@ -181,10 +185,10 @@ def _fmt(value: object, digits: int = 4) -> str:
 
 def to_markdown(rows: Sequence[RunResult]) -> str:
     """The table in Markdown (GitHub flavour)."""
-    header = ["run", "model", "family", "p", "metric", "value", "median step (ms)", "speedup", "FLOPs saved"]
+    header = ["run", "status", "model", "family", "p", "metric", "value", "median step (ms)", "speedup", "FLOPs saved"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in rows:
-        cells = [r.run, r.model, r.family, _fmt(r.p, 3), r.metric, _fmt(r.value), _fmt(r.step_ms, 4),
+        cells = [r.run, r.status, r.model, r.family, _fmt(r.p, 3), r.metric, _fmt(r.value), _fmt(r.step_ms, 4),
                  _fmt(r.speedup, 3), _fmt(r.flops_saved, 3)]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -221,7 +225,7 @@ def plot(rows: Sequence[RunResult], path: Path) -> None:
             metric = [(r.p, r.value) for r in points if r.value is not None]
             if metric:
                 ax_metric.plot(*zip(*metric, strict=True), marker="o", label=label, **style)
-    metric_names = sorted({r.metric for r in rows})
+    metric_names = sorted({METRIC_NAMES.get(r.metric, r.metric) for r in rows})
     ax_speed.set(xlabel="dropout rate p", ylabel="speedup over nn.Dropout (step time)", title="Training step speedup")
     ax_metric.set(xlabel="dropout rate p", ylabel=" / ".join(metric_names), title="Test metric")
     for ax in (ax_speed, ax_metric):

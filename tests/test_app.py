@@ -184,7 +184,35 @@ def test_cli_multirun_sweep_over_two_rates_and_report(tmp_path: Path) -> None:
     assert all(float(r["step_ms"]) > 0 and float(r["speedup"]) > 0 for r in rows)
     assert all(float(r["speedup"]) == 1.0 for r in rows if r["family"] == "dropout")
     table = (sweep / "report.md").read_text()
-    assert table.startswith("| run | model | family | p |") and table.count("\n") == 6
+    assert table.startswith("| run | status | model | family | p |") and table.count("\n") == 6
+
+
+def fake_run(run_dir: Path, family: str, p: float, metrics: dict[str, float] | None) -> None:
+    """A run folder as the app leaves it: the composed config, and metrics.json unless the run failed."""
+    (run_dir / ".hydra").mkdir(parents=True)
+    ard = "enabled: false\n  pattern: dropout" if family == "dropout" else f"enabled: true\n  pattern: {family}"
+    (run_dir / ".hydra" / "config.yaml").write_text(
+        f"model:\n  _target_: lightning_ard.models.MLPClassifier\n  input_dim: 784\n  widths: [64]\n"
+        f"  num_classes: 10\n  dropout: ${{ard.p}}\nard:\n  {ard}\n  p: {p}\n"
+    )
+    if metrics is not None:
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_report_speedup_flops_and_incomplete_runs(tmp_path: Path) -> None:
+    fake_run(tmp_path / "0", "dropout", 0.5, {"test/acc": 0.80, "time/step_ms_median": 10.0})
+    fake_run(tmp_path / "1", "row", 0.5, {"test/acc": 0.79, "time/step_ms_median": 4.0, "ard/flops_saved": 0.6})
+    fake_run(tmp_path / "2", "row", 0.7, {"test/acc": 0.75, "time/step_ms_median": 2.5})
+    fake_run(tmp_path / "10", "tile", 0.5, None)
+    out = tmp_path / "out"
+    assert report_main([str(tmp_path), "--out", str(out)]) == 0
+    with (out / "report.csv").open() as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    assert float(rows["1"]["speedup"]) == pytest.approx(2.5) and float(rows["1"]["flops_saved"]) == 0.6
+    assert float(rows["2"]["speedup"]) == pytest.approx(4.0)  # no baseline at p=0.7: the model's other baselines
+    assert rows["0"]["speedup"] == "1.0" and rows["0"]["flops_saved"] == "0.0"
+    assert rows["10"]["status"] == "incomplete" and rows["10"]["value"] == "" and rows["1"]["status"] == "ok"
+    assert rows["0"]["model"] == "mlp 784-64-10"
 
 
 def test_report_on_a_folder_without_runs_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
