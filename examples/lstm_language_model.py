@@ -35,9 +35,14 @@ def run(use_ard: bool, args: argparse.Namespace) -> tuple[float, float, float]:
     if use_ard:
         callbacks.append(ApproximateDropout(pattern="row", p=args.p, verbose=True))
     trainer = L.Trainer(
-        max_epochs=args.epochs, gradient_clip_val=5.0, callbacks=callbacks, logger=False,
-        enable_checkpointing=False, enable_model_summary=False,
-    )  # fmt: skip
+        max_epochs=args.epochs,
+        limit_train_batches=args.limit_train_batches,
+        gradient_clip_val=5.0,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, datamodule=datamodule)
     val_ppl = float(trainer.callback_metrics["val/ppl"])
     (result,) = trainer.test(model, datamodule=datamodule, verbose=False)
@@ -50,6 +55,7 @@ def main() -> None:
     parser.add_argument("--p", type=float, default=0.5, help="dropout rate (baseline and ARD)")
     parser.add_argument("--hidden", type=int, default=256, help="embedding and LSTM width (paper: 650)")
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--limit-train-batches", type=int, default=None, help="BPTT windows per epoch (default: all)")
     args = parser.parse_args()
 
     base = run(False, args)
