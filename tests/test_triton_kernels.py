@@ -212,19 +212,19 @@ ROW_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", ROW_CASES, ids=lambda c: f"{c[3]}-{c[4]}-{'compact' if c[5] else 'full'}")
-@interpreted
-def test_row_linear_float32(kernels, case):
+def check_row_case(kernels, case: tuple, seed: int, dtype: torch.dtype = torch.float32) -> None:
+    """Triton backend vs the torch path and vs the dense masked computation, forward and all gradients."""
     lead, k_in, n_out, in_kind, out_kind, x_compact, has_bias = case
-    gen = torch.Generator().manual_seed(zlib.crc32(repr(case).encode()))
+    gen = torch.Generator().manual_seed(seed)
     in_p, out_p = row_pattern(in_kind, k_in, gen), row_pattern(out_kind, n_out, gen)
-    x_full = torch.randn(*lead, k_in, generator=gen)
-    weight = torch.randn(n_out, k_in, generator=gen) / k_in**0.5
-    bias = torch.randn(n_out, generator=gen) if has_bias else None
+    x_full = torch.randn(*lead, k_in, generator=gen).to(dtype)
+    weight = (torch.randn(n_out, k_in, generator=gen) / k_in**0.5).to(dtype)
+    bias = torch.randn(n_out, generator=gen).to(dtype) if has_bias else None
     compact = x_compact and in_p is not None
     x = x_full[..., in_p.kept] if compact else x_full
     n_y = out_p.num_kept if out_p is not None else n_out
     gy = torch.randn(*lead, n_y, generator=gen)
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
 
     triton_backend = kernels.triton_backend.TritonBackend()
     got = run_linear(lambda a, w, b: triton_backend.row_linear(a, w, b, in_p, out_p, compact), x, weight, bias, gy)
@@ -236,33 +236,38 @@ def test_row_linear_float32(kernels, case):
         if o is None:
             assert g is None and d is None, name
             continue
-        assert g.dtype == o.dtype, f"{name}: dtype {g.dtype} != {o.dtype}"
-        assert_close(g, o, 1e-5, f"{name} vs torch path")
-        assert_close(g, d, 1e-5, f"{name} vs dense masked")
+        assert g.dtype == o.dtype == dtype, f"{name}: dtype {g.dtype} != {o.dtype}"
+        assert_close(g, o, tol, f"{name} vs torch path")
+        assert_close(g, d, tol, f"{name} vs dense masked")
+
+
+@pytest.mark.parametrize("case", ROW_CASES, ids=lambda c: f"{c[3]}-{c[4]}-{'compact' if c[5] else 'full'}")
+@interpreted
+def test_row_linear_float32(kernels, case):
+    check_row_case(kernels, case, zlib.crc32(repr(case).encode()))
+
+
+@pytest.mark.parametrize("draw", range(6))
+@interpreted
+def test_row_linear_random_shapes(kernels, draw):
+    """Random sizes in [1, 70] (rows) and [5, 70] (units), random pattern kinds on each side, compact or not."""
+    rng = torch.Generator().manual_seed(1000 + draw)
+    kinds = ("none", "all", "single", "periodic", "periodic_k2", "block", "random")
+
+    def pick(n: int, low: int = 5, high: int = 70) -> list[int]:
+        return torch.randint(low, high + 1, (n,), generator=rng).tolist()
+
+    m, k_in, n_out = pick(1, 1)[0], *pick(2)
+    in_kind, out_kind = (kinds[i] for i in torch.randint(len(kinds), (2,), generator=rng).tolist())
+    compact, has_bias = (bool(b) for b in torch.randint(2, (2,), generator=rng).tolist())
+    check_row_case(kernels, ((m,), k_in, n_out, in_kind, out_kind, compact, has_bias), 2000 + draw)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", [ROW_CASES[0], ROW_CASES[3]], ids=["periodic-full", "random-compact"])
 @interpreted
 def test_row_linear_half(kernels, dtype, case):
-    lead, k_in, n_out, in_kind, out_kind, x_compact, has_bias = case
-    gen = torch.Generator().manual_seed(7)
-    in_p, out_p = row_pattern(in_kind, k_in, gen), row_pattern(out_kind, n_out, gen)
-    x_full = torch.randn(*lead, k_in, generator=gen)
-    weight = torch.randn(n_out, k_in, generator=gen) / k_in**0.5
-    bias = torch.randn(n_out, generator=gen) if has_bias else None
-    x = x_full[..., in_p.kept] if x_compact else x_full
-    gy = torch.randn(*lead, out_p.num_kept if out_p is not None else n_out, generator=gen)
-    cast = (x.to(dtype), weight.to(dtype), bias.to(dtype) if bias is not None else None)
-
-    triton_backend = kernels.triton_backend.TritonBackend()
-    got = run_linear(lambda a, w, b: triton_backend.row_linear(a, w, b, in_p, out_p, x_compact), *cast, gy)
-    oracle = run_linear(lambda a, w, b: TorchBackend().row_linear(a, w, b, in_p, out_p, x_compact), *cast, gy)
-    for name, g, o in zip(("y", "grad_x", "grad_W", "grad_b"), got, oracle, strict=True):
-        if o is None:
-            continue
-        assert g.dtype == dtype, f"{name}: {g.dtype}"
-        assert_close(g, o, 3e-2, f"{name} {dtype} vs torch path")
+    check_row_case(kernels, case, 7, dtype)
 
 
 @interpreted
@@ -380,6 +385,9 @@ def test_gather_gemm_rejects_bad_shapes(kernels):
         row.gather_gemm(a, b, torch.empty(4, 2), precision, b_row_idx=torch.tensor([0.0, 1.0]))
     with pytest.raises(TypeError, match="float64"):
         common.precision_for(torch.float64, torch.device("cpu"))
+    huge = types.SimpleNamespace(shape=(2**16, 2**16), stride=lambda: (2**16, 1), numel=lambda: 2**32)
+    with pytest.raises(ValueError, match="2\\*\\*31"):
+        common.check_offsets(x=huge)
 
 
 # --- tile patterns: tile-skipping GEMM through the backend -------------------------------------------------------
@@ -410,16 +418,16 @@ def make_tile_pattern(n: int, k: int, tile: tuple[int, int], spec: tuple) -> Til
     return PeriodicTile(n, k, dp, keep, tile).pattern(offset)
 
 
-@pytest.mark.parametrize("case", TILE_CASES, ids=lambda c: f"{c[3][0]}x{c[3][1]}-{c[4][0]}{c[4][1]}")
-@interpreted
-def test_tile_linear_float32(kernels, case):
+def check_tile_case(kernels, case: tuple, seed: int, dtype: torch.dtype = torch.float32) -> None:
+    """Triton backend vs the torch path and vs the dense masked computation, forward and all gradients."""
     lead, n, k, tile, spec, has_bias = case
-    gen = torch.Generator().manual_seed(zlib.crc32(repr(case).encode()))
+    gen = torch.Generator().manual_seed(seed)
     pattern = make_tile_pattern(n, k, tile, spec)
-    x = torch.randn(*lead, k, generator=gen)
-    weight = torch.randn(n, k, generator=gen) / k**0.5
-    bias = torch.randn(n, generator=gen) if has_bias else None
+    x = torch.randn(*lead, k, generator=gen).to(dtype)
+    weight = (torch.randn(n, k, generator=gen) / k**0.5).to(dtype)
+    bias = torch.randn(n, generator=gen).to(dtype) if has_bias else None
     gy = torch.randn(*lead, n, generator=gen)
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
 
     triton_backend = kernels.triton_backend.TritonBackend()
     got = run_linear(lambda a, w, b: triton_backend.tile_linear(a, w, b, pattern), x, weight, bias, gy)
@@ -431,25 +439,37 @@ def test_tile_linear_float32(kernels, case):
         if o is None:
             assert g is None, name
             continue
-        assert g.dtype == o.dtype
-        assert_close(g, o, 1e-5, f"{name} vs torch path")
-        assert_close(g, d, 1e-5, f"{name} vs dense masked")
+        assert g.dtype == o.dtype == dtype
+        assert_close(g, o, tol, f"{name} vs torch path")
+        assert_close(g, d, tol, f"{name} vs dense masked")
+
+
+@pytest.mark.parametrize("case", TILE_CASES, ids=lambda c: f"{c[3][0]}x{c[3][1]}-{c[4][0]}{c[4][1]}")
+@interpreted
+def test_tile_linear_float32(kernels, case):
+    check_tile_case(kernels, case, zlib.crc32(repr(case).encode()))
+
+
+@pytest.mark.parametrize("draw", range(4))
+@interpreted
+def test_tile_linear_random_shapes(kernels, draw):
+    """Random weight sizes in [16, 70], tile sides from {16, 32, 20, 24}, random period and kept count."""
+    rng = torch.Generator().manual_seed(3000 + draw)
+    m, n, k = torch.randint(1, 71, (1,), generator=rng).item(), *torch.randint(16, 71, (2,), generator=rng).tolist()
+    sides = (16, 32, 20, 24)
+    tile = tuple(sides[i] for i in torch.randint(len(sides), (2,), generator=rng).tolist())
+    grid_cols = -(-k // tile[1])
+    dp = int(torch.randint(1, grid_cols + 1, (1,), generator=rng))
+    keep = int(torch.randint(1, dp + 1, (1,), generator=rng))
+    offset = int(torch.randint(dp, (1,), generator=rng))
+    case = ((m,), n, k, tile, ("periodic", dp, keep, offset), bool(draw % 2))
+    check_tile_case(kernels, case, 4000 + draw)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @interpreted
 def test_tile_linear_half(kernels, dtype):
-    gen = torch.Generator().manual_seed(17)
-    pattern = PeriodicTile(48, 50, 2, 1, (16, 16)).pattern(1)
-    x, weight, bias = torch.randn(21, 50, generator=gen), torch.randn(48, 50, generator=gen) / 7, torch.randn(48)
-    gy = torch.randn(21, 48, generator=gen)
-    cast = (x.to(dtype), weight.to(dtype), bias.to(dtype))
-    triton_backend = kernels.triton_backend.TritonBackend()
-    got = run_linear(lambda a, w, b: triton_backend.tile_linear(a, w, b, pattern), *cast, gy)
-    oracle = run_linear(lambda a, w, b: TorchBackend().tile_linear(a, w, b, pattern), *cast, gy)
-    for name, g, o in zip(("y", "grad_x", "grad_W", "grad_b"), got, oracle, strict=True):
-        assert g.dtype == dtype
-        assert_close(g, o, 3e-2, f"{name} {dtype} vs torch path")
+    check_tile_case(kernels, ((21,), 48, 50, (16, 16), ("periodic", 2, 1, 1), True), 17, dtype)
 
 
 @interpreted

@@ -74,6 +74,13 @@ def tune_bucket(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 
 
+def check_offsets(**tensors: torch.Tensor | None) -> None:
+    """Raise if an operand's largest element offset does not fit in int32 (the kernels index in int32)."""
+    for name, t in tensors.items():
+        if t is not None and t.numel() and sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride())) >= 2**31:
+            raise ValueError(f"{name} {tuple(t.shape)} spans more than 2**31 elements: too large for these kernels")
+
+
 @triton.jit
 def mma(a, b, acc, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """``acc + a @ b`` with float32 accumulation (``a``, ``b`` already in the compute dtype)."""

@@ -38,7 +38,15 @@ import torch
 import triton
 import triton.language as tl
 
-from lightning_ard.kernels.triton_common import INTERPRET, Precision, grouped_pid, mma, tune_bucket, tuned
+from lightning_ard.kernels.triton_common import (
+    INTERPRET,
+    Precision,
+    check_offsets,
+    grouped_pid,
+    mma,
+    tune_bucket,
+    tuned,
+)
 
 INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_R": 16, "GROUP_M": 2}
 """The one block configuration used under TRITON_INTERPRET=1 (small, so ragged edges are exercised)."""
@@ -274,6 +282,7 @@ def gather_gemm(
         raise ValueError("zero_idx needs c_col_idx (the zero-filled columns are the complement of the written ones)")
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != b.shape[0]):
         raise ValueError(f"bias must be 1-D with {b.shape[0]} entries, got {tuple(bias.shape)}")
+    check_offsets(a=a, b=b, c=c)
     if M == 0 or (N == 0 and n_zero == 0):
         return c
 
@@ -339,6 +348,7 @@ def column_sum(
     _check_index("idx", idx, g.device, out.shape[0])
     if (idx.numel() if idx is not None else out.shape[0]) != N:
         raise ValueError(f"g has {N} columns for {out.shape[0]} outputs (or {idx.numel()} indices)")
+    check_offsets(g=g)
     if N == 0:
         return out
     block_m, block_n = COLUMN_SUM_BLOCKS

@@ -30,7 +30,15 @@ import torch
 import triton
 import triton.language as tl
 
-from lightning_ard.kernels.triton_common import INTERPRET, Precision, grouped_pid, mma, tune_bucket, tuned
+from lightning_ard.kernels.triton_common import (
+    INTERPRET,
+    Precision,
+    check_offsets,
+    grouped_pid,
+    mma,
+    tune_bucket,
+    tuned,
+)
 from lightning_ard.patterns import TilePattern
 
 INTERPRETER_CONFIG = {"BLOCK_M": 16, "GROUP_M": 2}
@@ -303,6 +311,7 @@ def _check(name: str, t: torch.Tensor, shape: tuple[int, int], device: torch.dev
         raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
     if t.device != device:
         raise ValueError(f"{name} is on {t.device}, the operands on {device}")
+    check_offsets(**{name: t})
 
 
 def tile_forward(
@@ -320,6 +329,7 @@ def tile_forward(
     m = x.shape[0]
     _check("x", x, (m, k), weight.device)
     _check("out", out, (m, n), weight.device)
+    check_offsets(weight=weight)
     if bias is not None:
         _check("bias", bias[None, :], (1, n), weight.device)
     geo = _geometry(weight.shape, tables, tile)
@@ -353,6 +363,7 @@ def tile_grad_input(
     m = g.shape[0]
     _check("g", g, (m, n), weight.device)
     _check("out", out, (m, k), weight.device)
+    check_offsets(weight=weight)
     geo = _geometry(weight.shape, tables, tile)
     if m == 0:
         return out
@@ -385,6 +396,7 @@ def tile_grad_weight(
     m = g.shape[0]
     _check("g", g, (m, n), grad_weight.device)
     _check("x", x, (m, k), grad_weight.device)
+    check_offsets(grad_weight=grad_weight)
     geo = _geometry(grad_weight.shape, tables, tile)
     max_kept = tables.cols.shape[1]
     programs = tables.cols.shape[0] * max_kept * geo.chunks_n * geo.chunks_k
