@@ -34,7 +34,7 @@ class PatternDistribution:
     def __post_init__(self) -> None:
         if len(self.candidates) == 0:
             raise ValueError("candidates must not be empty")
-        probs = torch.as_tensor(self.probabilities, dtype=torch.float64).flatten()
+        probs = torch.as_tensor(self.probabilities, dtype=torch.float64).flatten().clone()  # own copy: shared, cached
         if probs.numel() != len(self.candidates):
             raise ValueError(
                 f"probabilities must have one entry per candidate ({len(self.candidates)}), got {probs.numel()}"
