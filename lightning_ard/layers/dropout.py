@@ -35,6 +35,7 @@ class ARDDropout(nn.Dropout):
         revert_class(self, nn.Dropout, ("ard_enabled", "ard_calls"))
         return self
 
+    @torch.compiler.disable  # per-step patterns are Python data: run eagerly, compile the rest
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if self.training and self.ard_enabled:
             self.ard_calls += 1

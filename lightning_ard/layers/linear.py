@@ -89,6 +89,7 @@ class ARDLinear(nn.Linear):
             backend = self._ard_backends[device] = get_backend(self.ard_backend_name, device)
         return backend
 
+    @torch.compiler.disable  # per-step patterns are Python data: run eagerly, compile the rest
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         inp, out, tile = self.ard_in_pattern, self.ard_out_pattern, self.ard_tile_pattern
         if not self.training or (inp is None and out is None and tile is None):

@@ -83,6 +83,7 @@ class ARDLSTM(nn.LSTM):
                 weights += [getattr(self, f"bias_ih_l{layer}{suffix}"), getattr(self, f"bias_hh_l{layer}{suffix}")]
         return weights
 
+    @torch.compiler.disable  # per-step patterns are Python data: run eagerly, compile the rest
     def forward(self, input, hx=None):  # type: ignore[no-untyped-def, override]
         if not self.training or all(p is None for p in self.ard_patterns):
             return super().forward(input, hx)
