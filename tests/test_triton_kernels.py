@@ -614,18 +614,18 @@ def _compile_all_variants() -> None:
     flags = dict(A_RED_IDX=False, B_ROW_IDX=False, B_RED_IDX=False, C_ROW_IDX=False, C_COL_IDX=False)
     gemm = triton_row._gather_gemm_kernel
     gemm_variants = [  # (pointer types, flags): forward, grad_x (scatter / compact), grad_W (store / accumulate)
-        ({"a_ptr": "*fp32", "b_ptr": "*fp32", "c_ptr": "*fp32", "bias_ptr": "*fp32", "a_red_idx_ptr": "*i64",
-          "b_row_idx_ptr": "*i64", "b_red_idx_ptr": "*i64"},
+        ({"a_ptr": "*fp32", "b_ptr": "*fp32", "c_ptr": "*fp32", "bias_ptr": "*fp32", "a_red_idx_ptr": "*i32",
+          "b_row_idx_ptr": "*i32", "b_red_idx_ptr": "*i32"},
          dict(flags, A_RED_IDX=True, B_ROW_IDX=True, B_RED_IDX=True, HAS_BIAS=True, ACCUMULATE=False,
               ZERO_FILL=False, **f32)),
-        ({"a_ptr": "*bf16", "b_ptr": "*fp32", "c_ptr": "*bf16", "b_row_idx_ptr": "*i64", "b_red_idx_ptr": "*i64"},
+        ({"a_ptr": "*bf16", "b_ptr": "*fp32", "c_ptr": "*bf16", "b_row_idx_ptr": "*i32", "b_red_idx_ptr": "*i32"},
          dict(flags, B_ROW_IDX=True, B_RED_IDX=True, HAS_BIAS=False, ACCUMULATE=False, ZERO_FILL=False, **bf16)),
-        ({"a_ptr": "*fp32", "b_ptr": "*fp32", "c_ptr": "*fp32", "b_row_idx_ptr": "*i64", "b_red_idx_ptr": "*i64",
-          "c_col_idx_ptr": "*i64", "zero_idx_ptr": "*i64"},
+        ({"a_ptr": "*fp32", "b_ptr": "*fp32", "c_ptr": "*fp32", "b_row_idx_ptr": "*i32", "b_red_idx_ptr": "*i32",
+          "c_col_idx_ptr": "*i32", "zero_idx_ptr": "*i32"},
          dict(flags, B_ROW_IDX=True, B_RED_IDX=True, C_COL_IDX=True, HAS_BIAS=False, ACCUMULATE=False,
               ZERO_FILL=True, **f32)),
-        ({"a_ptr": "*bf16", "b_ptr": "*fp32", "c_ptr": "*fp32", "b_row_idx_ptr": "*i64", "c_row_idx_ptr": "*i64",
-          "c_col_idx_ptr": "*i64"},
+        ({"a_ptr": "*bf16", "b_ptr": "*fp32", "c_ptr": "*fp32", "b_row_idx_ptr": "*i32", "c_row_idx_ptr": "*i32",
+          "c_col_idx_ptr": "*i32"},
          dict(flags, B_ROW_IDX=True, C_ROW_IDX=True, C_COL_IDX=True, HAS_BIAS=False, ACCUMULATE=True,
               ZERO_FILL=False, **bf16)),
     ]  # fmt: skip
@@ -633,7 +633,7 @@ def _compile_all_variants() -> None:
         for config in (gemm.configs[0], gemm.configs[-1]):
             compile_one(gemm, dict(ints, **types_), consts, config)
     for has_idx in (False, True):
-        types_ = dict(ints, g_ptr="*fp32", out_ptr="*fp32", idx_ptr="*i64" if has_idx else None, stride_gm="i32")
+        types_ = dict(ints, g_ptr="*fp32", out_ptr="*fp32", idx_ptr="*i32" if has_idx else None, stride_gm="i32")
         types_["stride_gn"] = "i32"
         consts = dict(HAS_IDX=has_idx, ACCUMULATE=False, BLOCK_M=128, BLOCK_N=32)
         compile_one(triton_row._column_sum_kernel, types_, consts, None)

@@ -10,6 +10,7 @@ imported, or reload them (see ``tests/test_triton_kernels.py``).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -102,16 +103,23 @@ def grouped_pid(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
     return pid_m, pid_n
 
 
-def tuned(configs: list[triton.Config], key: list[str], restore_value: list[str] | None = None):  # type: ignore[no-untyped-def]
-    """``triton.autotune(configs, key, restore_value)`` on CUDA; the identity in the interpreter.
+def tuned(  # type: ignore[no-untyped-def]
+    configs: list[triton.Config],
+    key: list[str],
+    restore_value: list[str] | None = None,
+    prune: Callable | None = None,
+):
+    """``triton.autotune(configs, key, restore_value, prune_configs_by)`` on CUDA; the identity in the interpreter.
 
     In the interpreter the launchers pass one fixed small configuration instead (tuning there would only time
-    NumPy). ``restore_value`` names outputs that tuning runs must leave as they found them (accumulating kernels).
+    NumPy). ``restore_value`` names outputs that tuning runs must leave as they found them (accumulating kernels);
+    ``prune`` is an ``early_config_prune`` function.
     """
 
     def wrap(kernel):  # type: ignore[no-untyped-def]
         if INTERPRET:
             return kernel
-        return triton.autotune(configs=configs, key=key, restore_value=restore_value)(kernel)
+        prune_by = {"early_config_prune": prune} if prune is not None else None
+        return triton.autotune(configs=configs, key=key, restore_value=restore_value, prune_configs_by=prune_by)(kernel)
 
     return wrap

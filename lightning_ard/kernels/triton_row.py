@@ -28,8 +28,15 @@ shape is autotuned per (power-of-two bucket of M, N, R; index layout; dtypes), s
 :func:`~lightning_ard.kernels.triton_common.tune_bucket`.
 
 Index vectors must hold distinct indices (every pattern does), so no two programs write the same element.
-Gathers along a weight's contiguous dimension (its input units) cannot be vectorized; the compact block is
-still read only once per output tile, as in a dense GEMM.
+
+Memory access: gathers of weight *rows* (output units) read contiguous rows; gathers of weight *columns* (input
+units, the forward and grad_x with an input pattern) are element gathers along the contiguous dimension and
+cannot be vectorized. Offline compilation for sm_90 (Triton 3.9, unit strides specialized as at launch) shows
+that with 4-byte operands (float32/TF32, or float32 master weights under bfloat16 autocast, the usual
+mixed-precision setup) all loads, gathered or not, still go through ``cp.async`` and are software-pipelined,
+while with 16-bit *parameters* the gathered weight loads are 2-byte and cannot use ``cp.async`` (4-byte
+minimum), so they are issued as plain loads. What either costs against cuBLAS on a compact copy is what
+``benchmarks/gpu_kernels.py`` measures.
 """
 
 from __future__ import annotations
@@ -67,6 +74,14 @@ def _cuda_configs() -> list[triton.Config]:
         triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_R": r, "GROUP_M": 8}, num_stages=s, num_warps=w)
         for m, n, r, s, w in shapes
     ]
+
+
+def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
+    """Skip blocks much larger than the problem (e.g. 256 columns for a 10-unit output layer): they cannot win and
+    only cost tuning time. The bound uses the same power-of-two buckets as the tuning key."""
+    m, n = tune_bucket(named_args["M"]), tune_bucket(named_args["N"])
+    fitting = [c for c in configs if c.kwargs["BLOCK_M"] <= max(64, m) and c.kwargs["BLOCK_N"] <= max(64, n)]
+    return fitting or configs
 
 
 @triton.jit
@@ -165,6 +180,7 @@ def _zero_block(
         "HAS_BIAS", "ACCUMULATE", "ZERO_FILL", "DOT_DTYPE", "INPUT_PRECISION",
     ],
     restore_value=["c_ptr"],
+    prune=_prune_configs,
 )  # fmt: skip
 @triton.jit(do_not_specialize=["tune_m", "tune_n", "tune_r"])
 def _gather_gemm_kernel(
