@@ -538,6 +538,34 @@ def test_tile_tables_and_blocks(kernels):
         )  # fmt: skip
 
 
+# --- through the ARD layer -----------------------------------------------------------------------------------------
+
+
+@interpreted
+def test_ard_linear_layers_with_triton_backend(kernels):
+    """A producer -> producer+consumer -> consumer chain of ARDLinear layers on the Triton backend gives the same
+    outputs and parameter gradients as the same chain on the PyTorch backend."""
+    from lightning_ard.layers import ARDLinear
+
+    gen = torch.Generator().manual_seed(29)
+    p1, p2 = PeriodicRow(40, 3).sample(gen), RandomSubsetRow(36, 15).sample(gen)
+    x, target = torch.randn(2, 9, 24, generator=gen), torch.randn(2, 9, 7, generator=gen)
+    results = []
+    for backend in ("triton", "torch"):
+        torch.manual_seed(0)
+        layers = [ARDLinear.from_linear(torch.nn.Linear(a, b), backend) for a, b in ((24, 40), (40, 36), (36, 7))]
+        layers[0].set_patterns(out_pattern=p1)
+        layers[1].set_patterns(in_pattern=p1, out_pattern=p2)
+        layers[2].set_patterns(in_pattern=p2)
+        h = torch.relu(layers[0](x))
+        h = torch.relu(layers[1](h))
+        y = layers[2](h)
+        F.mse_loss(y, target).backward()
+        results.append([y.detach()] + [p.grad for layer in layers for p in layer.parameters()])
+    for got, ref in zip(*results, strict=True):
+        assert_close(got, ref, 1e-5, "layer chain")
+
+
 # --- backend selection -------------------------------------------------------------------------------------------
 
 
