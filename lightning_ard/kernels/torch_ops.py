@@ -64,6 +64,8 @@ class _RowLinear(torch.autograd.Function):
         xc = x if (in_index is None or x_compact) else take(x, -1, in_index)
         x2 = xc.reshape(-1, xc.shape[-1]).to(dtype)
         wc = take(take(weight, 0, out_index), 1, in_index).to(dtype)
+        if wc.stride(-1) != 1:  # column-strided: copy once here, so that the backward GEMMs reuse it
+            wc = wc.contiguous()
         if bias is not None:  # bias and scale folded into the GEMM (beta = 1, alpha = scale)
             y = torch.addmm(take(bias, 0, out_index).to(dtype), x2, wc.t(), alpha=scale)
         else:
