@@ -5,6 +5,10 @@ Layout: ``Embedding -> Dropout -> LSTM(num_layers, dropout=p between layers) -> 
 are the three places where Approximate Random Dropout can shrink the products (embedding into layer 1, between the
 stacked layers, into the decoder); the model is plain PyTorch and the callback does any rewriting.
 
+The training objective is Zaremba et al.'s: cross-entropy summed over the time steps of a window and averaged over
+the batch, so their learning rate (1) and clipping norm (5) apply unchanged; logged losses are per token (nats), and
+perplexity is ``exp`` of the per-token loss.
+
 The hidden state is carried from one BPTT window to the next (detached, so gradients stop at the window edge) and
 reset at the start of every epoch, separately for training, validation and test. Gradient clipping is the
 Trainer's job (``trainer.gradient_clip_val``, 5 in Zaremba et al.'s medium model).
@@ -100,10 +104,12 @@ class LSTMLanguageModel(L.LightningModule):
         if stage == "train":
             self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
             self.log("train/ppl", torch.exp(loss.detach()), on_step=True, on_epoch=False)
+            # Zaremba et al.'s objective: summed over the window's time steps, averaged over the batch.
+            return loss * tokens.size(1)
         else:
             ppl = getattr(self, f"{stage}_ppl")
             ppl(logits, targets)
-            self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True)
+            self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
             self.log(f"{stage}/ppl", ppl, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
