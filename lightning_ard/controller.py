@@ -102,6 +102,10 @@ class ARDController:
         self.report = find_sites(self.model, self.p, self.include, self.exclude, self.sites)
         if not self.report.sites:
             return self
+        for site in self.report.sites:
+            if self.family_for(site) == "tile" and site.producer is not None:
+                # a tile consumer needs all its input units, so the producer keeps computing all of them
+                site.producer, site.kind = None, "consumer"
         self.distributions = {site.name: self._distribution(site) for site in self.report.sites}
         self.surgery = Surgery(self.model, self.report.sites, self.backend).apply()
         self._plan()
@@ -150,12 +154,6 @@ class ARDController:
             if site.producer is not None:
                 producer = self.model.get_submodule(site.producer)
                 linears.setdefault(site.producer, _LinearPlan(producer)).out_site = site.name  # type: ignore[arg-type]
-        for name, plan in linears.items():
-            if plan.tile_site is not None and plan.out_site is not None:
-                plan.out_site = None  # a tile consumer computes all its outputs; the next site is consumer-only
-                for site in self.report.sites:
-                    if site.producer == name:
-                        site.producer, site.kind = None, "consumer"
         self._linears, self._lstms = list(linears.values()), list(lstms.values())
 
     def step(self) -> dict[str, RowPattern | TilePattern]:

@@ -27,6 +27,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.dropout import _DropoutNd
 
 from lightning_ard.layers import ARDLSTM, ARDDropout, ARDLinear
 
@@ -138,9 +139,17 @@ def _is_functional_dropout(node: fx.Node) -> bool:
     return node.op == "call_function" and node.target in (F.dropout, torch.dropout)
 
 
+class _Tracer(fx.Tracer):
+    """Keeps every dropout module (subclasses and Dropout1d/2d/3d too) a leaf, so each shows as one call."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, _DropoutNd) or super().is_leaf_module(m, module_qualified_name)
+
+
 def _trace(module: nn.Module) -> fx.GraphModule | None:
     try:
-        return fx.symbolic_trace(module)
+        graph = _Tracer().trace(module)
+        return fx.GraphModule(module, graph)
     except Exception:  # noqa: BLE001 - any trace failure means "not provable from this root"
         return None
 
@@ -156,7 +165,7 @@ def _traced_roots(model: nn.Module) -> list[tuple[str, fx.GraphModule]]:
             roots.append((prefix, gm))
             continue
         for name, child in module.named_children():
-            if not isinstance(child, nn.Dropout) and any(isinstance(m, nn.Dropout) for m in child.modules()):
+            if not isinstance(child, _DropoutNd) and any(isinstance(m, nn.Dropout) for m in child.modules()):
                 pending.append((f"{prefix}.{name}" if prefix else name, child))
     return roots
 
@@ -219,6 +228,15 @@ def find_sites(
                 candidates[dpath].append(site)
 
     for name, module in model.named_modules():
+        if isinstance(module, _DropoutNd) and type(module) not in (nn.Dropout, ARDDropout):
+            report.skipped.append(
+                Skipped(
+                    name,
+                    f"{type(module).__name__} is not nn.Dropout (another semantics, or a "
+                    "subclass that may override forward); left as it is",
+                )
+            )
+            continue
         if isinstance(module, nn.Dropout) and name not in seen_dropouts and name not in candidates:
             unproven.setdefault(
                 name,

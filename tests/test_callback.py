@@ -286,3 +286,31 @@ def test_unreachable_rate_names_site(tmp_path) -> None:
     cb = ApproximateDropout(p=0.9, search={"dp_max": 2}, measure_speedup=False)
     with pytest.raises(ValueError, match="site 'net.2'"):
         _trainer(tmp_path, cb).fit(MLP(), _data())
+
+
+def test_layers_built_in_configure_model(tmp_path) -> None:
+    class Lazy(MLP):
+        def __init__(self) -> None:
+            pl.LightningModule.__init__(self)
+            self.net = None
+
+        def configure_model(self) -> None:
+            if self.net is None:
+                self.net = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 5))
+
+    cb = ApproximateDropout(measure_speedup=False)
+    model = Lazy()
+    _trainer(tmp_path, cb).fit(model, _data())
+    assert [s.name for s in cb.controller.report.sites] == ["net.2"]
+    assert cb.controller.sampler.steps == 4
+
+
+def test_tile_family_keeps_producer_dense(tmp_path) -> None:
+    pl.seed_everything(0)
+    model = MLP(widths=(20, 64, 64, 5))
+    cb = ApproximateDropout(pattern="tile", tile=(16, 16), measure_speedup=False)
+    _trainer(tmp_path, cb).fit(model, _data())
+    assert {s.kind for s in cb.controller.report.sites} == {"consumer"}
+    assert all(s.producer is None for s in cb.controller.report.sites)
+    scalars = _scalars(tmp_path)
+    assert all(0 < v < 1 for v in scalars["ard/net.2/flops_saved"])

@@ -42,7 +42,7 @@ def test_row_rate_exact_and_fast(p: float, width: int, method: str) -> None:
     assert seconds < 1.0, f"search took {seconds:.3f} s"
     assert DIAGNOSTIC_KEYS <= set(dist.diagnostics)
     assert dist.diagnostics["method"] == method
-    assert all(isinstance(c, PeriodicRow) and c.k == 1 and c.dp <= 16 for c in dist.candidates)
+    assert all(isinstance(c, PeriodicRow) and 1 <= c.k <= 4 and c.k <= c.dp <= 16 for c in dist.candidates)
     assert dist.width == width
 
 
@@ -331,7 +331,7 @@ def test_bracketing_weights_hit_p_with_the_nearest_rates() -> None:
         ((0.5, 64), {"ks": (0, 1)}, r"ks must be .* \(each >= 1\), got \(0, 1\)"),
         ((0.5, 64), {"ks": ()}, r"ks must be .*non-empty.*, got \(\)"),
         ((0.5, 64), {"ks": 1.5}, r"ks must be a positive integer or a sequence of them, got 1.5"),
-        ((0.5, 64), {"ks": (1, 5), "dp_max": 4}, r"ks must hold integers in \[1, dp_max=4\] .* got ks=\(1, 5\)"),
+        ((0.5, 64), {"ks": (5, 6), "dp_max": 4}, r"ks must hold integers in \[1, dp_max=4\] .* got ks=\(5, 6\)"),
         ((0.5, 3), {"ks": (4,)}, r"ks must hold integers in \[1, dp_max=3\] \(dp_max capped at width\)"),
         ((0.5, 64), {"lr": 0.0}, r"lr must be a finite number > 0.0, got 0.0"),
         ((0.5, 64), {"steps": -1}, r"steps must be an integer >= 0, got -1"),

@@ -110,9 +110,8 @@ def build_candidates(
 
 
 def _check_ks_fit(ks: tuple[int, ...], dp_max: int, cap: str) -> None:
-    """Every k must fit in some period: 1 <= k <= dp_max."""
-    bad = [k for k in ks if k > dp_max]
-    if bad:
+    """Some k must fit in a period (1 <= k <= dp_max); larger ks simply give no candidate (narrow layers)."""
+    if min(ks) > dp_max:
         raise ValueError(f"ks must hold integers in [1, dp_max={dp_max}] (dp_max capped at {cap}), got ks={ks}")
 
 
