@@ -2,7 +2,6 @@
 
 from lightning_ard.callback import ApproximateDropout
 from lightning_ard.controller import ARDController
-
 from lightning_ard.patterns import (
     BlockRow,
     PatternDistribution,

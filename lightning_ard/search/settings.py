@@ -23,7 +23,8 @@ class SearchSettings:
     Attributes:
         dp_max: largest period of the periodic candidates ("row", "tile"); capped at the width (row) or at the
             number of tile columns (tile).
-        ks: units (tiles) kept per period of the periodic candidates; the paper uses (1,); the default (1, 2, 3, 4) reaches rates below 0.5 without steps that drop nothing. Sorted, unique.
+        ks: units (tiles) kept per period of the periodic candidates; the paper uses (1,); the default
+            (1, 2, 3, 4) reaches rates below 0.5 without steps that drop nothing. Sorted, unique.
         spread: half-width, in binomial standard deviations, of the window of kept counts K around N(1 - p)
             from which the "block" and "random" candidates are taken.
         max_candidates: most kept counts K in that window (evenly thinned beyond it).
