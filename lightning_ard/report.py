@@ -125,9 +125,11 @@ def load_run(run_dir: Path, root: Path) -> RunResult:
     def value_of(tag: str) -> float | None:
         return _finite(_last(scalars.get(tag)) if tag in scalars else final.get(tag))
 
-    metric, value = "test/acc", value_of("test/acc")
-    if value is None and value_of("test/ppl") is not None:
-        metric, value = "test/ppl", value_of("test/ppl")
+    metric, value = "", None
+    for tag in ("test/acc", "test/ppl"):
+        if value_of(tag) is not None:
+            metric, value = tag, value_of(tag)
+            break
 
     if scalars.get("time/step_ms_median"):
         step_ms = statistics.median(scalars["time/step_ms_median"])
@@ -225,7 +227,7 @@ def plot(rows: Sequence[RunResult], path: Path) -> None:
             metric = [(r.p, r.value) for r in points if r.value is not None]
             if metric:
                 ax_metric.plot(*zip(*metric, strict=True), marker="o", label=label, **style)
-    metric_names = sorted({METRIC_NAMES.get(r.metric, r.metric) for r in rows})
+    metric_names = sorted({METRIC_NAMES.get(r.metric, r.metric) for r in rows if r.metric})
     ax_speed.set(xlabel="dropout rate p", ylabel="speedup over nn.Dropout (step time)", title="Training step speedup")
     ax_metric.set(xlabel="dropout rate p", ylabel=" / ".join(metric_names), title="Test metric")
     for ax in (ax_speed, ax_metric):
