@@ -64,7 +64,7 @@ class _TimedARD(ApproximateDropout):
         self.hook_ms.append(self._start_ms + (time.perf_counter() - t) * 1e3)
 
 
-def _fit(steps: int, p: float, callback: ApproximateDropout | None, logdir: str) -> list[float]:
+def _fit(steps: int, p: float, callback: ApproximateDropout | None, logdir: str, device: str) -> list[float]:
     pl.seed_everything(0, verbose=False)
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(256 * 8, 784, generator=g), torch.randint(0, 10, (256 * 8,), generator=g))
@@ -98,12 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", type=int, default=5, help="first steps left out of the medians")
     parser.add_argument("--p", type=float, default=0.5)
     parser.add_argument("--pattern", default="row")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as logdir:
-        dense = _fit(args.steps, args.p, None, logdir)
+        dense = _fit(args.steps, args.p, None, logdir, args.device)
         ard_cb = _TimedARD(pattern=args.pattern, verbose=False)
-        ard = _fit(args.steps, args.p, ard_cb, logdir)
+        ard = _fit(args.steps, args.p, ard_cb, logdir, args.device)
     dense_ms = statistics.median(dense[args.skip :])
     ard_ms = statistics.median(ard[args.skip :])
     hook_ms = statistics.median(ard_cb.hook_ms[args.skip :])
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         "case": "lightning_fit_mlp784-2048-2048-10_b256",
         "family": args.pattern,
         "p": args.p,
-        "device": device_name(torch.device("cpu")),
+        "device": device_name(torch.device(args.device)),
         "dense_ms": round(dense_ms, 3),
         "ard_ms": round(ard_ms, 3),
         "speedup": round(dense_ms / ard_ms, 3),
