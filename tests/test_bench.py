@@ -1,0 +1,45 @@
+"""Benchmark commands: records, table, plot and JSON are produced (timings themselves are not asserted)."""
+
+import json
+
+import torch
+
+from lightning_ard import bench, fit_bench
+
+
+def _tiny_case() -> bench.Case:
+    def batch(device):
+        g = torch.Generator().manual_seed(0)
+        return torch.randn(32, 16, generator=g), torch.randint(0, 4, (32,), generator=g)
+
+    return bench.Case(
+        "tiny_mlp",
+        lambda p: bench.mlp((16, 64, 64, 4), p),
+        lambda p: bench.mlp((16, round(64 * (1 - p)), round(64 * (1 - p)), 4), None),
+        batch,
+    )
+
+
+def test_bench_case_record_table_and_plot(tmp_path) -> None:
+    rec = bench.bench_case(_tiny_case(), "row", 0.5, torch.device("cpu"), warmup=1, rounds=1, steps=2)
+    assert rec.case == "tiny_mlp" and rec.family == "row" and rec.p == 0.5
+    assert abs(rec.speedup - rec.dense_ms / rec.ard_ms) < 0.01 * rec.speedup
+    assert 1.0 < rec.ideal < 8  # two patterned hidden layers at p = 0.5 (two sampled steps)
+    assert abs(rec.of_ideal - rec.speedup / rec.ideal) < 0.01
+    table = bench.format_table([rec])
+    assert "tiny_mlp" in table and "| row | 0.5 |" in table
+    bench.plot([rec], tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_bench_cli_rejects_bad_family(capsys) -> None:
+    assert bench.main(["--families", "diagonal", "--device", "cpu"]) == 2
+    assert "unknown families ['diagonal']" in capsys.readouterr().err
+
+
+def test_fit_bench_writes_json(tmp_path) -> None:
+    out = tmp_path / "fit.json"
+    assert fit_bench.main(["--steps", "5", "--skip", "2", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["steps_timed"] == 3 and result["dense_ms"] > 0 and result["ard_ms"] > 0
+    assert 0 < result["callback_overhead"] < 1
