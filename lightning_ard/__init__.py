@@ -1,6 +1,7 @@
 """lightning_ard: Approximate Random Dropout for PyTorch Lightning."""
 
 from lightning_ard.callback import ApproximateDropout
+from lightning_ard.config import ARDConfig
 from lightning_ard.controller import ARDController
 from lightning_ard.patterns import (
     BlockRow,
@@ -14,6 +15,7 @@ from lightning_ard.patterns import (
 )
 
 __all__ = [
+    "ARDConfig",
     "ARDController",
     "ApproximateDropout",
     "BlockRow",

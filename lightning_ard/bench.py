@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_ard.controller import FAMILIES, ARDController
+from lightning_ard.config import FAMILIES
+from lightning_ard.controller import ARDController
 
 RATES = (0.3, 0.4, 0.5, 0.6, 0.7)
 

@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from lightning_ard._validate import check_choice, check_rate, check_tile
-from lightning_ard.controller import FAMILIES, ARDController, check_search
-from lightning_ard.kernels.backend import BACKENDS, get_backend
+from lightning_ard.config import ARDConfig
+from lightning_ard.controller import ARDController
+from lightning_ard.kernels.backend import get_backend
 from lightning_ard.layers import ARDLSTM, ARDLinear
 
 
@@ -68,26 +68,10 @@ class ApproximateDropout(pl.Callback):
         restore_on_fit_end: bool = True,
         verbose: bool = True,
     ) -> None:
-        check_choice("pattern", pattern, FAMILIES)
-        if p is not None:
-            check_rate("p", p)
-        check_choice("backend", backend, BACKENDS)
+        self.config = ARDConfig(pattern, p, search or {}, include, exclude, sites, backend, tile)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"seed must be an integer or None, got {seed!r}")
-        for name, value in (("include", include), ("exclude", exclude), ("sites", sites)):
-            if value is not None and (isinstance(value, str) or not all(isinstance(v, str) for v in value)):
-                raise ValueError(f"{name} must be a list of strings, got {value!r}")
-        search = check_search(search)
-        check_tile("tile", tile)
-        self.pattern = pattern
-        self.p = p
-        self.search = search
-        self.include = list(include) if include is not None else None
-        self.exclude = list(exclude) if exclude is not None else None
-        self.sites = list(sites) if sites is not None else None
-        self.backend = backend
         self.seed = seed
-        self.tile = (int(tile[0]), int(tile[1]))
         self.measure_speedup = measure_speedup
         self.restore_on_fit_end = restore_on_fit_end
         self.verbose = verbose
@@ -110,18 +94,7 @@ class ApproximateDropout(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
-        self.controller = ARDController(
-            pl_module,
-            self.pattern,
-            self.p,
-            self.search,
-            self.include,
-            self.exclude,
-            self.sites,
-            self.backend,
-            seed + 1_000_003 * trainer.global_rank,
-            self.tile,
-        )
+        self.controller = ARDController(pl_module, self.config, seed=seed + 1_000_003 * trainer.global_rank)
         try:
             self.controller.apply()
         except ValueError as err:

@@ -17,14 +17,11 @@ from typing import Any
 
 from torch import nn
 
-from lightning_ard._validate import check_choice, check_rate
+from lightning_ard.config import ARDConfig
 from lightning_ard.flops import linear_step_flops, lstm_layer_step_flops
-from lightning_ard.kernels.backend import BACKENDS
 from lightning_ard.layers import ARDLSTM, ARDLinear
 from lightning_ard.patterns import PatternDistribution, PatternSampler, RowPattern, TilePattern
 from lightning_ard.surgery import Site, SiteReport, Surgery, find_sites
-
-FAMILIES = ("row", "block", "random", "tile")
 
 
 @dataclass
@@ -41,49 +38,23 @@ class _LSTMPlan:
     layer_sites: list[str | None] = field(default_factory=list)
 
 
-def check_search(search: dict[str, Any] | None) -> dict[str, Any]:
-    """Validate a dict of search settings (names known to the search, no 'family')."""
-    if search is not None and not isinstance(search, dict):
-        raise ValueError(f"search must be a dict of search settings, got {search!r}")
-    search = dict(search or {})
-    if "family" in search:
-        raise ValueError("search must not set 'family'; choose the family with pattern=...")
-    from lightning_ard.search.settings import SearchSettings
-
-    unknown = set(search) - set(SearchSettings.names()) - {"method"}
-    if unknown:
-        raise ValueError(f"unknown search settings {sorted(unknown)}; allowed: {['method', *SearchSettings.names()]}")
-    return search
-
-
 class ARDController:
     """Owns ARD for one model: site detection, per-site distributions, the swap, per-step patterns, FLOPs.
 
-    Args: as :class:`lightning_ard.ApproximateDropout` (pattern, p, search, include, exclude, sites, backend,
-    tile), plus ``seed`` (an int: the caller adds the rank).
+    Args:
+        model: the model to rewrite (in place, on :meth:`apply`).
+        config: what to rewrite and how; ``None`` builds one from ``config_kwargs`` (``pattern="tile"``, ...).
+        seed: seed of the pattern generator (the Lightning callback adds the rank).
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        pattern: str = "row",
-        p: float | None = None,
-        search: dict[str, Any] | None = None,
-        include: list[str] | None = None,
-        exclude: list[str] | None = None,
-        sites: list[str] | None = None,
-        backend: str = "auto",
-        seed: int = 0,
-        tile: tuple[int, int] = (64, 64),
-    ) -> None:
-        check_choice("pattern", pattern, FAMILIES)
-        check_choice("backend", backend, BACKENDS)
-        if p is not None:
-            check_rate("p", p)
-        self.model = model
-        self.pattern, self.p, self.search = pattern, p, check_search(search)
-        self.include, self.exclude, self.sites = include, exclude, sites
-        self.backend, self.seed, self.tile = backend, seed, (int(tile[0]), int(tile[1]))
+    def __init__(self, model: nn.Module, config: ARDConfig | None = None, *, seed: int = 0, **config_kwargs: Any):
+        if config is None:
+            config = ARDConfig(**config_kwargs)
+        elif config_kwargs:
+            raise ValueError(f"pass either config or keyword settings, not both (got {sorted(config_kwargs)})")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        self.model, self.config, self.seed = model, config, seed
         self.report: SiteReport = SiteReport()
         self.distributions: dict[str, PatternDistribution] = {}
         self.surgery: Surgery | None = None
@@ -99,7 +70,8 @@ class ARDController:
 
     def apply(self) -> "ARDController":
         """Detect sites, search each site's distribution and swap the modules (no-op when there is no site)."""
-        self.report = find_sites(self.model, self.p, self.include, self.exclude, self.sites)
+        c = self.config
+        self.report = find_sites(self.model, c.p, c.include, c.exclude, c.sites)
         if not self.report.sites:
             return self
         for site in self.report.sites:
@@ -107,16 +79,16 @@ class ARDController:
                 # a tile consumer needs all its input units, so the producer keeps computing all of them
                 site.producer, site.kind = None, "consumer"
         self.distributions = {site.name: self._distribution(site) for site in self.report.sites}
-        self.surgery = Surgery(self.model, self.report.sites, self.backend).apply()
+        self.surgery = Surgery(self.model, self.report.sites, c.backend).apply()
         self._plan()
         self.sampler = PatternSampler(self.distributions, self.seed)
         return self
 
     def family_for(self, site: Site) -> str:
         """The family a site uses: the chosen one, except row for LSTM sites under the tile family."""
-        if self.pattern == "tile" and site.kind not in ("consumer", "producer+consumer"):
+        if self.config.pattern == "tile" and site.kind not in ("consumer", "producer+consumer"):
             return "row"
-        return self.pattern
+        return self.config.pattern
 
     def _distribution(self, site: Site) -> PatternDistribution:
         from lightning_ard.search import search_distribution
@@ -130,10 +102,10 @@ class ARDController:
                     site.width,
                     "tile",
                     shape=(consumer.out_features, consumer.in_features),
-                    tile=self.tile,
-                    **self.search,
+                    tile=self.config.tile,
+                    **self.config.search,
                 )
-            return search_distribution(site.p, site.width, family, **self.search)
+            return search_distribution(site.p, site.width, family, **self.config.search)
         except ValueError as err:
             raise ValueError(f"site {site.name!r} (p={site.p}, width={site.width}): {err}") from err
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -178,9 +179,9 @@ def _single_user(node: fx.Node) -> fx.Node | None:
 def find_sites(
     model: nn.Module,
     p: float | None = None,
-    include: list[str] | None = None,
-    exclude: list[str] | None = None,
-    sites: list[str] | None = None,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    sites: Sequence[str] | None = None,
 ) -> SiteReport:
     """Find the dropout sites of ``model`` that ARD can serve.
 

@@ -314,3 +314,17 @@ def test_tile_family_keeps_producer_dense(tmp_path) -> None:
     assert all(s.producer is None for s in cb.controller.report.sites)
     scalars = _scalars(tmp_path)
     assert all(0 < v < 1 for v in scalars["ard/net.2/flops_saved"])
+
+
+def test_config_and_controller_arguments() -> None:
+    from lightning_ard import ARDConfig, ARDController
+
+    cfg = ARDConfig(pattern="block", p=0.3, include=["net.*"], tile=[8, 8])
+    assert cfg.include == ("net.*",) and cfg.tile == (8, 8)
+    with pytest.raises(ValueError, match="pass either config or keyword settings"):
+        ARDController(nn.Linear(2, 2), cfg, pattern="row")
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        ARDController(nn.Linear(2, 2), cfg, seed=None)
+    ctl = ARDController(MLP().net, cfg).apply()
+    assert [s.p for s in ctl.report.sites] == [0.3]
+    ctl.restore()

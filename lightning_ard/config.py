@@ -1,0 +1,71 @@
+"""ARDConfig: what to rewrite and how, validated once (the callback and the controller both take it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from lightning_ard._validate import check_choice, check_rate, check_tile
+from lightning_ard.kernels.backend import BACKENDS
+
+FAMILIES = ("row", "block", "random", "tile")
+
+
+def _check_strings(name: str, value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{name} must be a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def check_search(search: dict[str, Any] | None) -> dict[str, Any]:
+    """Validate a dict of search settings: known names (``method`` and :class:`SearchSettings` fields), no family."""
+    if search is not None and not isinstance(search, dict):
+        raise ValueError(f"search must be a dict of search settings, got {search!r}")
+    search = dict(search or {})
+    if "family" in search:
+        raise ValueError("search must not set 'family'; choose the family with pattern=...")
+    from lightning_ard.search.settings import SearchSettings
+
+    unknown = set(search) - set(SearchSettings.names()) - {"method"}
+    if unknown:
+        raise ValueError(f"unknown search settings {sorted(unknown)}; allowed: {['method', *SearchSettings.names()]}")
+    return search
+
+
+@dataclass(frozen=True)
+class ARDConfig:
+    """How ARD rewrites a model.
+
+    Args:
+        pattern: pattern family: ``"row"`` (periodic neuron pattern, the paper's), ``"block"`` (contiguous kept
+            block), ``"random"`` (random subset of exactly K units), ``"tile"`` (DropConnect on whole weight tiles
+            of the consumer Linear; LSTM sites use ``"row"``).
+        p: dropout rate for every site; ``None`` keeps each dropout's own rate.
+        search: settings for :func:`lightning_ard.search.search_distribution` (e.g. ``{"method": "exact"}``).
+        include: glob patterns over dropout module paths (or site names) to serve; ``None`` serves all.
+        exclude: glob patterns over dropout module paths (or site names) to leave alone.
+        sites: explicit ``"dropout->consumer"`` module-path pairs for sites detection cannot prove.
+        backend: ``"auto"`` (Triton on CUDA, PyTorch elsewhere), ``"torch"`` or ``"triton"``.
+        tile: tile shape (rows, cols) of the weight for ``pattern="tile"``.
+    """
+
+    pattern: str = "row"
+    p: float | None = None
+    search: dict[str, Any] = field(default_factory=dict)
+    include: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] | None = None
+    sites: tuple[str, ...] | None = None
+    backend: str = "auto"
+    tile: tuple[int, int] = (64, 64)
+
+    def __post_init__(self) -> None:
+        check_choice("pattern", self.pattern, FAMILIES)
+        if self.p is not None:
+            check_rate("p", self.p)
+        check_choice("backend", self.backend, BACKENDS)
+        for name in ("include", "exclude", "sites"):
+            object.__setattr__(self, name, _check_strings(name, getattr(self, name)))
+        object.__setattr__(self, "search", check_search(self.search))
+        object.__setattr__(self, "tile", check_tile("tile", self.tile))
