@@ -325,6 +325,6 @@ def test_config_and_controller_arguments() -> None:
         ARDController(nn.Linear(2, 2), cfg, pattern="row")
     with pytest.raises(ValueError, match="seed must be an integer"):
         ARDController(nn.Linear(2, 2), cfg, seed=None)
-    ctl = ARDController(MLP().net, cfg).apply()
+    ctl = ARDController(MLP(), cfg).apply()
     assert [s.p for s in ctl.report.sites] == [0.3]
     ctl.restore()
