@@ -5,7 +5,8 @@ One run seeds everything, builds the DataModule, the model, the callbacks (step 
 tests, prints the final metrics and the TensorBoard directory, writes ``metrics.json`` into the run directory and
 returns the monitored metric (``optimized_metric``) for sweepers (``-m``, Optuna). See ``conf/config.yaml``.
 
-Heavy imports (torch, Lightning) happen inside :func:`train`, so a bad override fails at once with Hydra's message.
+Config errors (unknown keys or options) fail in Hydra before anything is built; objects are built callbacks first,
+so a bad ``ard.p`` fails with the callback's message before any data is read.
 """
 
 from __future__ import annotations
