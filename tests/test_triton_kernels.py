@@ -195,6 +195,20 @@ def run_linear(fn, x, weight, bias, gy):
     return y.detach(), x.grad, w.grad, (b.grad if b is not None else None)
 
 
+def assert_matches(got, oracle, dense, dtype: torch.dtype) -> None:
+    """(y, grad_x, grad_W, grad_b) of the Triton backend have ``dtype`` and match those of the torch path (the
+    oracle) and of the dense masked computation, to 1e-5 in float32 and 3e-2 in 16-bit types; None where the
+    oracle has none."""
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    for name, g, o, d in zip(("y", "grad_x", "grad_W", "grad_b"), got, oracle, dense, strict=True):
+        if o is None:
+            assert g is None and d is None, name
+            continue
+        assert g.dtype == o.dtype == dtype, f"{name}: dtype {g.dtype} != {o.dtype}"
+        assert_close(g, o, tol, f"{name} vs torch path")
+        assert_close(g, d, tol, f"{name} vs dense masked")
+
+
 # --- row patterns: compact gather GEMM through the backend --------------------------------------------------------
 
 ROW_CASES = [
@@ -224,7 +238,6 @@ def check_row_case(kernels, case: tuple, seed: int, dtype: torch.dtype = torch.f
     x = x_full[..., in_p.kept] if compact else x_full
     n_y = out_p.num_kept if out_p is not None else n_out
     gy = torch.randn(*lead, n_y, generator=gen)
-    tol = 1e-5 if dtype == torch.float32 else 3e-2
 
     triton_backend = kernels.triton_backend.TritonBackend()
     got = run_linear(lambda a, w, b: triton_backend.row_linear(a, w, b, in_p, out_p, compact), x, weight, bias, gy)
@@ -232,13 +245,7 @@ def check_row_case(kernels, case: tuple, seed: int, dtype: torch.dtype = torch.f
     dense = list(dense_row_reference(x_full, weight, bias, in_p, out_p, gy))
     if compact:
         dense[1] = dense[1][..., in_p.kept]
-    for name, g, o, d in zip(("y", "grad_x", "grad_W", "grad_b"), got, oracle, dense, strict=True):
-        if o is None:
-            assert g is None and d is None, name
-            continue
-        assert g.dtype == o.dtype == dtype, f"{name}: dtype {g.dtype} != {o.dtype}"
-        assert_close(g, o, tol, f"{name} vs torch path")
-        assert_close(g, d, tol, f"{name} vs dense masked")
+    assert_matches(got, oracle, dense, dtype)
 
 
 @pytest.mark.parametrize("case", ROW_CASES, ids=lambda c: f"{c[3]}-{c[4]}-{'compact' if c[5] else 'full'}")
@@ -427,7 +434,6 @@ def check_tile_case(kernels, case: tuple, seed: int, dtype: torch.dtype = torch.
     weight = (torch.randn(n, k, generator=gen) / k**0.5).to(dtype)
     bias = torch.randn(n, generator=gen).to(dtype) if has_bias else None
     gy = torch.randn(*lead, n, generator=gen)
-    tol = 1e-5 if dtype == torch.float32 else 3e-2
 
     triton_backend = kernels.triton_backend.TritonBackend()
     got = run_linear(lambda a, w, b: triton_backend.tile_linear(a, w, b, pattern), x, weight, bias, gy)
@@ -435,13 +441,7 @@ def check_tile_case(kernels, case: tuple, seed: int, dtype: torch.dtype = torch.
     mask = pattern.element_mask(torch.float64)
     dense_bias = bias.double() if bias is not None else None
     dense = run_linear(lambda a, w, b: F.linear(a, w * mask, b), x.double(), weight.double(), dense_bias, gy.double())
-    for name, g, o, d in zip(("y", "grad_x", "grad_W", "grad_b"), got, oracle, dense, strict=True):
-        if o is None:
-            assert g is None, name
-            continue
-        assert g.dtype == o.dtype == dtype
-        assert_close(g, o, tol, f"{name} vs torch path")
-        assert_close(g, d, tol, f"{name} vs dense masked")
+    assert_matches(got, oracle, dense, dtype)
 
 
 @pytest.mark.parametrize("case", TILE_CASES, ids=lambda c: f"{c[3][0]}x{c[3][1]}-{c[4][0]}{c[4][1]}")
@@ -634,8 +634,7 @@ def _compile_all_variants() -> None:
     ints = {n: "i32" for n in "M N R K n_zero max_kept tune_m tune_n tune_r tune_k".split()}
     ints.update({n: "i32" for n in triton_row._gather_gemm_kernel.fn.arg_names if n.startswith("stride")})
     ints.update({n: "i32" for n in triton_tile._tile_grad_weight_kernel.fn.arg_names if n.startswith("stride")})
-    ints.update({n: "i32" for n in triton_tile._tile_forward_kernel.fn.arg_names if n.startswith("stride")})
-    ints.update({n: "i32" for n in triton_tile._tile_grad_input_kernel.fn.arg_names if n.startswith("stride")})
+    ints.update({n: "i32" for n in triton_tile._tile_product_kernel.arg_names if n.startswith("stride")})
     ints["scale"] = "fp32"
     f32 = dict(DOT_DTYPE=tl.float32, INPUT_PRECISION="tf32", UPCAST=False)
     bf16 = dict(DOT_DTYPE=tl.bfloat16, INPUT_PRECISION="ieee", UPCAST=False)
@@ -669,12 +668,12 @@ def _compile_all_variants() -> None:
     geometry = dict(TILE_N=64, TILE_K=64, CHUNKS_N=1, CHUNKS_K=1, BLOCK_N=64, BLOCK_K=64)
     for precision, dt in ((f32, "*fp32"), (bf16, "*bf16")):
         common = dict(geometry, **precision)
-        fwd = {"x_ptr": dt, "w_ptr": dt, "bias_ptr": dt, "y_ptr": dt, "cols_ptr": "*i32", "counts_ptr": "*i32"}
-        dx = {"g_ptr": dt, "w_ptr": dt, "dx_ptr": dt, "rows_ptr": "*i32", "counts_ptr": "*i32"}
+        dx = {"a_ptr": dt, "w_ptr": dt, "c_ptr": dt, "table_ptr": "*i32", "counts_ptr": "*i32"}
+        fwd = dict(dx, bias_ptr=dt)
         dw = {"g_ptr": dt, "x_ptr": dt, "dw_ptr": dt, "cols_ptr": "*i32", "counts_ptr": "*i32"}
         for kernel, types_, consts in (
             (triton_tile._tile_forward_kernel, fwd, dict(common, HAS_BIAS=True)),
-            (triton_tile._tile_grad_input_kernel, dx, common),
+            (triton_tile._tile_grad_input_kernel, dx, dict(common, HAS_BIAS=False)),
             (triton_tile._tile_grad_weight_kernel, dw, dict(common, ACCUMULATE=False)),
         ):
             for config in (kernel.configs[0], kernel.configs[-1]):

@@ -1,4 +1,4 @@
-"""What the Triton kernels share: interpreter detection, dtype policy, the tensor-core product and tuning keys.
+"""What the Triton kernels share: interpreter detection, dtype policy, the load-and-multiply step and tuning keys.
 
 Whether the kernels run compiled (CUDA) or in Triton's CPU interpreter is decided when the kernel modules are
 imported (``@triton.jit`` reads ``TRITON_INTERPRET`` at decoration time), so :data:`INTERPRET` is read once here
@@ -88,6 +88,32 @@ def mma(a, b, acc, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     if UPCAST:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
     return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+
+
+@triton.jit
+def load_mma(
+    acc, a_ptr, b_ptr,
+    rows, a_red, b_red, cols, mask_rows, mask_red, mask_cols,
+    stride_a_row, stride_a_red, stride_b_red, stride_b_col,
+    DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    """One step of a blocked product: ``acc + A[rows, a_red] @ B[b_red, cols]``.
+
+    Both blocks are loaded masked (zero outside ``mask_rows``/``mask_red``/``mask_cols``) and cast to ``DOT_DTYPE``
+    in registers. ``a_red`` and ``b_red`` are the same reduction positions as seen by each operand (they differ
+    when one of them is read through an index vector); ``mask_red`` masks both.
+    """
+    a = tl.load(
+        a_ptr + rows[:, None] * stride_a_row + a_red[None, :] * stride_a_red,
+        mask=mask_rows[:, None] & mask_red[None, :],
+        other=0.0,
+    )
+    b = tl.load(
+        b_ptr + b_red[:, None] * stride_b_red + cols[None, :] * stride_b_col,
+        mask=mask_red[:, None] & mask_cols[None, :],
+        other=0.0,
+    )
+    return mma(a.to(DOT_DTYPE), b.to(DOT_DTYPE), acc, INPUT_PRECISION, UPCAST)
 
 
 @triton.jit

@@ -50,7 +50,7 @@ from lightning_ard.kernels.triton_common import (
     Precision,
     check_offsets,
     grouped_pid,
-    mma,
+    load_mma,
     tune_bucket,
     tuned,
 )
@@ -85,6 +85,14 @@ def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs: obj
 
 
 @triton.jit
+def _positions(idx_ptr, offs, mask, HAS_IDX: tl.constexpr):
+    """Where block positions ``offs`` fall in the operand: ``idx[offs]`` through an index vector, else ``offs``."""
+    if HAS_IDX:
+        return tl.load(idx_ptr + offs, mask=mask, other=0)
+    return offs
+
+
+@triton.jit
 def _gemm_block(
     pid, num_pid_m, num_pid_n,
     a_ptr, b_ptr, c_ptr, bias_ptr,
@@ -103,44 +111,22 @@ def _gemm_block(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_n = offs_n < N
-    if B_ROW_IDX:
-        b_rows = tl.load(b_row_idx_ptr + offs_n, mask=mask_n, other=0)
-    else:
-        b_rows = offs_n
+    b_rows = _positions(b_row_idx_ptr, offs_n, mask_n, B_ROW_IDX)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for r0 in range(0, R, BLOCK_R):
         offs_r = r0 + tl.arange(0, BLOCK_R)
         mask_r = offs_r < R
-        if A_RED_IDX:
-            a_cols = tl.load(a_red_idx_ptr + offs_r, mask=mask_r, other=0)
-        else:
-            a_cols = offs_r
-        if B_RED_IDX:
-            b_cols = tl.load(b_red_idx_ptr + offs_r, mask=mask_r, other=0)
-        else:
-            b_cols = offs_r
-        a = tl.load(
-            a_ptr + offs_m[:, None] * stride_am + a_cols[None, :] * stride_ar,
-            mask=mask_m[:, None] & mask_r[None, :],
-            other=0.0,
-        )
-        b = tl.load(
-            b_ptr + b_cols[:, None] * stride_br + b_rows[None, :] * stride_bn,
-            mask=mask_r[:, None] & mask_n[None, :],
-            other=0.0,
-        )
-        acc = mma(a.to(DOT_DTYPE), b.to(DOT_DTYPE), acc, INPUT_PRECISION, UPCAST)
+        a_cols = _positions(a_red_idx_ptr, offs_r, mask_r, A_RED_IDX)
+        b_cols = _positions(b_red_idx_ptr, offs_r, mask_r, B_RED_IDX)
+        acc = load_mma(
+            acc, a_ptr, b_ptr, offs_m, a_cols, b_cols, b_rows, mask_m, mask_r, mask_n,
+            stride_am, stride_ar, stride_br, stride_bn, DOT_DTYPE, INPUT_PRECISION, UPCAST,
+        )  # fmt: skip
     acc = acc * scale
     if HAS_BIAS:
         acc += tl.load(bias_ptr + b_rows, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    if C_ROW_IDX:
-        c_rows = tl.load(c_row_idx_ptr + offs_m, mask=mask_m, other=0)
-    else:
-        c_rows = offs_m
-    if C_COL_IDX:
-        c_cols = tl.load(c_col_idx_ptr + offs_n, mask=mask_n, other=0)
-    else:
-        c_cols = offs_n
+    c_rows = _positions(c_row_idx_ptr, offs_m, mask_m, C_ROW_IDX)
+    c_cols = _positions(c_col_idx_ptr, offs_n, mask_n, C_COL_IDX)
     c_ptrs = c_ptr + c_rows[:, None] * stride_cm + c_cols[None, :] * stride_cn
     mask_c = mask_m[:, None] & mask_n[None, :]
     if ACCUMULATE:
@@ -162,10 +148,7 @@ def _zero_block(
     offs_z = pid_z * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_z = offs_z < n_zero
-    if C_ROW_IDX:
-        rows = tl.load(c_row_idx_ptr + offs_m, mask=mask_m, other=0)
-    else:
-        rows = offs_m
+    rows = _positions(c_row_idx_ptr, offs_m, mask_m, C_ROW_IDX)
     cols = tl.load(zero_idx_ptr + offs_z, mask=mask_z, other=0)
     zeros = tl.zeros((BLOCK_M, BLOCK_N), dtype=c_ptr.dtype.element_ty)
     tl.store(
@@ -204,28 +187,20 @@ def _gather_gemm_kernel(
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     num_compute = num_pid_m * num_pid_n
-    if ZERO_FILL:
+    if ZERO_FILL:  # compile-time: without it the zero-fill branch is not compiled (its pointers are None)
         if pid >= num_compute:
             _zero_block(
                 pid - num_compute, num_pid_m, c_ptr, c_row_idx_ptr, zero_idx_ptr, M, n_zero, stride_cm, stride_cn,
                 C_ROW_IDX, BLOCK_M, BLOCK_N,
             )  # fmt: skip
-        else:
-            _gemm_block(
-                pid, num_pid_m, num_pid_n, a_ptr, b_ptr, c_ptr, bias_ptr,
-                a_red_idx_ptr, b_row_idx_ptr, b_red_idx_ptr, c_row_idx_ptr, c_col_idx_ptr, M, N, R,
-                stride_am, stride_ar, stride_bn, stride_br, stride_cm, stride_cn, scale,
-                A_RED_IDX, B_ROW_IDX, B_RED_IDX, C_ROW_IDX, C_COL_IDX, HAS_BIAS, ACCUMULATE,
-                DOT_DTYPE, INPUT_PRECISION, UPCAST, BLOCK_M, BLOCK_N, BLOCK_R, GROUP_M,
-            )  # fmt: skip
-    else:
-        _gemm_block(
-            pid, num_pid_m, num_pid_n, a_ptr, b_ptr, c_ptr, bias_ptr,
-            a_red_idx_ptr, b_row_idx_ptr, b_red_idx_ptr, c_row_idx_ptr, c_col_idx_ptr, M, N, R,
-            stride_am, stride_ar, stride_bn, stride_br, stride_cm, stride_cn, scale,
-            A_RED_IDX, B_ROW_IDX, B_RED_IDX, C_ROW_IDX, C_COL_IDX, HAS_BIAS, ACCUMULATE,
-            DOT_DTYPE, INPUT_PRECISION, UPCAST, BLOCK_M, BLOCK_N, BLOCK_R, GROUP_M,
-        )  # fmt: skip
+            return
+    _gemm_block(
+        pid, num_pid_m, num_pid_n, a_ptr, b_ptr, c_ptr, bias_ptr,
+        a_red_idx_ptr, b_row_idx_ptr, b_red_idx_ptr, c_row_idx_ptr, c_col_idx_ptr, M, N, R,
+        stride_am, stride_ar, stride_bn, stride_br, stride_cm, stride_cn, scale,
+        A_RED_IDX, B_ROW_IDX, B_RED_IDX, C_ROW_IDX, C_COL_IDX, HAS_BIAS, ACCUMULATE,
+        DOT_DTYPE, INPUT_PRECISION, UPCAST, BLOCK_M, BLOCK_N, BLOCK_R, GROUP_M,
+    )  # fmt: skip
 
 
 def _check_index(name: str, idx: torch.Tensor | None, device: torch.device, bound: int) -> None:
@@ -345,10 +320,7 @@ def _column_sum_kernel(
             other=0.0,
         )
         acc += tl.sum(tile.to(tl.float32), axis=0)
-    if HAS_IDX:
-        dst = tl.load(idx_ptr + offs_n, mask=mask_n, other=0)
-    else:
-        dst = offs_n
+    dst = _positions(idx_ptr, offs_n, mask_n, HAS_IDX)
     if ACCUMULATE:
         acc += tl.load(out_ptr + dst, mask=mask_n, other=0.0).to(tl.float32)
     tl.store(out_ptr + dst, acc.to(out_ptr.dtype.element_ty), mask=mask_n)

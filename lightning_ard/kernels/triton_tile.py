@@ -5,8 +5,9 @@ The weight ``W`` (N = out_features, K = in_features) is cut into tiles of ``(TIL
 
 * forward ``y = scale · x · (W ⊙ M)ᵀ + b``: a program owns a block of y (rows of x × part of one tile row of W)
   and loops over the kept tiles of that tile row, read from the ``kept_columns`` table;
-* ``grad_x = scale · g · (W ⊙ M)``: a program owns a block of grad_x (rows × part of one tile column of W) and
-  loops over the kept tiles of that tile *column*, read from the transposed table (kept tile rows per column);
+* ``grad_x = scale · g · (W ⊙ M) = scale · g · (Wᵀ ⊙ Mᵀ)ᵀ``: the same kernel on the view ``Wᵀ`` (a stride swap)
+  with the transposed table (kept tile rows of each tile column), so a program loops over the kept tiles of one
+  tile *column* of W;
 * ``grad_W = scale · gᵀ · x`` on kept tiles only: one program per (part of a) kept tile, reducing over the batch;
   dropped tiles of the full-size gradient are left as the caller allocated them (zeros).
 
@@ -35,7 +36,7 @@ from lightning_ard.kernels.triton_common import (
     Precision,
     check_offsets,
     grouped_pid,
-    mma,
+    load_mma,
     tune_bucket,
     tuned,
 )
@@ -121,19 +122,22 @@ def _cuda_configs(block_ms: tuple[int, ...]) -> list[triton.Config]:
 _KEY = ["tune_m", "tune_n", "tune_k", "TILE_N", "TILE_K", "BLOCK_N", "BLOCK_K", "DOT_DTYPE", "INPUT_PRECISION"]
 
 
-@tuned(configs=_cuda_configs((64, 128)), key=_KEY)
 @triton.jit(do_not_specialize=["tune_m", "tune_n", "tune_k"])
-def _tile_forward_kernel(
-    x_ptr, w_ptr, bias_ptr, y_ptr, cols_ptr, counts_ptr,
+def _tile_product_kernel(
+    a_ptr, w_ptr, bias_ptr, c_ptr, table_ptr, counts_ptr,
     M, N, K,
-    stride_xm, stride_xk, stride_wn, stride_wk, stride_ym, stride_yn, stride_cols,
+    stride_am, stride_ak, stride_wn, stride_wk, stride_cm, stride_cn, stride_table,
     scale,
     tune_m, tune_n, tune_k,
     TILE_N: tl.constexpr, TILE_K: tl.constexpr, CHUNKS_N: tl.constexpr, CHUNKS_K: tl.constexpr,
     HAS_BIAS: tl.constexpr, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
-    """y[m-block, n-block] = scale · Σ over the kept tiles (r, c) of tile row r: x[m, c-cols] · W[n, c-cols]ᵀ."""
+    """c[m-block, n-block] = scale · Σ over the kept tiles (r, t) of tile row r: a[m, t-cols] · w[n, t-cols]ᵀ
+    (+ bias[n]), for a (N, K) ``w`` whose kept tile columns per tile row are ``table`` (``counts`` of them).
+
+    Forward: (x, W, kept columns per tile row). grad_input: (g, Wᵀ, kept rows per tile column of W), no bias.
+    A tile row with no kept tile gets zeros (the loop runs zero times), so every element is written."""
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, TILE_N) * CHUNKS_N
@@ -147,74 +151,25 @@ def _tile_forward_kernel(
     count = tl.load(counts_ptr + tile_row)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for i in range(0, count * CHUNKS_K):
-        tile_col = tl.load(cols_ptr + tile_row * stride_cols + i // CHUNKS_K)
+        tile_col = tl.load(table_ptr + tile_row * stride_table + i // CHUNKS_K)
         in_k = (i % CHUNKS_K) * BLOCK_K + tl.arange(0, BLOCK_K)
         offs_k = tile_col * TILE_K + in_k
         mask_k = (in_k < TILE_K) & (offs_k < K)
-        x = tl.load(
-            x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
-            mask=mask_m[:, None] & mask_k[None, :],
-            other=0.0,
-        )
-        w = tl.load(
-            w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn,
-            mask=mask_k[:, None] & mask_n[None, :],
-            other=0.0,
-        )
-        acc = mma(x.to(DOT_DTYPE), w.to(DOT_DTYPE), acc, INPUT_PRECISION, UPCAST)
+        acc = load_mma(
+            acc, a_ptr, w_ptr, offs_m, offs_k, offs_k, offs_n, mask_m, mask_k, mask_n,
+            stride_am, stride_ak, stride_wk, stride_wn, DOT_DTYPE, INPUT_PRECISION, UPCAST,
+        )  # fmt: skip
     acc = acc * scale
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
+    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
-@tuned(configs=_cuda_configs((64, 128)), key=_KEY)
-@triton.jit(do_not_specialize=["tune_m", "tune_n", "tune_k"])
-def _tile_grad_input_kernel(
-    g_ptr, w_ptr, dx_ptr, rows_ptr, counts_ptr,
-    M, N, K,
-    stride_gm, stride_gn, stride_wn, stride_wk, stride_dm, stride_dk, stride_rows,
-    scale,
-    tune_m, tune_n, tune_k,
-    TILE_N: tl.constexpr, TILE_K: tl.constexpr, CHUNKS_N: tl.constexpr, CHUNKS_K: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-):  # fmt: skip
-    """dx[m-block, k-block] = scale · Σ over the kept tiles (r, c) of tile column c: g[m, r-rows] · W[r-rows, k].
-
-    A tile column with no kept tile gets zeros (the loop runs zero times), so every element is written."""
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_k = tl.cdiv(K, TILE_K) * CHUNKS_K
-    pid_m, pid_k = grouped_pid(pid, num_pid_m, num_pid_k, GROUP_M)
-    tile_col = pid_k // CHUNKS_K
-    in_k = (pid_k % CHUNKS_K) * BLOCK_K + tl.arange(0, BLOCK_K)
-    offs_k = tile_col * TILE_K + in_k
-    mask_k = (in_k < TILE_K) & (offs_k < K)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
-    count = tl.load(counts_ptr + tile_col)
-    acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
-    for i in range(0, count * CHUNKS_N):
-        tile_row = tl.load(rows_ptr + tile_col * stride_rows + i // CHUNKS_N)
-        in_n = (i % CHUNKS_N) * BLOCK_N + tl.arange(0, BLOCK_N)
-        offs_n = tile_row * TILE_N + in_n
-        mask_n = (in_n < TILE_N) & (offs_n < N)
-        g = tl.load(
-            g_ptr + offs_m[:, None] * stride_gm + offs_n[None, :] * stride_gn,
-            mask=mask_m[:, None] & mask_n[None, :],
-            other=0.0,
-        )
-        w = tl.load(
-            w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk,
-            mask=mask_n[:, None] & mask_k[None, :],
-            other=0.0,
-        )
-        acc = mma(g.to(DOT_DTYPE), w.to(DOT_DTYPE), acc, INPUT_PRECISION, UPCAST)
-    acc = acc * scale
-    dx_ptrs = dx_ptr + offs_m[:, None] * stride_dm + offs_k[None, :] * stride_dk
-    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_k[None, :])
+# One kernel, two tuning caches: for a square layer the forward and grad_input keys coincide, but they read W in
+# different layouts, so each keeps its own best configuration.
+_tile_forward_kernel = tuned(configs=_cuda_configs((64, 128)), key=_KEY)(_tile_product_kernel)
+_tile_grad_input_kernel = tuned(configs=_cuda_configs((64, 128)), key=_KEY)(_tile_product_kernel)
 
 
 @tuned(configs=_cuda_configs((32, 64)), key=_KEY + ["ACCUMULATE"], restore_value=["dw_ptr"])
@@ -253,17 +208,10 @@ def _tile_grad_weight_kernel(
         for m0 in range(0, M, BLOCK_M):
             offs_m = m0 + tl.arange(0, BLOCK_M)
             mask_m = offs_m < M
-            gt = tl.load(
-                g_ptr + offs_n[:, None] * stride_gn + offs_m[None, :] * stride_gm,
-                mask=mask_n[:, None] & mask_m[None, :],
-                other=0.0,
-            )
-            x = tl.load(
-                x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
-                mask=mask_m[:, None] & mask_k[None, :],
-                other=0.0,
-            )
-            acc = mma(gt.to(DOT_DTYPE), x.to(DOT_DTYPE), acc, INPUT_PRECISION, UPCAST)
+            acc = load_mma(
+                acc, g_ptr, x_ptr, offs_n, offs_m, offs_m, offs_k, mask_n, mask_m, mask_k,
+                stride_gn, stride_gm, stride_xm, stride_xk, DOT_DTYPE, INPUT_PRECISION, UPCAST,
+            )  # fmt: skip
         acc = acc * scale
         dw_ptrs = dw_ptr + offs_n[:, None] * stride_dn + offs_k[None, :] * stride_dk
         mask = mask_n[:, None] & mask_k[None, :]
@@ -280,6 +228,10 @@ class _Geometry:
     block_k: int
     chunks_n: int
     chunks_k: int
+
+    def transposed(self) -> _Geometry:
+        """The geometry of Wᵀ (the two sides swapped)."""
+        return _Geometry(self.tile_k, self.tile_n, self.block_k, self.block_n, self.chunks_k, self.chunks_n)
 
 
 def _geometry(weight_shape: torch.Size, tables: TileTables, tile: tuple[int, int]) -> _Geometry:
@@ -314,6 +266,49 @@ def _check(name: str, t: torch.Tensor, shape: tuple[int, int], device: torch.dev
     check_offsets(**{name: t})
 
 
+def _tile_product(
+    a: torch.Tensor,
+    a_name: str,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    tables: TileTables,
+    tile: tuple[int, int],
+    scale: float,
+    precision: Precision,
+    out: torch.Tensor,
+    transpose: bool,
+) -> torch.Tensor:
+    """``out = scale · a · (w ⊙ M)ᵀ (+ bias)`` with ``w`` = W (forward) or, with ``transpose``, the view Wᵀ and
+    the transposed tables (grad_input); returns ``out``."""
+    w = weight.t() if transpose else weight
+    table, counts = (tables.rows, tables.row_counts) if transpose else (tables.cols, tables.col_counts)
+    n, k = w.shape
+    m = a.shape[0]
+    _check(a_name, a, (m, k), weight.device)
+    _check("out", out, (m, n), weight.device)
+    check_offsets(weight=weight)
+    if bias is not None:
+        _check("bias", bias[None, :], (1, n), weight.device)
+    geo = _geometry(weight.shape, tables, tile)
+    if transpose:
+        geo = geo.transposed()
+    if m == 0:
+        return out
+
+    def grid(meta: dict) -> tuple[int]:
+        return (triton.cdiv(m, meta["BLOCK_M"]) * table.shape[0] * geo.chunks_n,)
+
+    kernel = _tile_grad_input_kernel if transpose else _tile_forward_kernel
+    kernel[grid](
+        a, w, bias, out, table, counts,
+        m, n, k,
+        a.stride(0), a.stride(1), w.stride(0), w.stride(1), out.stride(0), out.stride(1),
+        max(table.stride(0), 1), float(scale), tune_bucket(m), tune_bucket(n), tune_bucket(k),
+        HAS_BIAS=bias is not None, **_geometry_kwargs(geo, precision),
+    )  # fmt: skip
+    return out
+
+
 def tile_forward(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -325,28 +320,7 @@ def tile_forward(
     out: torch.Tensor,
 ) -> torch.Tensor:
     """``out = scale · x · (W ⊙ M)ᵀ + b`` for a 2-D ``x`` (M, K), visiting kept tiles only; returns ``out``."""
-    n, k = weight.shape
-    m = x.shape[0]
-    _check("x", x, (m, k), weight.device)
-    _check("out", out, (m, n), weight.device)
-    check_offsets(weight=weight)
-    if bias is not None:
-        _check("bias", bias[None, :], (1, n), weight.device)
-    geo = _geometry(weight.shape, tables, tile)
-    if m == 0:
-        return out
-
-    def grid(meta: dict) -> tuple[int]:
-        return (triton.cdiv(m, meta["BLOCK_M"]) * tables.cols.shape[0] * geo.chunks_n,)
-
-    _tile_forward_kernel[grid](
-        x, weight, bias, out, tables.cols, tables.col_counts,
-        m, n, k,
-        x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), out.stride(0), out.stride(1),
-        max(tables.cols.stride(0), 1), float(scale), tune_bucket(m), tune_bucket(n), tune_bucket(k),
-        HAS_BIAS=bias is not None, **_geometry_kwargs(geo, precision),
-    )  # fmt: skip
-    return out
+    return _tile_product(x, "x", weight, bias, tables, tile, scale, precision, out, transpose=False)
 
 
 def tile_grad_input(
@@ -359,26 +333,7 @@ def tile_grad_input(
     out: torch.Tensor,
 ) -> torch.Tensor:
     """``out = scale · g · (W ⊙ M)`` (M, K), visiting kept tiles only (zeros where a tile column keeps none)."""
-    n, k = weight.shape
-    m = g.shape[0]
-    _check("g", g, (m, n), weight.device)
-    _check("out", out, (m, k), weight.device)
-    check_offsets(weight=weight)
-    geo = _geometry(weight.shape, tables, tile)
-    if m == 0:
-        return out
-
-    def grid(meta: dict) -> tuple[int]:
-        return (triton.cdiv(m, meta["BLOCK_M"]) * tables.rows.shape[0] * geo.chunks_k,)
-
-    _tile_grad_input_kernel[grid](
-        g, weight, out, tables.rows, tables.row_counts,
-        m, n, k,
-        g.stride(0), g.stride(1), weight.stride(0), weight.stride(1), out.stride(0), out.stride(1),
-        max(tables.rows.stride(0), 1), float(scale), tune_bucket(m), tune_bucket(n), tune_bucket(k),
-        **_geometry_kwargs(geo, precision),
-    )  # fmt: skip
-    return out
+    return _tile_product(g, "g", weight, None, tables, tile, scale, precision, out, transpose=True)
 
 
 def tile_grad_weight(
