@@ -319,8 +319,8 @@ def test_tile_family_keeps_producer_dense(tmp_path) -> None:
 def test_config_and_controller_arguments() -> None:
     from lightning_ard import ARDConfig, ARDController
 
-    cfg = ARDConfig(pattern="block", p=0.3, include=["net.*"], tile=[8, 8])
-    assert cfg.include == ("net.*",) and cfg.tile == (8, 8)
+    cfg = ARDConfig(pattern="block", p=0.3, include=["net.2"], tile=[8, 8])
+    assert cfg.include == ("net.2",) and cfg.tile == (8, 8)
     with pytest.raises(ValueError, match="pass either config or keyword settings"):
         ARDController(nn.Linear(2, 2), cfg, pattern="row")
     with pytest.raises(ValueError, match="seed must be an integer"):
