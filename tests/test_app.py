@@ -20,7 +20,7 @@ import lightning_ard.conf
 from lightning_ard.report import main as report_main
 from lightning_ard.report import read_scalars
 from lightning_ard.timing import StepTimer
-from lightning_ard.train import ard_enabled, build, objective, train
+from lightning_ard.train import ard_enabled, build, instantiate_ard, objective, train
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = Path(lightning_ard.conf.__file__).parent
@@ -71,9 +71,8 @@ def test_every_config_composes_and_instantiates(group: str, option: str, tmp_pat
     assert isinstance(run.callbacks[0], StepTimer)
     names = [type(c).__name__ for c in run.callbacks]
     assert ("ApproximateDropout" in names) == ard_enabled(cfg)
-    if ard_enabled(cfg):
-        ard = next(c for c in run.callbacks if type(c).__name__ == "ApproximateDropout")
-        assert ard.pattern == cfg.ard.pattern and ard.p == cfg.ard.p and ard.seed == cfg.seed
+    if group == "ard":
+        assert cfg.ard.pattern == option or (option == "dropout" and not ard_enabled(cfg))
     dropout = [m.p for m in run.model.modules() if isinstance(m, torch.nn.Dropout)]
     assert dropout and all(p == cfg.ard.p for p in dropout)  # the model's rate follows ard.p
     assert run.trainer.callbacks[0] is run.callbacks[0]
@@ -92,6 +91,24 @@ def test_defaults_and_baseline_switch(tmp_path: Path) -> None:
     paper = compose_cfg(["experiment=paper_lstm"], tmp_path)
     assert (paper.model.hidden_size, paper.model.num_layers, paper.data.bptt, paper.data.batch_size) == (650, 2, 35, 20)
     assert compose_cfg(["experiment=paper_mlp"], tmp_path).model.widths == [2048, 2048]
+
+
+def test_ard_config_passes_every_setting_to_the_callback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lightning_ard
+
+    received: dict[str, object] = {}
+    real = lightning_ard.ApproximateDropout
+
+    def spy(**kwargs: object) -> object:
+        received.update(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(lightning_ard, "ApproximateDropout", spy)
+    cfg = compose_cfg(["ard=tile", "ard.p=0.3", "ard/search=exact", "seed=7"], tmp_path)
+    instantiate_ard(cfg.ard)
+    assert received["pattern"] == "tile" and received["p"] == 0.3 and received["seed"] == 7
+    assert received["search"] == {"method": "exact", "dp_max": 16} and isinstance(received["search"], dict)
+    assert "enabled" not in received and received["tile"] == [64, 64]
 
 
 def test_objective_returns_the_monitored_metric(tmp_path: Path) -> None:
