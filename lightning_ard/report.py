@@ -4,7 +4,8 @@ Reads every run below the folder (a run is a folder with ``.hydra/config.yaml``,
 ``-m``), its TensorBoard scalars (``time/step_ms*``, ``ard/flops_saved``, ``test/acc`` or ``test/ppl``) and, for what
 the event files lack (``trainer.fast_dev_run`` disables loggers), the ``metrics.json`` the app writes. It writes
 ``report.md`` (Markdown table; runs without ``metrics.json``, i.e. failed or unfinished, are marked
-``incomplete``), ``report.csv`` and ``report.png`` (speedup and test metric against p, one line per
+``incomplete``), ``report_summary.md`` (runs folded over seeds: mean ± std of the test metric and its change
+against nn.Dropout at the same p), ``report.csv`` and ``report.png`` (speedup and test metric against p, one line per
 pattern family) into the folder, or ``--out``, and prints the table.
 
 Speedup is the median step time of the ``nn.Dropout`` baseline run (``ard.enabled=false``) of the same model and
@@ -177,6 +178,72 @@ def collect(root: Path) -> list[RunResult]:
     return rows
 
 
+@dataclass
+class SummaryRow:
+    """Runs of one (model, family, p) folded over seeds: mean and spread of the test metric, and costs."""
+
+    model: str
+    family: str
+    p: float | None
+    metric: str
+    runs: int
+    mean: float | None
+    std: float | None
+    delta: float | None  # accuracy: points over the nn.Dropout mean; perplexity: percent over it
+    step_ms: float | None
+    speedup: float | None
+    flops_saved: float | None
+
+
+def summarize(rows: Sequence[RunResult]) -> list[SummaryRow]:
+    """Fold the runs over seeds: one row per (model, family, p), with the change against nn.Dropout at that p."""
+    groups: dict[tuple[str, str, float | None], list[RunResult]] = {}
+    for r in rows:
+        if r.status == "ok":
+            groups.setdefault((r.model, r.family, r.p), []).append(r)
+    out: list[SummaryRow] = []
+    for (model, family, p), runs in groups.items():
+        values = [r.value for r in runs if r.value is not None]
+        steps = [r.step_ms for r in runs if r.step_ms is not None]
+        flops = [r.flops_saved for r in runs if r.flops_saved is not None]
+        speeds = [r.speedup for r in runs if r.speedup is not None]
+        out.append(SummaryRow(
+            model, family, p, runs[0].metric, len(runs),
+            statistics.fmean(values) if values else None,
+            statistics.stdev(values) if len(values) > 1 else None,
+            None,
+            statistics.median(steps) if steps else None,
+            statistics.median(speeds) if speeds else None,
+            statistics.fmean(flops) if flops else None,
+        ))  # fmt: skip
+    for row in out:
+        base = next((b for b in out if b.family == BASELINE and b.model == row.model and b.p == row.p), None)
+        if base is not None and base.mean and row.mean is not None and row.family != BASELINE:
+            if row.metric == "test/ppl":
+                row.delta = (row.mean / base.mean - 1.0) * 100.0
+            else:
+                row.delta = (row.mean - base.mean) * 100.0
+    out.sort(key=lambda r: (r.model, r.p if r.p is not None else -1.0, r.family != BASELINE, r.family))
+    return out
+
+
+def summary_markdown(summary: Sequence[SummaryRow]) -> str:
+    """The folded table in Markdown: mean ± std over seeds and the change against nn.Dropout."""
+    header = ["model", "p", "family", "runs", "test metric (mean ± std)", "Δ vs nn.Dropout", "median step (ms)",
+              "speedup", "FLOPs saved"]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in summary:
+        name = METRIC_NAMES.get(r.metric, r.metric)
+        scale = 100.0 if r.metric == "test/acc" else 1.0
+        mean = "" if r.mean is None else f"{r.mean * scale:.2f}" + ("" if r.std is None else f" ± {r.std * scale:.2f}")
+        unit = " pt" if r.metric == "test/acc" else " %"
+        delta = "" if r.delta is None else f"{r.delta:+.2f}{unit}"
+        cells = [r.model, _fmt(r.p, 3), r.family, str(r.runs), f"{mean} ({name})" if mean else "", delta,
+                 _fmt(r.step_ms, 4), _fmt(r.speedup, 3), _fmt(r.flops_saved, 3)]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _fmt(value: object, digits: int = 4) -> str:
     if value is None:
         return ""
@@ -206,30 +273,33 @@ def write_csv(rows: Sequence[RunResult], path: Path) -> None:
             writer.writerow({k: "" if v is None else v for k, v in record.items()})
 
 
-def plot(rows: Sequence[RunResult], path: Path) -> None:
-    """Two panels against p: speedup over the baseline, and the test metric; one line per (model,) family."""
+def plot(summary: Sequence[SummaryRow], path: Path) -> None:
+    """Two panels against p: speedup over the baseline, and the test metric (mean, ± std over seeds as error bars);
+    one line per (model,) family."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = sorted({r.model for r in rows})
+    models = sorted({r.model for r in summary})
     fig, (ax_speed, ax_metric) = plt.subplots(1, 2, figsize=(11, 4.2))
     for model in models:
-        for family in sorted({r.family for r in rows if r.model == model}, key=lambda f: (f != BASELINE, f)):
-            points = sorted((r for r in rows if r.model == model and r.family == family and r.p is not None),
+        for family in sorted({r.family for r in summary if r.model == model}, key=lambda f: (f != BASELINE, f)):
+            points = sorted((r for r in summary if r.model == model and r.family == family and r.p is not None),
                             key=lambda r: r.p)  # fmt: skip
             label = family if len(models) == 1 else f"{family} ({model})"
             style = {"linestyle": "--", "color": "black"} if family == BASELINE else {}
             speed = [(r.p, r.speedup) for r in points if r.speedup is not None]
             if speed:
                 ax_speed.plot(*zip(*speed, strict=True), marker="o", label=label, **style)
-            metric = [(r.p, r.value) for r in points if r.value is not None]
+            metric = [r for r in points if r.mean is not None]
             if metric:
-                ax_metric.plot(*zip(*metric, strict=True), marker="o", label=label, **style)
-    metric_names = sorted({METRIC_NAMES.get(r.metric, r.metric) for r in rows if r.metric})
+                ax_metric.errorbar([r.p for r in metric], [r.mean for r in metric],
+                                   yerr=[r.std or 0.0 for r in metric], marker="o", capsize=3, label=label,
+                                   **style)  # fmt: skip
+    metric_names = sorted({METRIC_NAMES.get(r.metric, r.metric) for r in summary if r.metric})
     ax_speed.set(xlabel="dropout rate p", ylabel="speedup over nn.Dropout (step time)", title="Training step speedup")
-    ax_metric.set(xlabel="dropout rate p", ylabel=" / ".join(metric_names), title="Test metric")
+    ax_metric.set(xlabel="dropout rate p", ylabel=" / ".join(metric_names), title="Test metric (mean ± std)")
     for ax in (ax_speed, ax_metric):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -255,10 +325,17 @@ def write_report(root: Path, out: Path | None = None, name: str = "report") -> t
         )
     out = out or root
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"md": out / f"{name}.md", "csv": out / f"{name}.csv", "png": out / f"{name}.png"}
+    paths = {
+        "md": out / f"{name}.md",
+        "summary": out / f"{name}_summary.md",
+        "csv": out / f"{name}.csv",
+        "png": out / f"{name}.png",
+    }
+    summary = summarize(rows)
     paths["md"].write_text(to_markdown(rows))
+    paths["summary"].write_text(summary_markdown(summary))
     write_csv(rows, paths["csv"])
-    plot(rows, paths["png"])
+    plot(summary, paths["png"])
     return rows, paths
 
 
@@ -275,6 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ard-report: {err}", file=sys.stderr)
         return 1
     print(to_markdown(rows))
+    print(summary_markdown(summarize(rows)))
     print("Wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 

@@ -237,3 +237,13 @@ def test_report_on_a_folder_without_runs_fails(tmp_path: Path, capsys: pytest.Ca
     assert "no runs found in" in capsys.readouterr().err
     result = cli("-m", "lightning_ard.report", str(tmp_path / "missing"))
     assert result.returncode != 0 and "is not a folder" in result.stderr
+
+
+def test_report_summary_folds_seeds(tmp_path: Path) -> None:
+    for i, (family, acc) in enumerate([("dropout", 0.80), ("dropout", 0.82), ("row", 0.79), ("row", 0.80)]):
+        fake_run(tmp_path / str(i), family, 0.5, {"test/acc": acc, "time/step_ms_median": 10.0 if i < 2 else 4.0})
+    assert report_main([str(tmp_path)]) == 0
+    summary = (tmp_path / "report_summary.md").read_text()
+    row = next(line for line in summary.splitlines() if "| row |" in line)
+    assert "| 2 | 79.50 ± 0.71 (test accuracy) | -1.50 pt |" in row
+    assert "| 2.5 |" in row  # speedup: median baseline step 10 ms over 4 ms
