@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pattern", default="row")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--md", type=Path, default=None, help="write a one-row Markdown table here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as logdir:
         dense = _fit(args.steps, args.p, None, logdir, args.device)
@@ -124,6 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))
+    if args.md:
+        args.md.parent.mkdir(parents=True, exist_ok=True)
+        args.md.write_text(
+            "| case | family | p | device | nn.Dropout step (ms) | ARD step (ms) | speedup | callback hooks (ms) "
+            "| overhead |\n|---|---|---|---|---|---|---|---|---|\n"
+            f"| {result['case']} | {result['family']} | {result['p']} | {result['device']} | {result['dense_ms']:.1f} "
+            f"| {result['ard_ms']:.1f} | {result['speedup']:.2f}× | {result['callback_hook_ms']:.3f} "
+            f"| {result['callback_overhead']:.2%} |\n"
+        )
     return 0
 
 
