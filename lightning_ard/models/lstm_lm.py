@@ -16,17 +16,17 @@ Trainer's job (``trainer.gradient_clip_val``, 5 in Zaremba et al.'s medium model
 
 from __future__ import annotations
 
-import lightning as L
 import torch
 from torch import nn
 from torchmetrics.text import Perplexity
 
 from lightning_ard.models.optim import build_optimizer
+from lightning_ard.models.staged import StagedModule
 
 Hidden = tuple[torch.Tensor, torch.Tensor]
 
 
-class LSTMLanguageModel(L.LightningModule):
+class LSTMLanguageModel(StagedModule):
     """Zaremba-style LSTM LM; logs ``{train,val,test}/loss`` (nats per token) and ``{train,val,test}/ppl``.
 
     Args:
@@ -125,15 +125,6 @@ class LSTMLanguageModel(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self.reset_hidden("test")
-
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "test")
 
     def configure_optimizers(self) -> dict[str, object]:
         hp = self.hparams

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import lightning as L
 import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_ard.models.optim import build_optimizer
+from lightning_ard.models.staged import StagedModule
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -53,7 +53,7 @@ def _rates(dropout: float | Sequence[float], n: int) -> list[float]:
     return [float(p) for p in rates]
 
 
-class MLPClassifier(L.LightningModule):
+class MLPClassifier(StagedModule):
     """MLP classifier over flattened inputs; logs ``{train,val,test}/loss`` and ``{train,val,test}/acc``.
 
     Args:
@@ -119,15 +119,6 @@ class MLPClassifier(L.LightningModule):
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step)
         self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
-
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "test")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
