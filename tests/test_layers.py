@@ -20,6 +20,19 @@ def _row_family(kind: str, width: int, draw) -> object:
     return BlockRow(width, keep) if kind == "block" else RandomSubsetRow(width, keep)
 
 
+def _assert_same_values_and_grads(y, y_ref, x, layer, ref, gen) -> None:
+    """Outputs equal, and after one backward with the same random cotangent, the grads of x and all parameters."""
+    tol = TOL[y.dtype]
+    torch.testing.assert_close(y, y_ref, **tol)
+    g = torch.randn(y.shape, dtype=y.dtype, generator=gen)
+    y.backward(g)
+    got = _grads(x, *layer.parameters())
+    y_ref.backward(g)
+    want = _grads(x, *ref.parameters())
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, **tol)
+
+
 def _grads(*tensors):
     out = [t.grad.clone() for t in tensors]
     for t in tensors:
@@ -57,14 +70,7 @@ def test_row_linear_matches_masked_dense(data, n_in, n_out, dtype, kind, use_in,
     y_ref = ref(x * mask)
     if pout is not None:
         y_ref = y_ref[..., pout.kept]
-    torch.testing.assert_close(y, y_ref, **TOL[dtype])
-    g = torch.randn(y.shape, dtype=dtype, generator=gen)
-    y.backward(g)
-    got = _grads(x, *layer.parameters())
-    y_ref.backward(g)
-    want = _grads(x, *ref.parameters())
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, **TOL[dtype])
+    _assert_same_values_and_grads(y, y_ref, x, layer, ref, gen)
 
 
 @given(
@@ -90,14 +96,7 @@ def test_tile_linear_matches_masked_dense(data, n_in, n_out, bm, bk, dtype) -> N
     x = torch.randn(5, n_in, dtype=dtype, generator=gen, requires_grad=True)
     y = layer(x)
     y_ref = nn.functional.linear(x, ref.weight * pat.element_mask(dtype), ref.bias)
-    torch.testing.assert_close(y, y_ref, **TOL[dtype])
-    g = torch.randn(y.shape, dtype=dtype, generator=gen)
-    y.backward(g)
-    got = _grads(x, *layer.parameters())
-    y_ref.backward(g)
-    want = _grads(x, *ref.parameters())
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, **TOL[dtype])
+    _assert_same_values_and_grads(y, y_ref, x, layer, ref, gen)
 
 
 def test_producer_consumer_chain_and_grad_accumulation() -> None:
