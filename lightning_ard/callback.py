@@ -113,11 +113,11 @@ class ApproximateDropout(pl.Callback):
 
     def site_table(self) -> str:
         """The site table printed at fit start: site, kind, width, p, family, expected FLOP saving."""
-        rows = [("site", "kind", "width", "p", "family", "E[rate]", "E[layer FLOPs saved]")]
+        rows = [("site", "kind", "width", "p", "family", "E[rate]", "E[FLOPs saved in its layers]")]
         ctl = self.controller
         for site in ctl.report.sites if ctl else []:
             dist = ctl.distributions[site.name]
-            saving = dist.expected_rate  # share of each touched layer's products this site removes
+            saving = ctl.expected_site_saving(site)
             rows.append(
                 (
                     site.name,

@@ -127,6 +127,7 @@ class ARDController:
                 producer = self.model.get_submodule(site.producer)
                 linears.setdefault(site.producer, _LinearPlan(producer)).out_site = site.name  # type: ignore[arg-type]
         self._linears, self._lstms = list(linears.values()), list(lstms.values())
+        self._plans: dict[str, _LinearPlan | _LSTMPlan] = {**linears, **lstms}
 
     def step(self) -> dict[str, RowPattern | TilePattern]:
         """Draw this step's pattern for every site and set it on the layers; returns the patterns."""
@@ -186,6 +187,26 @@ class ARDController:
                 executed += lstm_layer_step_flops(lstm.ard_rows, kept, lstm.hidden_size, dirs, grad_in)
             out[path] = (dense, executed)
         return out
+
+    def expected_site_saving(self, site: Site) -> float:
+        """Expected share of the products of the layers ``site`` touches that ARD removes (every site at its
+        expected keep fraction; for an LSTM, the layer whose input the site is)."""
+        keep = {name: dist.expected_keep_fraction for name, dist in self.distributions.items()}
+        dense = executed = 0.0
+        for path in (site.consumer, site.producer):
+            plan = self._plans.get(path) if path is not None else None
+            if isinstance(plan, _LinearPlan):
+                size = plan.module.in_features * plan.module.out_features
+                frac = 1.0
+                for name in (plan.in_site, plan.out_site, plan.tile_site):
+                    frac *= keep[name] if name is not None else 1.0
+                dense, executed = dense + size, executed + size * frac
+            elif isinstance(plan, _LSTMPlan):
+                lstm, layer = plan.module, site.consumer_layer
+                width, hidden = lstm.layer_input_size(layer), lstm.hidden_size
+                dense += width + hidden
+                executed += width * keep[site.name] + hidden
+        return 1.0 - executed / dense if dense else 0.0
 
     def site_flops(self, layer_flops: dict[str, tuple[int, int]], site: Site) -> tuple[int, int]:
         """(dense, executed) FLOPs of the layers a site touches (its consumer and producer)."""

@@ -328,3 +328,16 @@ def test_config_and_controller_arguments() -> None:
     ctl = ARDController(MLP(), cfg).apply()
     assert [s.p for s in ctl.report.sites] == [0.3]
     ctl.restore()
+
+
+def test_expected_site_saving_in_site_table() -> None:
+    from lightning_ard import ARDController
+
+    cb = ApproximateDropout()
+    cb.controller = ARDController(MLP(), seed=0).apply()
+    site = cb.controller.report.sites[0]
+    # net.2 touches net.0 (20x64, outputs kept 1/2) and net.3 (64x64, inputs and outputs kept 1/2 each)
+    want = 1 - (20 * 64 * 0.5 + 64 * 64 * 0.25) / (20 * 64 + 64 * 64)
+    assert cb.controller.expected_site_saving(site) == pytest.approx(want, abs=1e-9)
+    assert f"{want:.1%}" in cb.site_table()
+    cb.controller.restore()
