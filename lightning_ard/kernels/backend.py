@@ -43,15 +43,6 @@ class Backend(ABC):
         """``x · (scale · W ⊙ M)ᵀ + b`` (see :func:`torch_ops.tile_linear`)."""
 
 
-def _index(pattern: RowPattern | None, device: torch.device) -> torch_ops.Index:
-    if pattern is None:
-        return None
-    if pattern.stride is not None:
-        start, step = pattern.stride
-        return None if (start, step) == (0, 1) else slice(start, None, step)
-    return pattern.index(device)
-
-
 class TorchBackend(Backend):
     """PyTorch ops: strided views for periodic k = 1 patterns, index gathers otherwise. Runs on any device."""
 
@@ -60,7 +51,13 @@ class TorchBackend(Backend):
     def row_linear(self, x, weight, bias, in_pattern, out_pattern, x_compact):  # type: ignore[no-untyped-def]
         scale = in_pattern.scale if in_pattern is not None else 1.0
         return torch_ops.row_linear(
-            x, weight, bias, _index(in_pattern, x.device), _index(out_pattern, x.device), scale, x_compact
+            x,
+            weight,
+            bias,
+            in_pattern.selector(x.device) if in_pattern is not None else None,
+            out_pattern.selector(x.device) if out_pattern is not None else None,
+            scale,
+            x_compact,
         )
 
     def tile_linear(self, x, weight, bias, pattern):  # type: ignore[no-untyped-def]

@@ -18,13 +18,6 @@ from lightning_ard.layers._swap import revert_class, swap_class
 from lightning_ard.patterns import RowPattern
 
 
-def _index(pattern: RowPattern, device: torch.device) -> torch.Tensor | slice:
-    if pattern.stride is not None:
-        start, step = pattern.stride
-        return slice(start, None, step)
-    return pattern.index(device)
-
-
 class ARDLSTM(nn.LSTM):
     """An ``nn.LSTM`` that, in training with patterns set, runs each layer on the kept units of its input.
 
@@ -77,7 +70,7 @@ class ARDLSTM(nn.LSTM):
         for suffix in ("", "_reverse") if self.bidirectional else ("",):
             w_ih = getattr(self, f"weight_ih_l{layer}{suffix}")
             if pattern is not None:
-                w_ih = take(w_ih, 1, _index(pattern, device))
+                w_ih = take(w_ih, 1, pattern.selector(device))
             weights += [w_ih, getattr(self, f"weight_hh_l{layer}{suffix}")]
             if self.bias:
                 weights += [getattr(self, f"bias_ih_l{layer}{suffix}"), getattr(self, f"bias_hh_l{layer}{suffix}")]
@@ -111,7 +104,7 @@ class ARDLSTM(nn.LSTM):
         hs, cs = [], []
         for layer, pattern in enumerate(self.ard_patterns):
             if pattern is not None:
-                x = take(x, -1, _index(pattern, x.device)) * pattern.scale
+                x = take(x, -1, pattern.selector(x.device)) * pattern.scale
             elif layer > 0 and self.dropout > 0:
                 x = F.dropout(x, self.dropout, training=True)
             state = (hx[0][layer * dirs : (layer + 1) * dirs], hx[1][layer * dirs : (layer + 1) * dirs])

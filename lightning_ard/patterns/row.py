@@ -9,7 +9,6 @@ number of kept units per step, and the probability that two units at a given dis
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -45,6 +44,13 @@ class RowPattern:
     def keep_fraction(self) -> float:
         """Fraction of units kept this step (work that remains in the products this pattern shrinks)."""
         return self.num_kept / self.width
+
+    def selector(self, device: torch.device | str) -> torch.Tensor | slice | None:
+        """The cheapest way to pick the kept units: ``None`` (all kept), a strided ``slice``, or :meth:`index`."""
+        if self.stride is None:
+            return self.index(device)
+        start, step = self.stride
+        return None if (start, step) == (0, 1) else slice(start, None, step)
 
     def index(self, device: torch.device | str) -> torch.Tensor:
         """The kept indices on ``device`` (copied once per pattern and device, then cached)."""
@@ -248,18 +254,6 @@ class RandomSubsetRow(RowFamily):
 
 def binomial_pmf(n: int, keep_probability: float) -> torch.Tensor:
     """Binomial(n, q) pmf (float64, length n + 1): standard dropout's distribution of the kept count."""
-    k = torch.arange(n + 1, dtype=torch.float64)
-    q = min(max(keep_probability, 1e-300), 1.0)
-    if q >= 1.0:
-        out = torch.zeros(n + 1, dtype=torch.float64)
-        out[n] = 1.0
-        return out
-    log = (
-        torch.lgamma(torch.tensor(n + 1.0, dtype=torch.float64))
-        - torch.lgamma(k + 1)
-        - torch.lgamma(n - k + 1)
-        + k * math.log(q)
-        + (n - k) * math.log1p(-q)
-    )
-    pmf = log.exp()
-    return pmf / pmf.sum()  # lgamma rounding leaves ~1e-10 at large n
+    q = torch.tensor(min(max(keep_probability, 0.0), 1.0), dtype=torch.float64)
+    pmf = torch.distributions.Binomial(n, probs=q).log_prob(torch.arange(n + 1, dtype=torch.float64)).exp()
+    return pmf / pmf.sum()  # log-gamma rounding leaves ~1e-10 at large n
