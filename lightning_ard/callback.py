@@ -48,6 +48,9 @@ class ApproximateDropout(pl.Callback):
         seed: seed of the pattern generator; ``None`` takes Lightning's global seed (``seed_everything``) or 0.
             The rank is added so that DDP ranks draw different patterns.
         tile: tile shape (rows, cols) for ``pattern="tile"``.
+        groups: independent patterns per training step, each serving a contiguous share of the batch (samples for
+            a Linear, time steps for an LSTM). More groups = more mask diversity at the same FLOP saving; 1 is the
+            paper's one pattern per mini-batch. Under gradient accumulation every micro-batch draws its own.
         measure_speedup: time each site dense vs ARD after the first step and log measured speedups.
         restore_on_fit_end: give the plain modules back at fit end (False keeps ARD layers, patterns cleared).
         verbose: print the site table at fit start.
@@ -64,11 +67,12 @@ class ApproximateDropout(pl.Callback):
         backend: str = "auto",
         seed: int | None = None,
         tile: tuple[int, int] = (64, 64),
+        groups: int = 1,
         measure_speedup: bool = True,
         restore_on_fit_end: bool = True,
         verbose: bool = True,
     ) -> None:
-        self.config = ARDConfig(pattern, p, search or {}, include, exclude, sites, backend, tile)
+        self.config = ARDConfig(pattern, p, search or {}, include, exclude, sites, backend, tile, groups)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"seed must be an integer or None, got {seed!r}")
         self.seed = seed
@@ -185,9 +189,8 @@ class ApproximateDropout(pl.Callback):
         metrics: dict[str, float] = {}
         ctl = self.controller
         for site in ctl.report.sites:  # type: ignore[union-attr]
-            pat = ctl.patterns[site.name]  # type: ignore[union-attr]
             d, e = ctl.site_flops(layer_flops, site)  # type: ignore[union-attr]
-            metrics[f"ard/{site.name}/keep_fraction"] = pat.keep_fraction
+            metrics[f"ard/{site.name}/keep_fraction"] = ctl.keep_fraction(site.name)  # type: ignore[union-attr]
             metrics[f"ard/{site.name}/flops_saved"] = (1 - e / d) if d else 0.0
             if site.name in self.speedups:
                 metrics[f"ard/{site.name}/speedup_measured"] = self.speedups[site.name]
@@ -238,16 +241,19 @@ class ApproximateDropout(pl.Callback):
         b = lin.bias.detach().clone().requires_grad_(True) if lin.bias is not None else None
         x = torch.randn(rows, lin.in_features, device=device, dtype=w.dtype, requires_grad=lin.ard_grad_input)
         backend = get_backend(lin.ard_backend_name, device)
-        inp, out, tile = lin.ard_in_pattern, lin.ard_out_pattern, lin.ard_tile_pattern
+        ins, outs, tiles = lin.ard_in_patterns, lin.ard_out_patterns, lin.ard_tile_patterns
+        grouped = lin.ard_groups > 1
 
         def dense() -> None:
             F.linear(x, w, b).sum().backward()
 
         def ard() -> None:
-            if tile is not None:
-                y = backend.tile_linear(x, w, b, tile)
+            if tiles is not None:
+                y = backend.tile_linear_groups(x, w, b, tiles) if grouped else backend.tile_linear(x, w, b, tiles[0])
+            elif grouped:
+                y = backend.row_linear_groups(x, w, b, ins, outs)
             else:
-                y = backend.row_linear(x, w, b, inp, out, False)
+                y = backend.row_linear(x, w, b, ins[0] if ins else None, outs[0] if outs else None, False)
             y.sum().backward()
 
         return self._median_time(dense, device), self._median_time(ard, device)

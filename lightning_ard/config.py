@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from lightning_ard._validate import check_choice, check_rate, check_tile
+from lightning_ard._validate import check_choice, check_positive_int, check_rate, check_tile
 from lightning_ard.kernels.backend import BACKENDS
 
 FAMILIES = ("row", "block", "random", "tile")
@@ -49,6 +49,9 @@ class ARDConfig:
         sites: explicit ``"dropout->consumer"`` module-path pairs for sites detection cannot prove.
         backend: ``"auto"`` (Triton on CUDA, PyTorch elsewhere), ``"torch"`` or ``"triton"``.
         tile: tile shape (rows, cols) of the weight for ``pattern="tile"``.
+        groups: independent patterns per forward pass, each serving a contiguous share of the rows (samples of a
+            Linear's batch, time steps of an LSTM; :mod:`lightning_ard.groups`). 1 is the paper's one pattern per
+            mini-batch; more groups give more mask diversity per step at the same FLOP saving.
     """
 
     pattern: str = "row"
@@ -59,6 +62,7 @@ class ARDConfig:
     sites: tuple[str, ...] | None = None
     backend: str = "auto"
     tile: tuple[int, int] = (64, 64)
+    groups: int = 1
 
     def __post_init__(self) -> None:
         check_choice("pattern", self.pattern, FAMILIES)
@@ -69,3 +73,4 @@ class ARDConfig:
             object.__setattr__(self, name, _check_strings(name, getattr(self, name)))
         object.__setattr__(self, "search", check_search(self.search))
         object.__setattr__(self, "tile", check_tile("tile", self.tile))
+        check_positive_int("groups", self.groups)

@@ -129,25 +129,37 @@ class ARDController:
         self._linears, self._lstms = list(linears.values()), list(lstms.values())
         self._plans: dict[str, _LinearPlan | _LSTMPlan] = {**linears, **lstms}
 
-    def step(self) -> dict[str, RowPattern | TilePattern]:
-        """Draw this step's pattern for every site and set it on the layers; returns the patterns."""
+    def step(self) -> dict[str, RowPattern | TilePattern | tuple[RowPattern | TilePattern, ...]]:
+        """Draw this step's pattern for every site (``config.groups`` per site when > 1) and set it on the layers;
+        returns site -> pattern (or tuple of patterns, one per group)."""
         if self.surgery is None or self.sampler is None:
             return {}
-        pats = self.patterns = self.sampler.draw()
+        if self.config.groups == 1:
+            pats: dict = self.sampler.draw()
+        else:
+            draws = [self.sampler.draw() for _ in range(self.config.groups)]
+            pats = {name: tuple(d[name] for d in draws) for name in draws[0]}
+        self.patterns = pats
         for plan in self._linears:
             if plan.tile_site is not None:
-                plan.module.set_patterns(tile_pattern=pats[plan.tile_site])  # type: ignore[arg-type]
+                plan.module.set_patterns(tile_pattern=pats[plan.tile_site])
             else:
                 plan.module.set_patterns(
-                    in_pattern=pats[plan.in_site] if plan.in_site else None,  # type: ignore[arg-type]
-                    out_pattern=pats[plan.out_site] if plan.out_site else None,  # type: ignore[arg-type]
+                    in_pattern=pats[plan.in_site] if plan.in_site else None,
+                    out_pattern=pats[plan.out_site] if plan.out_site else None,
                 )
         for lplan in self._lstms:
-            lplan.module.set_patterns([pats[s] if s else None for s in lplan.layer_sites])  # type: ignore[misc]
+            lplan.module.set_patterns([pats[s] if s else None for s in lplan.layer_sites])
         for drop in self.surgery.dropouts.values():
             drop.ard_calls = 0
         self.surgery.enable(True)
         return pats
+
+    def keep_fraction(self, site: str) -> float:
+        """Kept share of ``site``'s units in the last step (the mean over groups)."""
+        pats = self.patterns[site]
+        pats = pats if isinstance(pats, tuple) else (pats,)
+        return sum(p.keep_fraction for p in pats) / len(pats)
 
     def check_calls(self) -> None:
         """Raise if a swapped dropout ran a different number of times than it has sites (since :meth:`step`)."""
@@ -162,29 +174,37 @@ class ARDController:
                 )
 
     def layer_flops(self) -> dict[str, tuple[int, int]]:
-        """(dense, executed) FLOPs of the last step per ARD layer path (forward + backward products)."""
+        """(dense, executed) FLOPs of the last step per ARD layer path (forward + backward products), summed over
+        the pattern groups."""
         out: dict[str, tuple[int, int]] = {}
         if self.surgery is None:
             return out
         for path, lin in self.surgery.linears.items():
-            rows, grad_in = lin.ard_rows, lin.ard_grad_input
-            dense = linear_step_flops(rows, lin.out_features, lin.in_features, grad_in)
-            if lin.ard_tile_pattern is not None:
-                executed = round(dense * lin.ard_tile_pattern.keep_fraction)
-            else:
-                ko = lin.ard_out_pattern.num_kept if lin.ard_out_pattern is not None else lin.out_features
-                ki = lin.ard_in_pattern.num_kept if lin.ard_in_pattern is not None else lin.in_features
-                executed = linear_step_flops(rows, ko, ki, grad_in)
+            grad_in = lin.ard_grad_input
+            dense = linear_step_flops(lin.ard_rows, lin.out_features, lin.in_features, grad_in)
+            executed = 0
+            for g, rows in enumerate(lin.ard_group_rows or [lin.ard_rows]):
+                if lin.ard_tile_patterns is not None:
+                    full = linear_step_flops(rows, lin.out_features, lin.in_features, grad_in)
+                    executed += round(full * lin.ard_tile_patterns[g].keep_fraction)
+                    continue
+                ko = lin.ard_out_patterns[g].num_kept if lin.ard_out_patterns is not None else lin.out_features
+                ki = lin.ard_in_patterns[g].num_kept if lin.ard_in_patterns is not None else lin.in_features
+                executed += linear_step_flops(rows, ko, ki, grad_in)
             out[path] = (dense, executed)
         for path, lstm in self.surgery.lstms.items():
             dirs = 2 if lstm.bidirectional else 1
             dense = executed = 0
-            for layer, pat in enumerate(lstm.ard_patterns):
+            for layer, slot in enumerate(lstm.ard_patterns):
                 width = lstm.layer_input_size(layer)
                 grad_in = layer > 0 or lstm.ard_grad_input
                 dense += lstm_layer_step_flops(lstm.ard_rows, width, lstm.hidden_size, dirs, grad_in)
-                kept = pat.num_kept if pat is not None else width
-                executed += lstm_layer_step_flops(lstm.ard_rows, kept, lstm.hidden_size, dirs, grad_in)
+                if slot is None:
+                    executed += lstm_layer_step_flops(lstm.ard_rows, width, lstm.hidden_size, dirs, grad_in)
+                    continue
+                group_rows = lstm.ard_group_rows if len(slot) > 1 else [lstm.ard_rows]
+                for pat, rows in zip(slot, group_rows, strict=True):
+                    executed += lstm_layer_step_flops(rows, pat.num_kept, lstm.hidden_size, dirs, grad_in)
             out[path] = (dense, executed)
         return out
 

@@ -249,7 +249,7 @@ def test_validation_runs_dense_model(tmp_path) -> None:
 def test_keep_ard_layers_and_restore_on_exception(tmp_path) -> None:
     model = MLP()
     _trainer(tmp_path, ApproximateDropout(restore_on_fit_end=False, measure_speedup=False)).fit(model, _data())
-    assert isinstance(model.net[0], ARDLinear) and model.net[0].ard_in_pattern is None
+    assert isinstance(model.net[0], ARDLinear) and model.net[0].ard_in_patterns is None
     model.train()
     assert model(torch.randn(3, 20)).shape == (3, 5)
 

@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 import torch
 
 from lightning_ard._validate import check_choice
+from lightning_ard.groups import group_bounds
 from lightning_ard.kernels import torch_ops
 from lightning_ard.patterns import RowPattern, TilePattern
 
@@ -42,6 +43,55 @@ class Backend(ABC):
     ) -> torch.Tensor:
         """``x · (scale · W ⊙ M)ᵀ + b`` (see :func:`torch_ops.tile_linear`)."""
 
+    def row_linear_groups(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        in_patterns: tuple[RowPattern, ...] | None,
+        out_patterns: tuple[RowPattern, ...] | None,
+    ) -> torch.Tensor:
+        """One row pattern per group of rows (:mod:`lightning_ard.groups`); full-width input and output.
+
+        The output is zero at a group's dropped output units. This default runs :meth:`row_linear` per group
+        (each call makes its own full-size weight gradient, which autograd adds: cheap on a GPU); backends
+        override it with a single pass.
+        """
+        x2 = x.reshape(-1, x.shape[-1])
+        groups = len(in_patterns or out_patterns or ())
+        parts = []
+        for g, (r0, r1) in enumerate(group_bounds(x2.shape[0], groups)):
+            if r1 == r0:
+                continue
+            out = out_patterns[g] if out_patterns is not None else None
+            y = self.row_linear(x2[r0:r1], weight, bias, in_patterns[g] if in_patterns else None, out, False)
+            if out is not None:
+                y = _scatter_columns(y, out, weight.shape[0])
+            parts.append(y)
+        if not parts:  # no rows at all
+            return torch.nn.functional.linear(x, weight, bias)
+        return torch.cat(parts).reshape(*x.shape[:-1], weight.shape[0])
+
+    def tile_linear_groups(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, patterns: tuple[TilePattern, ...]
+    ) -> torch.Tensor:
+        """One tile pattern per group of rows: :meth:`tile_linear` on each group's rows."""
+        x2 = x.reshape(-1, x.shape[-1])
+        parts = [
+            self.tile_linear(x2[r0:r1], weight, bias, patterns[g])
+            for g, (r0, r1) in enumerate(group_bounds(x2.shape[0], len(patterns)))
+            if r1 > r0
+        ]
+        if not parts:  # no rows at all
+            return torch.nn.functional.linear(x, weight, bias)
+        return torch.cat(parts).reshape(*x.shape[:-1], weight.shape[0])
+
+
+def _scatter_columns(y: torch.Tensor, pattern: RowPattern, width: int) -> torch.Tensor:
+    """Compact ``(rows, K)`` columns placed at the pattern's kept units of a zero ``(rows, width)`` (autograd-safe)."""
+    full = y.new_zeros(y.shape[0], width)
+    return full.index_copy(1, pattern.index(y.device), y)
+
 
 class TorchBackend(Backend):
     """PyTorch ops: strided views for periodic k = 1 patterns, index gathers otherwise. Runs on any device."""
@@ -62,6 +112,24 @@ class TorchBackend(Backend):
 
     def tile_linear(self, x, weight, bias, pattern):  # type: ignore[no-untyped-def]
         return torch_ops.tile_linear(x, weight, bias, pattern.kept_tiles, pattern.tile, pattern.scale)
+
+    def row_linear_groups(self, x, weight, bias, in_patterns, out_patterns):  # type: ignore[no-untyped-def]
+        groups = len(in_patterns or out_patterns or ())
+        bounds = group_bounds(x.numel() // max(x.shape[-1], 1), groups)
+        spec = []
+        for g, (r0, r1) in enumerate(bounds):
+            inp = in_patterns[g] if in_patterns is not None else None
+            out = out_patterns[g] if out_patterns is not None else None
+            spec.append(
+                (
+                    r0,
+                    r1,
+                    inp.selector(x.device) if inp is not None else None,
+                    out.selector(x.device) if out is not None else None,
+                    inp.scale if inp is not None else 1.0,
+                )
+            )
+        return torch_ops.grouped_row_linear(x, weight, bias, spec)
 
 
 def triton_usable(device: torch.device) -> bool:

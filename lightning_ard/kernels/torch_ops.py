@@ -134,6 +134,86 @@ def row_linear(
         return _RowLinear.apply(x, weight, bias, in_index, out_index, float(scale), x_compact, dtype)
 
 
+class _GroupedRowLinear(torch.autograd.Function):
+    """Row groups ``[r0, r1)`` each with its own (in, out, scale): one compact GEMM per group, one weight gradient.
+
+    The output is full width (zeros at a group's dropped output units) because groups keep different units.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups, dtype):  # type: ignore[override]
+        x2 = x.reshape(-1, x.shape[-1])
+        full_out = any(out_index is not None for _, _, _, out_index, _ in groups)
+        alloc = torch.zeros if full_out else torch.empty
+        y = alloc(x2.shape[0], weight.shape[0], dtype=dtype, device=x.device)
+        saved = []
+        for r0, r1, in_index, out_index, scale in groups:
+            xg = take(x2[r0:r1], -1, in_index).to(dtype)
+            wc = take(take(weight, 0, out_index), 1, in_index).to(dtype)
+            if wc.stride(-1) != 1:
+                wc = wc.contiguous()
+            saved += [xg, wc]
+            if r1 == r0:
+                continue
+            if bias is not None:
+                yg = torch.addmm(take(bias, 0, out_index).to(dtype), xg, wc.t(), alpha=scale)
+            else:
+                yg = scaled_mm(xg, wc.t(), scale)
+            put(y[r0:r1], None, out_index, yg)
+        ctx.save_for_backward(*saved)
+        ctx.meta = (x.shape, x.dtype, groups, bias is not None)
+        ctx.weight_shape, ctx.weight_dtype = weight.shape, weight.dtype
+        return y.reshape(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_y):  # type: ignore[override]
+        saved = ctx.saved_tensors
+        x_shape, x_dtype, groups, has_bias = ctx.meta
+        g = grad_y.reshape(-1, grad_y.shape[-1])
+        want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        want_b = has_bias and ctx.needs_input_grad[2]
+        rows = g.shape[0]
+        full_x = any(in_index is not None for _, _, in_index, _, _ in groups)
+        grad_x = (torch.zeros if full_x else torch.empty)(rows, x_shape[-1], dtype=x_dtype, device=g.device)
+        grad_w = torch.zeros(ctx.weight_shape, dtype=ctx.weight_dtype, device=g.device) if want_w else None
+        grad_b = torch.zeros(ctx.weight_shape[0], dtype=ctx.weight_dtype, device=g.device) if want_b else None
+        for i, (r0, r1, in_index, out_index, scale) in enumerate(groups):
+            if r1 == r0:
+                continue
+            xg, wc = saved[2 * i], saved[2 * i + 1]
+            gg = take(g[r0:r1], -1, out_index).to(wc.dtype)
+            if want_x:
+                put(grad_x[r0:r1], None, in_index, scaled_mm(gg, wc, scale).to(x_dtype))
+            if want_w:
+                put(grad_w, out_index, in_index, scaled_mm(gg.t(), xg, scale).to(ctx.weight_dtype), accumulate=True)
+            if want_b:
+                put(grad_b[:, None], out_index, None, gg.sum(0).to(ctx.weight_dtype)[:, None], accumulate=True)
+        return (grad_x.reshape(x_shape) if want_x else None), grad_w, grad_b, None, None
+
+
+def grouped_row_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    groups: list[tuple[int, int, Index, Index, float]],
+) -> torch.Tensor:
+    """Row-pattern Linear with one pattern per group of rows (see :mod:`lightning_ard.groups`).
+
+    Args:
+        x: full-width input ``(..., in_features)``; its rows (flattened to 2-D) are split by ``groups``.
+        weight, bias: the full parameters of the Linear.
+        groups: ``(row_start, row_end, in_index, out_index, scale)`` per group, covering the rows in order.
+
+    Returns:
+        ``(..., out_features)``: each group's kept outputs, zeros at its dropped output units. Gradients as for
+        :func:`row_linear`, with one full-size weight gradient that every group adds its kept block into.
+    """
+    dtype = _compute_dtype(x.device, x.dtype)
+    clean = [(int(r0), int(r1), i, o, float(s)) for r0, r1, i, o, s in groups]
+    with torch.autocast(x.device.type, enabled=False):
+        return _GroupedRowLinear.apply(x, weight, bias, clean, dtype)
+
+
 def tile_groups(
     kept_tiles: torch.Tensor, tile: tuple[int, int], out_features: int, in_features: int, device: torch.device
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:

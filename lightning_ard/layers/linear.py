@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Union
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_ard.groups import as_groups, common_groups, group_bounds
 from lightning_ard.kernels.backend import Backend, get_backend
 from lightning_ard.layers._swap import revert_class, swap_class
 from lightning_ard.patterns import RowPattern, TilePattern
 
 _ATTRIBUTES = (
-    "ard_in_pattern",
-    "ard_out_pattern",
-    "ard_tile_pattern",
+    "ard_in_patterns",
+    "ard_out_patterns",
+    "ard_tile_patterns",
+    "ard_groups",
     "ard_backend_name",
     "_ard_backends",
     "ard_rows",
+    "ard_group_rows",
     "ard_grad_input",
 )
+
+RowSlot = Union[RowPattern, Sequence[RowPattern], None]
+TileSlot = Union[TilePattern, Sequence[TilePattern], None]
 
 
 class ARDLinear(nn.Linear):
@@ -30,13 +39,18 @@ class ARDLinear(nn.Linear):
       * ``out_pattern`` (a producer): only kept output units are computed; the output is compact ``(..., K)``.
       * ``tile_pattern`` (DropConnect): kept tiles of the weight, scaled; not combinable with row patterns.
 
+    Each slot also takes a sequence of G patterns: pattern g then serves the g-th contiguous share of the input's
+    rows (:mod:`lightning_ard.groups`), and a producer's output stays full width (zeros at each group's dropped
+    units), since the groups keep different units.
+
     In eval mode, or with no pattern set, it is exactly ``nn.Linear``. Build one with :meth:`from_linear` (in
     place, no copy) and undo with :meth:`to_linear`.
     """
 
-    ard_in_pattern: RowPattern | None
-    ard_out_pattern: RowPattern | None
-    ard_tile_pattern: TilePattern | None
+    ard_in_patterns: tuple[RowPattern, ...] | None
+    ard_out_patterns: tuple[RowPattern, ...] | None
+    ard_tile_patterns: tuple[TilePattern, ...] | None
+    ard_groups: int
     ard_backend_name: str
 
     @classmethod
@@ -47,7 +61,7 @@ class ARDLinear(nn.Linear):
         get_backend(backend, layer.weight.device)  # validates the name (and a forced Triton) now
         layer.ard_backend_name = backend
         layer._ard_backends: dict[torch.device, Backend] = {}
-        layer.ard_rows, layer.ard_grad_input = 0, False
+        layer.ard_rows, layer.ard_group_rows, layer.ard_grad_input = 0, [], False
         layer.clear_patterns()
         return layer
 
@@ -57,30 +71,36 @@ class ARDLinear(nn.Linear):
         return self
 
     def set_patterns(
-        self,
-        in_pattern: RowPattern | None = None,
-        out_pattern: RowPattern | None = None,
-        tile_pattern: TilePattern | None = None,
+        self, in_pattern: RowSlot = None, out_pattern: RowSlot = None, tile_pattern: TileSlot = None
     ) -> None:
-        """Set this step's patterns (checked against the layer's shape)."""
-        if in_pattern is not None and in_pattern.width != self.in_features:
-            raise ValueError(f"in_pattern width {in_pattern.width} does not match in_features={self.in_features}")
-        if out_pattern is not None and out_pattern.width != self.out_features:
-            raise ValueError(f"out_pattern width {out_pattern.width} does not match out_features={self.out_features}")
-        if tile_pattern is not None:
-            if in_pattern is not None or out_pattern is not None:
+        """Set this step's patterns (one per slot, or one sequence per slot with a pattern per group), checked
+        against the layer's shape."""
+        ins, outs = as_groups(in_pattern, "in_pattern"), as_groups(out_pattern, "out_pattern")
+        tiles = as_groups(tile_pattern, "tile_pattern")
+        groups = common_groups({"in_pattern": ins, "out_pattern": outs, "tile_pattern": tiles})
+        for pat in ins or ():
+            if pat.width != self.in_features:
+                raise ValueError(f"in_pattern width {pat.width} does not match in_features={self.in_features}")
+        for pat in outs or ():
+            if pat.width != self.out_features:
+                raise ValueError(f"out_pattern width {pat.width} does not match out_features={self.out_features}")
+        if tiles is not None:
+            if ins is not None or outs is not None:
                 raise ValueError("tile_pattern cannot be combined with in_pattern/out_pattern on one layer")
-            shape = (tile_pattern.out_features, tile_pattern.in_features)
-            if shape != (self.out_features, self.in_features):
-                raise ValueError(
-                    f"tile_pattern shape {shape} does not match the weight shape "
-                    f"{(self.out_features, self.in_features)}"
-                )
-        self.ard_in_pattern, self.ard_out_pattern, self.ard_tile_pattern = in_pattern, out_pattern, tile_pattern
+            for pat in tiles:
+                shape = (pat.out_features, pat.in_features)
+                if shape != (self.out_features, self.in_features):
+                    raise ValueError(
+                        f"tile_pattern shape {shape} does not match the weight shape "
+                        f"{(self.out_features, self.in_features)}"
+                    )
+        self.ard_in_patterns, self.ard_out_patterns, self.ard_tile_patterns = ins, outs, tiles
+        self.ard_groups = groups
 
     def clear_patterns(self) -> None:
         """Remove the patterns: the layer behaves as ``nn.Linear`` again."""
-        self.ard_in_pattern = self.ard_out_pattern = self.ard_tile_pattern = None
+        self.ard_in_patterns = self.ard_out_patterns = self.ard_tile_patterns = None
+        self.ard_groups = 1
 
     def backend_for(self, device: torch.device) -> Backend:
         """The backend this layer uses for tensors on ``device`` (resolved once per device)."""
@@ -91,14 +111,25 @@ class ARDLinear(nn.Linear):
 
     @torch.compiler.disable  # per-step patterns are Python data: run eagerly, compile the rest
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        inp, out, tile = self.ard_in_pattern, self.ard_out_pattern, self.ard_tile_pattern
-        if not self.training or (inp is None and out is None and tile is None):
+        ins, outs, tiles = self.ard_in_patterns, self.ard_out_patterns, self.ard_tile_patterns
+        if not self.training or (ins is None and outs is None and tiles is None):
             return F.linear(input, self.weight, self.bias)
-        self.ard_rows = input.numel() // max(input.shape[-1], 1)  # read by FLOP accounting
+        rows = self.ard_rows = input.numel() // max(input.shape[-1], 1)  # read by FLOP accounting
+        self.ard_group_rows = [r1 - r0 for r0, r1 in group_bounds(rows, self.ard_groups)]
         self.ard_grad_input = input.requires_grad
         backend = self.backend_for(input.device)
-        if tile is not None:
-            return backend.tile_linear(input, self.weight, self.bias, tile)
+        if self.ard_groups > 1:
+            if input.shape[-1] != self.in_features:
+                raise ValueError(
+                    f"ARDLinear with {self.ard_groups} pattern groups got input width {input.shape[-1]}: grouped "
+                    f"layers take full-width input (in_features={self.in_features})"
+                )
+            if tiles is not None:
+                return backend.tile_linear_groups(input, self.weight, self.bias, tiles)
+            return backend.row_linear_groups(input, self.weight, self.bias, ins, outs)
+        inp, out = (ins[0] if ins else None), (outs[0] if outs else None)
+        if tiles is not None:
+            return backend.tile_linear(input, self.weight, self.bias, tiles[0])
         x_compact = False
         if inp is not None and input.shape[-1] != self.in_features:
             if input.shape[-1] != inp.num_kept:

@@ -8,14 +8,21 @@ the LSTM (embedding dropout); patterns 1.. replace ``nn.LSTM(dropout=p)``'s inte
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Union
+
 import torch
 import torch.nn.functional as F
 from torch import _VF, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from lightning_ard.kernels.torch_ops import take
+from lightning_ard.groups import as_groups, common_groups, group_bounds
+from lightning_ard.kernels.torch_ops import Index, take
 from lightning_ard.layers._swap import revert_class, swap_class
 from lightning_ard.patterns import RowPattern
+
+
+RowSlot = Union[RowPattern, Sequence[RowPattern], None]
 
 
 class ARDLSTM(nn.LSTM):
@@ -24,10 +31,14 @@ class ARDLSTM(nn.LSTM):
     ``set_patterns(patterns)`` takes one entry per layer: a :class:`RowPattern` over that layer's input width
     (``input_size`` for layer 0, ``hidden_size * directions`` above), or ``None``. A ``None`` above layer 0 falls
     back to the module's own random dropout (``self.dropout``), so a partial set keeps nn.LSTM's semantics.
+    An entry may also be a sequence of G patterns (every non-``None`` entry the same G): the time steps are then
+    cut into G contiguous chunks, chunk g uses pattern g, and each layer runs chunk after chunk carrying its
+    state (:mod:`lightning_ard.groups`). Grouped patterns do not support bidirectional LSTMs on packed sequences.
     In eval mode, or with no pattern set, it is exactly ``nn.LSTM``. ``proj_size > 0`` is not supported.
     """
 
-    ard_patterns: list[RowPattern | None]
+    ard_patterns: list[tuple[RowPattern, ...] | None]
+    ard_groups: int
 
     @classmethod
     def from_lstm(cls, lstm: nn.LSTM) -> "ARDLSTM":
@@ -36,45 +47,49 @@ class ARDLSTM(nn.LSTM):
             raise ValueError(f"ARDLSTM does not support proj_size > 0, got proj_size={lstm.proj_size}")
         swap_class(lstm, nn.LSTM, cls)
         layer: ARDLSTM = lstm  # type: ignore[assignment]
-        layer.ard_rows, layer.ard_grad_input = 0, False
+        layer.ard_rows, layer.ard_group_rows, layer.ard_grad_input = 0, [], False
         layer.clear_patterns()
         return layer
 
     def to_lstm(self) -> nn.LSTM:
         """Undo :meth:`from_lstm` in place."""
-        revert_class(self, nn.LSTM, ("ard_patterns", "ard_rows", "ard_grad_input"))
+        attributes = ("ard_patterns", "ard_groups", "ard_rows", "ard_group_rows", "ard_grad_input")
+        revert_class(self, nn.LSTM, attributes)
         return self
 
     def layer_input_size(self, layer: int) -> int:
         """Width of layer ``layer``'s input."""
         return self.input_size if layer == 0 else self.hidden_size * (2 if self.bidirectional else 1)
 
-    def set_patterns(self, patterns: list[RowPattern | None]) -> None:
-        """Set this step's input pattern per layer (checked against each layer's input width)."""
+    def set_patterns(self, patterns: Sequence[RowSlot]) -> None:
+        """Set this step's input pattern(s) per layer (checked against each layer's input width)."""
         if len(patterns) != self.num_layers:
             raise ValueError(f"patterns must have one entry per layer ({self.num_layers}), got {len(patterns)}")
-        for layer, pattern in enumerate(patterns):
-            if pattern is not None and pattern.width != self.layer_input_size(layer):
-                raise ValueError(
-                    f"pattern for layer {layer} has width {pattern.width}, the layer's input width is "
-                    f"{self.layer_input_size(layer)}"
-                )
-        self.ard_patterns = list(patterns)
+        slots = [as_groups(p, f"pattern for layer {i}") for i, p in enumerate(patterns)]
+        groups = common_groups({f"layer {i}": slot for i, slot in enumerate(slots)})
+        for layer, slot in enumerate(slots):
+            for pattern in slot or ():
+                if pattern.width != self.layer_input_size(layer):
+                    raise ValueError(
+                        f"pattern for layer {layer} has width {pattern.width}, the layer's input width is "
+                        f"{self.layer_input_size(layer)}"
+                    )
+        self.ard_patterns, self.ard_groups = slots, groups
 
     def clear_patterns(self) -> None:
         """Remove the patterns: the module behaves as ``nn.LSTM`` again."""
-        self.ard_patterns = [None] * self.num_layers
+        self.ard_patterns, self.ard_groups = [None] * self.num_layers, 1
 
-    def _layer_weights(self, layer: int, pattern: RowPattern | None, device: torch.device) -> list[torch.Tensor]:
-        weights = []
-        for suffix in ("", "_reverse") if self.bidirectional else ("",):
-            w_ih = getattr(self, f"weight_ih_l{layer}{suffix}")
-            if pattern is not None:
-                w_ih = take(w_ih, 1, pattern.selector(device))
-            weights += [w_ih, getattr(self, f"weight_hh_l{layer}{suffix}")]
-            if self.bias:
-                weights += [getattr(self, f"bias_ih_l{layer}{suffix}"), getattr(self, f"bias_hh_l{layer}{suffix}")]
+    def _direction_weights(self, layer: int, suffix: str, selector: Index) -> list[torch.Tensor]:
+        w_ih = take(getattr(self, f"weight_ih_l{layer}{suffix}"), 1, selector)
+        weights = [w_ih, getattr(self, f"weight_hh_l{layer}{suffix}")]
+        if self.bias:
+            weights += [getattr(self, f"bias_ih_l{layer}{suffix}"), getattr(self, f"bias_hh_l{layer}{suffix}")]
         return weights
+
+    def _layer_weights(self, layer: int, selector: Index) -> list[torch.Tensor]:
+        suffixes = ("", "_reverse") if self.bidirectional else ("",)
+        return [w for suffix in suffixes for w in self._direction_weights(layer, suffix, selector)]
 
     @torch.compiler.disable  # per-step patterns are Python data: run eagerly, compile the rest
     def forward(self, input, hx=None):  # type: ignore[no-untyped-def, override]
@@ -82,7 +97,14 @@ class ARDLSTM(nn.LSTM):
             return super().forward(input, hx)
         dirs = 2 if self.bidirectional else 1
         packed = isinstance(input, PackedSequence)
+        grouped = self.ard_groups > 1
+        batch_sizes = None
         if packed:
+            if grouped and self.bidirectional:
+                raise ValueError(
+                    f"ARDLSTM: {self.ard_groups} pattern groups are not supported for a bidirectional LSTM on "
+                    "packed sequences; pass padded input, or use groups=1"
+                )
             x, batch_sizes, sorted_indices, unsorted_indices = input
             batch = int(batch_sizes[0])
         else:
@@ -101,20 +123,38 @@ class ARDLSTM(nn.LSTM):
             hx = self.permute_hidden(hx, sorted_indices)
         self.ard_rows = x.numel() // max(x.shape[-1], 1)  # tokens (T·B), read by FLOP accounting
         self.ard_grad_input = x.requires_grad
+        batch_first = self.batch_first and not grouped
+        if grouped and not packed and self.batch_first:
+            x = x.transpose(0, 1)  # grouped layers cut the time axis: run time-major
+        steps = len(batch_sizes) if packed else x.size(0)
+        bounds = group_bounds(steps, self.ard_groups)
+        if packed:
+            offsets = [0, *torch.cumsum(batch_sizes, 0).tolist()]
+            self.ard_group_rows = [offsets[t1] - offsets[t0] for t0, t1 in bounds]
+        else:
+            self.ard_group_rows = [(t1 - t0) * self.ard_rows // max(steps, 1) for t0, t1 in bounds]
         hs, cs = [], []
-        for layer, pattern in enumerate(self.ard_patterns):
+        for layer, slot in enumerate(self.ard_patterns):
+            state = (hx[0][layer * dirs : (layer + 1) * dirs], hx[1][layer * dirs : (layer + 1) * dirs])
+            if slot is not None and grouped:
+                x, h, c = self._grouped_layer(layer, x, batch_sizes, state, slot, bounds)
+                hs.append(h)
+                cs.append(c)
+                continue
+            pattern = slot[0] if slot is not None else None
             if pattern is not None:
                 x = take(x, -1, pattern.selector(x.device)) * pattern.scale
             elif layer > 0 and self.dropout > 0:
                 x = F.dropout(x, self.dropout, training=True)
-            state = (hx[0][layer * dirs : (layer + 1) * dirs], hx[1][layer * dirs : (layer + 1) * dirs])
-            weights = self._layer_weights(layer, pattern, x.device)
+            weights = self._layer_weights(layer, pattern.selector(x.device) if pattern is not None else None)
             if packed:
                 x, h, c = _VF.lstm(x, batch_sizes, state, weights, self.bias, 1, 0.0, True, self.bidirectional)
             else:
-                x, h, c = _VF.lstm(x, state, weights, self.bias, 1, 0.0, True, self.bidirectional, self.batch_first)
+                x, h, c = _VF.lstm(x, state, weights, self.bias, 1, 0.0, True, self.bidirectional, batch_first)
             hs.append(h)
             cs.append(c)
+        if grouped and not packed and self.batch_first:
+            x = x.transpose(0, 1)
         hidden = self.permute_hidden((torch.cat(hs), torch.cat(cs)), unsorted_indices)
         if packed:
             return PackedSequence(x, batch_sizes, sorted_indices, unsorted_indices), hidden
@@ -122,3 +162,45 @@ class ARDLSTM(nn.LSTM):
             x = x.squeeze(0 if self.batch_first else 1)
             hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1))
         return x, hidden
+
+    def _grouped_layer(
+        self,
+        layer: int,
+        x: torch.Tensor,
+        batch_sizes: torch.Tensor | None,
+        state: tuple[torch.Tensor, torch.Tensor],
+        patterns: tuple[RowPattern, ...],
+        bounds: list[tuple[int, int]],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One layer over time chunks, chunk g on pattern g's kept inputs; the state flows chunk to chunk (the
+        reverse direction runs the chunks, and the steps within each, backwards)."""
+        packed = batch_sizes is not None
+        offsets = [0, *torch.cumsum(batch_sizes, 0).tolist()] if packed else None
+        outputs, hs, cs = [], [], []
+        for d, suffix in enumerate(("", "_reverse") if self.bidirectional else ("",)):
+            h, c = state[0][d : d + 1], state[1][d : d + 1]
+            pieces: list[torch.Tensor | None] = [None] * len(bounds)
+            order = range(len(bounds)) if d == 0 else reversed(range(len(bounds)))
+            for g in order:
+                t0, t1 = bounds[g]
+                if t1 == t0:
+                    continue
+                selector = patterns[g].selector(x.device)
+                weights = self._direction_weights(layer, suffix, selector)
+                if packed:
+                    sizes = batch_sizes[t0:t1]  # type: ignore[index]
+                    active = int(sizes[0])
+                    xg = take(x[offsets[t0] : offsets[t1]], -1, selector) * patterns[g].scale  # type: ignore[index]
+                    out, hg, cg = _VF.lstm(xg, sizes, (h[:, :active], c[:, :active]), weights, self.bias, 1, 0.0, True, False)
+                    h, c = torch.cat([hg, h[:, active:]], 1), torch.cat([cg, c[:, active:]], 1)
+                else:
+                    xg = take(x[t0:t1], -1, selector) * patterns[g].scale
+                    xg = xg.flip(0) if d == 1 else xg
+                    out, h, c = _VF.lstm(xg, (h, c), weights, self.bias, 1, 0.0, True, False, False)
+                    out = out.flip(0) if d == 1 else out
+                pieces[g] = out
+            outputs.append(torch.cat([piece for piece in pieces if piece is not None]))
+            hs.append(h)
+            cs.append(c)
+        out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, -1)
+        return out, torch.cat(hs), torch.cat(cs)
