@@ -116,20 +116,41 @@ class TorchBackend(Backend):
     def row_linear_groups(self, x, weight, bias, in_patterns, out_patterns):  # type: ignore[no-untyped-def]
         groups = len(in_patterns or out_patterns or ())
         bounds = group_bounds(x.numel() // max(x.shape[-1], 1), groups)
-        spec = []
+        merged: dict[object, tuple[list[tuple[int, int]], RowPattern | None, RowPattern | None]] = {}
         for g, (r0, r1) in enumerate(bounds):
+            if r1 == r0:
+                continue
             inp = in_patterns[g] if in_patterns is not None else None
             out = out_patterns[g] if out_patterns is not None else None
+            merged.setdefault(_pair_key(inp, out), ([], inp, out))[0].append((r0, r1))
+        spec = []
+        for ranges, inp, out in merged.values():
+            if len(ranges) == 1:
+                rows: torch.Tensor | slice = slice(*ranges[0])
+            else:  # groups that drew the same patterns: one GEMM over their rows
+                rows = torch.cat([torch.arange(r0, r1) for r0, r1 in ranges]).to(x.device, non_blocking=True)
             spec.append(
                 (
-                    r0,
-                    r1,
+                    rows,
                     inp.selector(x.device) if inp is not None else None,
                     out.selector(x.device) if out is not None else None,
                     inp.scale if inp is not None else 1.0,
                 )
             )
+        if not spec:  # no rows at all
+            return torch.nn.functional.linear(x, weight, bias)
         return torch_ops.grouped_row_linear(x, weight, bias, spec)
+
+
+def _pair_key(inp: RowPattern | None, out: RowPattern | None) -> tuple:
+    """Groups with equal keys drew the same (input, output) patterns; unknown keys never merge."""
+
+    def key(p: RowPattern | None) -> object:
+        if p is None:
+            return None
+        return (p.key, p.scale) if p.key is not None else id(p)
+
+    return (key(inp), key(out))
 
 
 def triton_usable(device: torch.device) -> bool:

@@ -135,31 +135,29 @@ def row_linear(
 
 
 class _GroupedRowLinear(torch.autograd.Function):
-    """Row groups ``[r0, r1)`` each with its own (in, out, scale): one compact GEMM per group, one weight gradient.
+    """Row sets each with its own (in, out, scale): one compact GEMM per set, one full-size weight gradient.
 
-    The output is full width (zeros at a group's dropped output units) because groups keep different units.
+    A row set is a ``slice`` or an index tensor of rows (groups that drew the same pattern are merged into one
+    set). The output is full width (zeros at a set's dropped output units) because sets keep different units.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, groups, dtype):  # type: ignore[override]
         x2 = x.reshape(-1, x.shape[-1])
-        full_out = any(out_index is not None for _, _, _, out_index, _ in groups)
-        alloc = torch.zeros if full_out else torch.empty
-        y = alloc(x2.shape[0], weight.shape[0], dtype=dtype, device=x.device)
+        full_out = any(out_index is not None for _, _, out_index, _ in groups)
+        y = (torch.zeros if full_out else torch.empty)(x2.shape[0], weight.shape[0], dtype=dtype, device=x.device)
         saved = []
-        for r0, r1, in_index, out_index, scale in groups:
-            xg = take(x2[r0:r1], -1, in_index).to(dtype)
+        for rows, in_index, out_index, scale in groups:
+            xg = take(take(x2, 0, rows), -1, in_index).to(dtype)
             wc = take(take(weight, 0, out_index), 1, in_index).to(dtype)
             if wc.stride(-1) != 1:
                 wc = wc.contiguous()
             saved += [xg, wc]
-            if r1 == r0:
-                continue
             if bias is not None:
                 yg = torch.addmm(take(bias, 0, out_index).to(dtype), xg, wc.t(), alpha=scale)
             else:
                 yg = scaled_mm(xg, wc.t(), scale)
-            put(y[r0:r1], None, out_index, yg)
+            put(y, rows, out_index, yg)
         ctx.save_for_backward(*saved)
         ctx.meta = (x.shape, x.dtype, groups, bias is not None)
         ctx.weight_shape, ctx.weight_dtype = weight.shape, weight.dtype
@@ -172,22 +170,29 @@ class _GroupedRowLinear(torch.autograd.Function):
         g = grad_y.reshape(-1, grad_y.shape[-1])
         want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         want_b = has_bias and ctx.needs_input_grad[2]
-        rows = g.shape[0]
-        full_x = any(in_index is not None for _, _, in_index, _, _ in groups)
-        grad_x = (torch.zeros if full_x else torch.empty)(rows, x_shape[-1], dtype=x_dtype, device=g.device)
-        grad_w = torch.zeros(ctx.weight_shape, dtype=ctx.weight_dtype, device=g.device) if want_w else None
+        full_x = any(in_index is not None for _, in_index, _, _ in groups)
+        grad_x = None
+        if want_x:
+            grad_x = (torch.zeros if full_x else torch.empty)(g.shape[0], x_shape[-1], dtype=x_dtype, device=g.device)
+        # with whole output rows kept, columns of W are rows of Wᵀ: accumulate there (contiguous row adds instead
+        # of a strided column scatter), and hand autograd the transposed view
+        transposed = all(out_index is None for _, _, out_index, _ in groups)
+        wshape = ctx.weight_shape[::-1] if transposed else ctx.weight_shape
+        grad_w = torch.zeros(wshape, dtype=ctx.weight_dtype, device=g.device) if want_w else None
         grad_b = torch.zeros(ctx.weight_shape[0], dtype=ctx.weight_dtype, device=g.device) if want_b else None
-        for i, (r0, r1, in_index, out_index, scale) in enumerate(groups):
-            if r1 == r0:
-                continue
+        for i, (rows, in_index, out_index, scale) in enumerate(groups):
             xg, wc = saved[2 * i], saved[2 * i + 1]
-            gg = take(g[r0:r1], -1, out_index).to(wc.dtype)
+            gg = take(take(g, 0, rows), -1, out_index).to(wc.dtype)
             if want_x:
-                put(grad_x[r0:r1], None, in_index, scaled_mm(gg, wc, scale).to(x_dtype))
-            if want_w:
+                put(grad_x, rows, in_index, scaled_mm(gg, wc, scale).to(x_dtype))
+            if want_w and transposed:
+                put(grad_w, in_index, None, scaled_mm(xg.t(), gg, scale).to(ctx.weight_dtype), accumulate=True)
+            elif want_w:
                 put(grad_w, out_index, in_index, scaled_mm(gg.t(), xg, scale).to(ctx.weight_dtype), accumulate=True)
             if want_b:
                 put(grad_b[:, None], out_index, None, gg.sum(0).to(ctx.weight_dtype)[:, None], accumulate=True)
+        if want_w and transposed:
+            grad_w = grad_w.t()
         return (grad_x.reshape(x_shape) if want_x else None), grad_w, grad_b, None, None
 
 
@@ -195,21 +200,22 @@ def grouped_row_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
-    groups: list[tuple[int, int, Index, Index, float]],
+    groups: list[tuple[Index, Index, Index, float]],
 ) -> torch.Tensor:
-    """Row-pattern Linear with one pattern per group of rows (see :mod:`lightning_ard.groups`).
+    """Row-pattern Linear with one pattern per set of rows (see :mod:`lightning_ard.groups`).
 
     Args:
         x: full-width input ``(..., in_features)``; its rows (flattened to 2-D) are split by ``groups``.
         weight, bias: the full parameters of the Linear.
-        groups: ``(row_start, row_end, in_index, out_index, scale)`` per group, covering the rows in order.
+        groups: ``(rows, in_index, out_index, scale)`` per row set; ``rows`` a slice or an index tensor of the
+            flattened rows. The sets must partition the rows.
 
     Returns:
-        ``(..., out_features)``: each group's kept outputs, zeros at its dropped output units. Gradients as for
-        :func:`row_linear`, with one full-size weight gradient that every group adds its kept block into.
+        ``(..., out_features)``: each set's kept outputs, zeros at its dropped output units. Gradients as for
+        :func:`row_linear`, with one full-size weight gradient that every set adds its kept block into.
     """
     dtype = _compute_dtype(x.device, x.dtype)
-    clean = [(int(r0), int(r1), i, o, float(s)) for r0, r1, i, o, s in groups]
+    clean = [(rows, i, o, float(s)) for rows, i, o, s in groups]
     with torch.autocast(x.device.type, enabled=False):
         return _GroupedRowLinear.apply(x, weight, bias, clean, dtype)
 

@@ -181,12 +181,16 @@ class ARDLSTM(nn.LSTM):
             h, c = state[0][d : d + 1], state[1][d : d + 1]
             pieces: list[torch.Tensor | None] = [None] * len(bounds)
             order = range(len(bounds)) if d == 0 else reversed(range(len(bounds)))
+            gathered: dict[object, list[torch.Tensor]] = {}  # chunks that drew the same pattern share one gather
             for g in order:
                 t0, t1 = bounds[g]
                 if t1 == t0:
                     continue
                 selector = patterns[g].selector(x.device)
-                weights = self._direction_weights(layer, suffix, selector)
+                key = patterns[g].key if patterns[g].key is not None else id(patterns[g])
+                weights = gathered.get(key)
+                if weights is None:
+                    weights = gathered[key] = self._direction_weights(layer, suffix, selector)
                 if packed:
                     sizes = batch_sizes[t0:t1]  # type: ignore[index]
                     active = int(sizes[0])

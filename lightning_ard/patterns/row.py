@@ -27,12 +27,15 @@ class RowPattern:
         scale: factor applied to kept activations (reciprocal of the family's keep probability).
         stride: ``(start, step)`` when ``kept == range(start, width, step)``; lets backends use strided views
             instead of gathers. ``None`` otherwise.
+        key: identifies the kept set within its family (e.g. ``("periodic", dp, k, offset)``), so that pattern
+            groups drawing the same pattern share one weight gather and one GEMM; ``None`` = not known to repeat.
     """
 
     width: int
     kept: torch.Tensor
     scale: float
     stride: tuple[int, int] | None = None
+    key: tuple | None = None
     _on_device: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -145,11 +148,12 @@ class PeriodicRow(RowFamily):
         check_in_range("offset", offset, 0, self.dp - 1)
         if self.k == 1:
             kept = torch.arange(offset, self.width, self.dp)
-            return RowPattern(self.width, kept, self.scale, (offset, self.dp))
+            return RowPattern(self.width, kept, self.scale, (offset, self.dp), ("periodic", self.dp, 1, offset))
         i = torch.arange(self.width)
         kept = i[(i - offset).remainder(self.dp) < self.k]
         stride = (0, 1) if self.k == self.dp else None
-        return RowPattern(self.width, kept, self.scale, stride)
+        key = ("all",) if self.k == self.dp else ("periodic", self.dp, self.k, offset)
+        return RowPattern(self.width, kept, self.scale, stride, key)
 
     def sample(self, generator: torch.Generator | None = None) -> RowPattern:
         return self.pattern(_randint(self.dp, generator))
@@ -195,9 +199,10 @@ class BlockRow(RowFamily):
         """The block that starts at unit ``start`` (wrapping around the end)."""
         check_in_range("start", start, 0, self.width - 1)
         if start + self.keep <= self.width:
-            return RowPattern(self.width, torch.arange(start, start + self.keep), self.scale, None)
-        kept = torch.cat([torch.arange(0, start + self.keep - self.width), torch.arange(start, self.width)])
-        return RowPattern(self.width, kept, self.scale, None)
+            kept = torch.arange(start, start + self.keep)
+        else:
+            kept = torch.cat([torch.arange(0, start + self.keep - self.width), torch.arange(start, self.width)])
+        return RowPattern(self.width, kept, self.scale, None, ("block", self.keep, start))
 
     def sample(self, generator: torch.Generator | None = None) -> RowPattern:
         return self.pattern(_randint(self.width, generator))
@@ -239,7 +244,9 @@ class RandomSubsetRow(RowFamily):
 
     def sample(self, generator: torch.Generator | None = None) -> RowPattern:
         kept = torch.randperm(self.width, generator=generator)[: self.keep].sort().values
-        return RowPattern(self.width, kept, self.scale, (0, 1) if self.keep == self.width else None)
+        if self.keep == self.width:
+            return RowPattern(self.width, kept, self.scale, (0, 1), ("all",))
+        return RowPattern(self.width, kept, self.scale, None)
 
     def kept_count_pmf(self) -> torch.Tensor:
         pmf = torch.zeros(self.width + 1, dtype=torch.float64)
