@@ -137,8 +137,7 @@ class ARDController:
         if self.config.groups == 1:
             pats: dict = self.sampler.draw()
         else:
-            draws = [self.sampler.draw() for _ in range(self.config.groups)]
-            pats = {name: tuple(d[name] for d in draws) for name in draws[0]}
+            pats = self.sampler.draw_groups(self.config.groups)
         self.patterns = pats
         for plan in self._linears:
             if plan.tile_site is not None:

@@ -116,22 +116,18 @@ class TorchBackend(Backend):
     def row_linear_groups(self, x, weight, bias, in_patterns, out_patterns):  # type: ignore[no-untyped-def]
         groups = len(in_patterns or out_patterns or ())
         bounds = group_bounds(x.numel() // max(x.shape[-1], 1), groups)
-        merged: dict[object, tuple[list[tuple[int, int]], RowPattern | None, RowPattern | None]] = {}
+        merged: dict[object, tuple[list[int], RowPattern | None, RowPattern | None]] = {}
         for g, (r0, r1) in enumerate(bounds):
             if r1 == r0:
                 continue
             inp = in_patterns[g] if in_patterns is not None else None
             out = out_patterns[g] if out_patterns is not None else None
-            merged.setdefault(_pair_key(inp, out), ([], inp, out))[0].append((r0, r1))
+            merged.setdefault(_pair_key(inp, out), ([], inp, out))[0].append(g)
         spec = []
-        for ranges, inp, out in merged.values():
-            if len(ranges) == 1:
-                rows: torch.Tensor | slice = slice(*ranges[0])
-            else:  # groups that drew the same patterns: one GEMM over their rows
-                rows = torch.cat([torch.arange(r0, r1) for r0, r1 in ranges]).to(x.device, non_blocking=True)
+        for members, inp, out in merged.values():
             spec.append(
                 (
-                    rows,
+                    _row_set(bounds, members, x.device),
                     inp.selector(x.device) if inp is not None else None,
                     out.selector(x.device) if out is not None else None,
                     inp.scale if inp is not None else 1.0,
@@ -140,6 +136,17 @@ class TorchBackend(Backend):
         if not spec:  # no rows at all
             return torch.nn.functional.linear(x, weight, bias)
         return torch_ops.grouped_row_linear(x, weight, bias, spec)
+
+
+def _row_set(bounds: list[tuple[int, int]], members: list[int], device: torch.device) -> torch.Tensor | slice:
+    """The rows of the groups ``members``: a slice for one group (or adjacent ones), else an index tensor."""
+    spans = [bounds[g] for g in members]
+    if all(a[1] == b[0] for a, b in zip(spans, spans[1:])):
+        return slice(spans[0][0], spans[-1][1])
+    starts = torch.tensor([r0 for r0, _ in spans])
+    sizes = torch.tensor([r1 - r0 for r0, r1 in spans])
+    offsets = torch.arange(int(sizes.sum())) - torch.repeat_interleave(sizes.cumsum(0) - sizes, sizes)
+    return (torch.repeat_interleave(starts, sizes) + offsets).to(device, non_blocking=True)
 
 
 def _pair_key(inp: RowPattern | None, out: RowPattern | None) -> tuple:

@@ -70,6 +70,17 @@ class PatternDistribution:
         i = min(int(torch.searchsorted(self._cdf, u, right=True)), len(self.candidates) - 1)  # type: ignore[attr-defined]
         return self.candidates[i].sample(generator)
 
+    def sample_many(self, n: int, generator: torch.Generator | None = None) -> list[Pattern]:
+        """``n`` independent draws (one per pattern group), drawn candidate by candidate in one batch each."""
+        u = torch.rand(n, generator=generator, dtype=torch.float64)
+        choice = torch.searchsorted(self._cdf, u, right=True).clamp(max=len(self.candidates) - 1)  # type: ignore[attr-defined]
+        out: list[Pattern | None] = [None] * n
+        for i in choice.unique().tolist():
+            where = (choice == i).nonzero().flatten().tolist()
+            for pos, pattern in zip(where, self.candidates[i].sample_many(len(where), generator), strict=True):
+                out[pos] = pattern
+        return out  # type: ignore[return-value]
+
     def support(self) -> list[tuple[Family, float]]:
         """Candidates with non-zero probability, with their probability."""
         return [(c, float(p)) for c, p in zip(self.candidates, self.probabilities) if p > 0]

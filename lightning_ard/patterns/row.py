@@ -9,6 +9,7 @@ number of kept units per step, and the probability that two units at a given dis
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -95,6 +96,10 @@ class RowFamily(ABC):
     def sample(self, generator: torch.Generator | None = None) -> RowPattern:
         """Draw this step's pattern."""
 
+    def sample_many(self, n: int, generator: torch.Generator | None = None) -> list[RowPattern]:
+        """``n`` independent draws (pattern groups); families with few distinct patterns return cached objects."""
+        return [self.sample(generator) for _ in range(n)]
+
     @abstractmethod
     def kept_count_pmf(self) -> torch.Tensor:
         """Exact distribution (float64, length width + 1) of the number of kept units in one draw."""
@@ -110,6 +115,16 @@ class RowFamily(ABC):
         """Raise if this family was built for another width than ``width``."""
         if width != self.width:
             raise ValueError(f"{where}: pattern width {self.width} does not match the layer width {width}")
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_periodic(family: "PeriodicRow", offset: int) -> RowPattern:
+    return family._build(offset)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_block(family: "BlockRow", start: int) -> RowPattern:
+    return family._build(start)
 
 
 def _randint(high: int, generator: torch.Generator | None) -> int:
@@ -144,8 +159,12 @@ class PeriodicRow(RowFamily):
         return self.dp / self.k
 
     def pattern(self, offset: int) -> RowPattern:
-        """The pattern for a given offset b in [0, dp)."""
+        """The pattern for a given offset b in [0, dp) (one cached object per offset, so its device indices are
+        built once)."""
         check_in_range("offset", offset, 0, self.dp - 1)
+        return _cached_periodic(self, offset)
+
+    def _build(self, offset: int) -> RowPattern:
         if self.k == 1:
             kept = torch.arange(offset, self.width, self.dp)
             return RowPattern(self.width, kept, self.scale, (offset, self.dp), ("periodic", self.dp, 1, offset))
@@ -157,6 +176,9 @@ class PeriodicRow(RowFamily):
 
     def sample(self, generator: torch.Generator | None = None) -> RowPattern:
         return self.pattern(_randint(self.dp, generator))
+
+    def sample_many(self, n: int, generator: torch.Generator | None = None) -> list[RowPattern]:
+        return [self.pattern(b) for b in torch.randint(self.dp, (n,), generator=generator).tolist()]
 
     def kept_count_pmf(self) -> torch.Tensor:
         q, rmd = divmod(self.width, self.dp)
@@ -196,8 +218,11 @@ class BlockRow(RowFamily):
         return self.width / self.keep
 
     def pattern(self, start: int) -> RowPattern:
-        """The block that starts at unit ``start`` (wrapping around the end)."""
+        """The block that starts at unit ``start`` (wrapping around the end; cached per start)."""
         check_in_range("start", start, 0, self.width - 1)
+        return _cached_block(self, start)
+
+    def _build(self, start: int) -> RowPattern:
         if start + self.keep <= self.width:
             kept = torch.arange(start, start + self.keep)
         else:
@@ -206,6 +231,9 @@ class BlockRow(RowFamily):
 
     def sample(self, generator: torch.Generator | None = None) -> RowPattern:
         return self.pattern(_randint(self.width, generator))
+
+    def sample_many(self, n: int, generator: torch.Generator | None = None) -> list[RowPattern]:
+        return [self.pattern(s) for s in torch.randint(self.width, (n,), generator=generator).tolist()]
 
     def kept_count_pmf(self) -> torch.Tensor:
         pmf = torch.zeros(self.width + 1, dtype=torch.float64)

@@ -31,6 +31,11 @@ class PatternSampler:
         self.steps += 1
         return {name: dist.sample(self.generator) for name, dist in self.distributions.items()}
 
+    def draw_groups(self, groups: int) -> dict[str, tuple[Pattern, ...]]:
+        """This step's ``groups`` independent patterns for every site (:mod:`lightning_ard.groups`)."""
+        self.steps += 1
+        return {name: tuple(dist.sample_many(groups, self.generator)) for name, dist in self.distributions.items()}
+
     def state_dict(self) -> dict[str, Any]:
         """Seed, number of draws and generator state (enough to continue the same sequence)."""
         return {"seed": self.seed, "steps": self.steps, "generator": self.generator.get_state()}

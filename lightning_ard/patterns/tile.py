@@ -146,6 +146,10 @@ class PeriodicTile:
         """Draw this step's pattern."""
         return self.pattern(int(torch.randint(self.dp, (1,), generator=generator).item()))
 
+    def sample_many(self, n: int, generator: torch.Generator | None = None) -> list[TilePattern]:
+        """``n`` independent draws (pattern groups)."""
+        return [self.pattern(b) for b in torch.randint(self.dp, (n,), generator=generator).tolist()]
+
     def kept_count_pmf(self) -> torch.Tensor:
         """Exact distribution (float64, length tiles + 1) of the number of kept tiles in one draw."""
         pmf = torch.zeros(self.width + 1, dtype=torch.float64)
