@@ -53,6 +53,12 @@ class Record:
     limit: float
     of_ideal: float
     of_limit: float
+    groups: int = 1
+
+    @property
+    def label(self) -> str:
+        """Family, with the pattern groups when more than one."""
+        return self.family if self.groups == 1 else f"{self.family} x{self.groups}"
 
 
 class LSTMLM(nn.Module):
@@ -194,14 +200,17 @@ def device_name(device: torch.device) -> str:
     return f"{model} ({torch.get_num_threads()} threads)"
 
 
-def bench_case(case: Case, family: str, p: float, device: torch.device, warmup: int, rounds: int, steps: int) -> Record:
-    """Time dense, ARD and limit steps of one case, interleaved, and build the record."""
+def bench_case(
+    case: Case, family: str, p: float, device: torch.device, warmup: int, rounds: int, steps: int, groups: int = 1
+) -> Record:
+    """Time dense, ARD and limit steps of one case, interleaved, and build the record (``groups`` patterns per
+    step per site)."""
     batch = case.batch(device)
     torch.manual_seed(0)
     dense = _Runner(case.build(p).to(device), batch, None)
     torch.manual_seed(0)
     ard_model = case.build(p).to(device)
-    ctl = ARDController(ard_model, pattern=family, seed=0).apply()
+    ctl = ARDController(ard_model, pattern=family, seed=0, groups=groups).apply()
     if not ctl.active:
         raise RuntimeError(f"no ARD site found in case {case.name}")
     ard = _Runner(ard_model, batch, ctl)
@@ -232,6 +241,7 @@ def bench_case(case: Case, family: str, p: float, device: torch.device, warmup: 
         round(limit_speedup, 3),
         round(speedup / ideal, 3),
         round(speedup / limit_speedup, 3),
+        groups,
     )
 
 
@@ -241,7 +251,7 @@ def format_table(records: list[Record]) -> str:
     lines = [head, "|" + "---|" * 10]
     for r in records:
         lines.append(
-            f"| {r.case} | {r.family} | {r.p:.1f} | {r.dense_ms:.1f} | {r.ard_ms:.1f} | {r.speedup:.2f}× | "
+            f"| {r.case} | {r.label} | {r.p:.1f} | {r.dense_ms:.1f} | {r.ard_ms:.1f} | {r.speedup:.2f}× | "
             f"{r.ideal:.2f}× | {r.of_ideal:.0%} | {r.limit:.2f}× | {r.of_limit:.0%} |"
         )
     return "\n".join(lines)
@@ -258,8 +268,8 @@ def plot(records: list[Record], path: Path) -> None:
     fig, axes = plt.subplots(1, len(cases), figsize=(6 * len(cases), 4.2), squeeze=False)
     for ax, case in zip(axes[0], cases):
         rows = [r for r in records if r.case == case]
-        for family in sorted({r.family for r in rows}):
-            fr = sorted((r for r in rows if r.family == family), key=lambda r: r.p)
+        for family in sorted({r.label for r in rows}):
+            fr = sorted((r for r in rows if r.label == family), key=lambda r: r.p)
             ax.plot([r.p for r in fr], [r.speedup for r in fr], marker="o", label=f"ARD {family}")
         first = sorted({r.p: r for r in rows}.values(), key=lambda r: r.p)
         ax.plot([r.p for r in first], [r.ideal for r in first], "k--", label="ideal (FLOP ratio, row)")
@@ -286,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the records here")
     parser.add_argument("--png", type=Path, default=None, help="write the plot here (default: next to --json)")
     parser.add_argument("--md", type=Path, default=None, help="write the Markdown table here")
+    parser.add_argument("--groups", default="1", help="comma-separated pattern groups per step (default 1)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -302,17 +313,26 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or (2 if args.quick else 4)
     warmup, steps = (1, 2) if args.quick else (3, 5)
 
+    try:
+        group_counts = [int(g) for g in args.groups.split(",")]
+        if min(group_counts) < 1:
+            raise ValueError
+    except ValueError:
+        print(f"error: --groups must be comma-separated integers >= 1, got {args.groups!r}", file=sys.stderr)
+        return 2
+
     records: list[Record] = []
     for case in cases:
         for family in families:
-            for p in rates:
-                rec = bench_case(case, family, p, device, warmup, rounds, steps)
-                records.append(rec)
-                print(
-                    f"{rec.case} {rec.family} p={rec.p}: dense {rec.dense_ms:.1f} ms, ARD {rec.ard_ms:.1f} ms, "
-                    f"speedup {rec.speedup:.2f}x (ideal {rec.ideal:.2f}x, limit {rec.limit:.2f}x)",
-                    flush=True,
-                )
+            for groups in group_counts:
+                for p in rates:
+                    rec = bench_case(case, family, p, device, warmup, rounds, steps, groups)
+                    records.append(rec)
+                    print(
+                        f"{rec.case} {rec.label} p={rec.p}: dense {rec.dense_ms:.1f} ms, ARD {rec.ard_ms:.1f} ms, "
+                        f"speedup {rec.speedup:.2f}x (ideal {rec.ideal:.2f}x, limit {rec.limit:.2f}x)",
+                        flush=True,
+                    )
     table = format_table(records)
     print(f"\ndevice: {records[0].device if records else device}\n{table}")
     if args.json:

@@ -35,6 +35,17 @@ def test_bench_case_record_table_and_plot(tmp_path) -> None:
 def test_bench_cli_rejects_bad_family(capsys) -> None:
     assert bench.main(["--families", "diagonal", "--device", "cpu"]) == 2
     assert "unknown families ['diagonal']" in capsys.readouterr().err
+    assert bench.main(["--groups", "0", "--device", "cpu"]) == 2
+    assert "--groups must be comma-separated integers >= 1, got '0'" in capsys.readouterr().err
+
+
+def test_bench_case_with_groups(tmp_path) -> None:
+    rec = bench.bench_case(_tiny_case(), "row", 0.5, torch.device("cpu"), warmup=1, rounds=1, steps=2, groups=4)
+    assert rec.groups == 4 and rec.label == "row x4"
+    assert 1.0 < rec.ideal < 8  # the same FLOP saving as one pattern per step
+    assert "| row x4 | 0.5 |" in bench.format_table([rec])
+    bench.plot([rec], tmp_path / "g.png")
+    assert json.loads(json.dumps(bench.asdict(rec)))["groups"] == 4
 
 
 def test_fit_bench_writes_json(tmp_path) -> None:

@@ -275,6 +275,8 @@ def test_keep_ard_layers_and_restore_on_exception(tmp_path) -> None:
         (dict(include="net.*"), "include must be a list of strings"),
         (dict(search={"dp_maxx": 3}), r"unknown search settings \['dp_maxx'\]"),
         (dict(tile=(0, 4)), "tile must be a pair of positive integers"),
+        (dict(groups=0), "groups must be an integer >= 1, got 0"),
+        (dict(groups=2.5), "groups must be an integer >= 1, got 2.5"),
     ],
 )
 def test_bad_arguments(kwargs, match) -> None:
@@ -341,3 +343,56 @@ def test_expected_site_saving_in_site_table() -> None:
     assert cb.controller.expected_site_saving(site) == pytest.approx(want, abs=1e-9)
     assert f"{want:.1%}" in cb.site_table()
     cb.controller.restore()
+
+
+def test_groups_fit_mlp_and_lstm(tmp_path) -> None:
+    """groups=4: each step draws 4 patterns per site, logs their mean keep fraction, and the FLOPs still equal
+    FlopCounterMode; the LSTM LM trains with per-time-chunk patterns; resume reproduces the fit bit for bit."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    pl.seed_everything(0)
+    model = MLP()
+    cb = ApproximateDropout(groups=4, measure_speedup=True)
+    _trainer(tmp_path / "mlp", cb).fit(model, _data())
+    pats = cb.controller.patterns
+    assert all(isinstance(v, tuple) and len(v) == 4 for v in pats.values())
+    assert cb.controller.sampler.steps == 4
+    files = glob.glob(str(tmp_path / "mlp" / "tb" / "**" / "events.out.tfevents.*"), recursive=True)
+    acc = EventAccumulator(files[0])
+    acc.Reload()
+    last_keep = acc.Scalars("ard/net.2/keep_fraction")[-1].value
+    assert last_keep == pytest.approx(sum(p.keep_fraction for p in pats["net.2"]) / 4, rel=1e-6)
+    assert acc.Scalars("ard/net.2/speedup_measured")[-1].value > 0
+
+    ctl_model = MLP().net
+    from lightning_ard.controller import ARDController
+
+    ctl = ARDController(ctl_model, pattern="block", groups=3).apply()
+    ctl.step()
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(ctl_model(torch.randn(16, 20)), torch.randint(0, 5, (16,))).backward()
+    assert sum(e for _, e in ctl.layer_flops().values()) == counter.get_total_flops()
+    ctl.restore()
+
+    pl.seed_everything(0)
+    lm = LSTMLM()
+    lcb = ApproximateDropout(groups=3, measure_speedup=True)
+    _trainer(tmp_path / "lm", lcb).fit(lm, _lm_data())
+    assert type(lm.lstm) is nn.LSTM
+    assert len(lcb.controller.patterns["lstm.l1"]) == 3
+
+    def fit(epochs, ckpt=None, save=None):
+        pl.seed_everything(0)
+        m = MLP()
+        trainer = _trainer(tmp_path, ApproximateDropout(groups=5, seed=3, measure_speedup=False), max_steps=-1,
+                           max_epochs=epochs, logger=False)
+        trainer.fit(m, _data(), ckpt_path=ckpt)
+        if save:
+            trainer.save_checkpoint(save)
+        return m
+
+    full = fit(2)
+    fit(1, save=tmp_path / "half.ckpt")
+    resumed = fit(2, ckpt=str(tmp_path / "half.ckpt"))
+    for a, b in zip(full.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -566,6 +566,32 @@ def test_ard_linear_layers_with_triton_backend(kernels):
         assert_close(got, ref, 1e-5, "layer chain")
 
 
+@interpreted
+def test_grouped_layers_with_triton_backend(kernels):
+    """Pattern groups on the Triton backend (the per-group loop of ``Backend``): a producer -> consumer pair with
+    3 row groups over 14 rows (one group holding two equal patterns) and a 2-group tile layer equal the PyTorch
+    backend's single pass, outputs and parameter gradients."""
+    from lightning_ard.layers import ARDLinear
+
+    gen = torch.Generator().manual_seed(31)
+    fam = PeriodicRow(40, 4, 2)
+    pats = [fam.pattern(1), fam.pattern(3), fam.pattern(1)]
+    tiles = [PeriodicTile(9, 40, 3, 1, (4, 8)).sample(gen) for _ in range(2)]
+    x, target = torch.randn(2, 7, 24, generator=gen), torch.randn(2, 7, 9, generator=gen)
+    results = []
+    for backend in ("triton", "torch"):
+        torch.manual_seed(0)
+        layers = [ARDLinear.from_linear(torch.nn.Linear(a, b), backend) for a, b in ((24, 40), (40, 40), (40, 9))]
+        layers[0].set_patterns(out_pattern=pats)
+        layers[1].set_patterns(in_pattern=pats)
+        layers[2].set_patterns(tile_pattern=tiles)
+        y = layers[2](torch.relu(layers[1](torch.relu(layers[0](x)))))
+        F.mse_loss(y, target).backward()
+        results.append([y.detach()] + [p.grad for layer in layers for p in layer.parameters()])
+    for got, ref in zip(*results, strict=True):
+        assert_close(got, ref, 1e-5, "grouped layers")
+
+
 # --- backend selection -------------------------------------------------------------------------------------------
 
 
