@@ -51,6 +51,9 @@ class ApproximateDropout(pl.Callback):
         groups: independent patterns per training step, each serving a contiguous share of the batch (samples for
             a Linear, time steps for an LSTM). More groups = more mask diversity at the same FLOP saving; 1 is the
             paper's one pattern per mini-batch. Under gradient accumulation every micro-batch draws its own.
+        pool: with ``groups > 1``, draw only ``pool`` distinct patterns per site per step and give each group one
+            of them at random: per-row mask diversity at the cost of at most ``pool`` compact GEMMs per layer.
+            ``None`` draws every group independently.
         measure_speedup: time each site dense vs ARD after the first step and log measured speedups.
         restore_on_fit_end: give the plain modules back at fit end (False keeps ARD layers, patterns cleared).
         verbose: print the site table at fit start.
@@ -68,11 +71,12 @@ class ApproximateDropout(pl.Callback):
         seed: int | None = None,
         tile: tuple[int, int] = (64, 64),
         groups: int = 1,
+        pool: int | None = None,
         measure_speedup: bool = True,
         restore_on_fit_end: bool = True,
         verbose: bool = True,
     ) -> None:
-        self.config = ARDConfig(pattern, p, search or {}, include, exclude, sites, backend, tile, groups)
+        self.config = ARDConfig(pattern, p, search or {}, include, exclude, sites, backend, tile, groups, pool)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"seed must be an integer or None, got {seed!r}")
         self.seed = seed

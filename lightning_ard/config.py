@@ -52,6 +52,9 @@ class ARDConfig:
         groups: independent patterns per forward pass, each serving a contiguous share of the rows (samples of a
             Linear's batch, time steps of an LSTM; :mod:`lightning_ard.groups`). 1 is the paper's one pattern per
             mini-batch; more groups give more mask diversity per step at the same FLOP saving.
+        pool: distinct patterns per site per step when ``groups > 1``: each group takes one of ``pool`` drawn
+            patterns at random, so a layer runs at most ``pool`` compact GEMMs however many groups there are.
+            ``None`` draws every group independently.
     """
 
     pattern: str = "row"
@@ -63,6 +66,7 @@ class ARDConfig:
     backend: str = "auto"
     tile: tuple[int, int] = (64, 64)
     groups: int = 1
+    pool: int | None = None
 
     def __post_init__(self) -> None:
         check_choice("pattern", self.pattern, FAMILIES)
@@ -74,3 +78,5 @@ class ARDConfig:
         object.__setattr__(self, "search", check_search(self.search))
         object.__setattr__(self, "tile", check_tile("tile", self.tile))
         check_positive_int("groups", self.groups)
+        if self.pool is not None:
+            check_positive_int("pool", self.pool)

@@ -137,7 +137,7 @@ class ARDController:
         if self.config.groups == 1:
             pats: dict = self.sampler.draw()
         else:
-            pats = self.sampler.draw_groups(self.config.groups)
+            pats = self.sampler.draw_groups(self.config.groups, self.config.pool)
         self.patterns = pats
         for plan in self._linears:
             if plan.tile_site is not None:

@@ -201,7 +201,8 @@ def test_grouped_lstm_matches_per_time_step_masks(data, bidirectional, batch_fir
     for i in range(layers):
         if i > 0 or data.draw(st.booleans()):
             family = _family(data.draw(st.sampled_from(["periodic", "random", "block"])), layer.layer_input_size(i), data.draw)
-            slots.append(tuple(family.sample(gen) for _ in range(groups)))
+            pool = [family.sample(gen) for _ in range(data.draw(st.integers(1, groups)))]  # repeats: merged runs
+            slots.append(tuple(pool[data.draw(st.integers(0, len(pool) - 1))] for _ in range(groups)))
         else:
             slots.append(None)
     layer.set_patterns(slots)
@@ -286,3 +287,28 @@ def test_controller_groups_draws_g_patterns_and_counts_flops() -> None:
     ctl.restore()
     with pytest.raises(ValueError, match="groups must be an integer >= 1, got 0"):
         ARDController(model, pattern="row", groups=0)
+
+
+def test_pool_limits_distinct_patterns_per_step() -> None:
+    """pool=3 with 40 groups: every site's 40 groups share at most 3 patterns; the step is still exact in FLOPs,
+    and the same seed gives the same draws."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def build():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(20, 48), nn.ReLU(), nn.Dropout(0.5), nn.Linear(48, 4))
+
+    draws = []
+    for _ in range(2):
+        model = build()
+        ctl = ARDController(model, pattern="random", groups=40, pool=3, seed=7).apply()
+        pats = ctl.step()
+        draws.append([tuple(p.kept.tolist()) for p in pats["2"]])
+        assert len(pats["2"]) == 40 and len({id(p) for p in pats["2"]}) <= 3
+        with FlopCounterMode(display=False) as counter:
+            model(torch.randn(40, 20)).sum().backward()
+        assert sum(e for _, e in ctl.layer_flops().values()) == counter.get_total_flops()
+        ctl.restore()
+    assert draws[0] == draws[1]
+    with pytest.raises(ValueError, match="pool must be an integer >= 1, got 0"):
+        ARDController(build(), groups=4, pool=0)

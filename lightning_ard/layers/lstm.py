@@ -176,29 +176,35 @@ class ARDLSTM(nn.LSTM):
         reverse direction runs the chunks, and the steps within each, backwards)."""
         packed = batch_sizes is not None
         offsets = [0, *torch.cumsum(batch_sizes, 0).tolist()] if packed else None
+        runs: list[tuple[int, int, RowPattern, object]] = []  # adjacent chunks with one pattern run as one call
+        for (t0, t1), pattern in zip(bounds, patterns, strict=True):
+            if t1 == t0:
+                continue
+            key = pattern.key if pattern.key is not None else id(pattern)
+            if runs and runs[-1][3] == key:
+                runs[-1] = (runs[-1][0], t1, runs[-1][2], key)
+            else:
+                runs.append((t0, t1, pattern, key))
         outputs, hs, cs = [], [], []
         for d, suffix in enumerate(("", "_reverse") if self.bidirectional else ("",)):
             h, c = state[0][d : d + 1], state[1][d : d + 1]
-            pieces: list[torch.Tensor | None] = [None] * len(bounds)
-            order = range(len(bounds)) if d == 0 else reversed(range(len(bounds)))
+            pieces: list[torch.Tensor | None] = [None] * len(runs)
+            order = range(len(runs)) if d == 0 else reversed(range(len(runs)))
             gathered: dict[object, list[torch.Tensor]] = {}  # chunks that drew the same pattern share one gather
             for g in order:
-                t0, t1 = bounds[g]
-                if t1 == t0:
-                    continue
-                selector = patterns[g].selector(x.device)
-                key = patterns[g].key if patterns[g].key is not None else id(patterns[g])
+                t0, t1, pattern, key = runs[g]
+                selector = pattern.selector(x.device)
                 weights = gathered.get(key)
                 if weights is None:
                     weights = gathered[key] = self._direction_weights(layer, suffix, selector)
                 if packed:
                     sizes = batch_sizes[t0:t1]  # type: ignore[index]
                     active = int(sizes[0])
-                    xg = take(x[offsets[t0] : offsets[t1]], -1, selector) * patterns[g].scale  # type: ignore[index]
+                    xg = take(x[offsets[t0] : offsets[t1]], -1, selector) * pattern.scale  # type: ignore[index]
                     out, hg, cg = _VF.lstm(xg, sizes, (h[:, :active], c[:, :active]), weights, self.bias, 1, 0.0, True, False)
                     h, c = torch.cat([hg, h[:, active:]], 1), torch.cat([cg, c[:, active:]], 1)
                 else:
-                    xg = take(x[t0:t1], -1, selector) * patterns[g].scale
+                    xg = take(x[t0:t1], -1, selector) * pattern.scale
                     xg = xg.flip(0) if d == 1 else xg
                     out, h, c = _VF.lstm(xg, (h, c), weights, self.bias, 1, 0.0, True, False, False)
                     out = out.flip(0) if d == 1 else out

@@ -31,10 +31,22 @@ class PatternSampler:
         self.steps += 1
         return {name: dist.sample(self.generator) for name, dist in self.distributions.items()}
 
-    def draw_groups(self, groups: int) -> dict[str, tuple[Pattern, ...]]:
-        """This step's ``groups`` independent patterns for every site (:mod:`lightning_ard.groups`)."""
+    def draw_groups(self, groups: int, pool: int | None = None) -> dict[str, tuple[Pattern, ...]]:
+        """This step's ``groups`` patterns for every site (:mod:`lightning_ard.groups`).
+
+        With ``pool`` set, each site draws only ``pool`` distinct patterns and every group takes one of them
+        uniformly at random: as many masks per row as with independent draws, but at most ``pool`` compact GEMMs
+        (and weight gathers) per layer.
+        """
         self.steps += 1
-        return {name: tuple(dist.sample_many(groups, self.generator)) for name, dist in self.distributions.items()}
+        out: dict[str, tuple[Pattern, ...]] = {}
+        for name, dist in self.distributions.items():
+            if pool is None or pool >= groups:
+                out[name] = tuple(dist.sample_many(groups, self.generator))
+                continue
+            drawn = dist.sample_many(pool, self.generator)
+            out[name] = tuple(drawn[i] for i in torch.randint(pool, (groups,), generator=self.generator).tolist())
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """Seed, number of draws and generator state (enough to continue the same sequence)."""
