@@ -54,11 +54,14 @@ class Record:
     of_ideal: float
     of_limit: float
     groups: int = 1
+    pool: int | None = None
 
     @property
     def label(self) -> str:
-        """Family, with the pattern groups when more than one."""
-        return self.family if self.groups == 1 else f"{self.family} x{self.groups}"
+        """Family, with the pattern groups (and pool) when more than one group."""
+        if self.groups == 1:
+            return self.family
+        return f"{self.family} x{self.groups}" + (f" pool {self.pool}" if self.pool else "")
 
 
 class LSTMLM(nn.Module):
@@ -201,7 +204,15 @@ def device_name(device: torch.device) -> str:
 
 
 def bench_case(
-    case: Case, family: str, p: float, device: torch.device, warmup: int, rounds: int, steps: int, groups: int = 1
+    case: Case,
+    family: str,
+    p: float,
+    device: torch.device,
+    warmup: int,
+    rounds: int,
+    steps: int,
+    groups: int = 1,
+    pool: int | None = None,
 ) -> Record:
     """Time dense, ARD and limit steps of one case, interleaved, and build the record (``groups`` patterns per
     step per site)."""
@@ -210,7 +221,7 @@ def bench_case(
     dense = _Runner(case.build(p).to(device), batch, None)
     torch.manual_seed(0)
     ard_model = case.build(p).to(device)
-    ctl = ARDController(ard_model, pattern=family, seed=0, groups=groups).apply()
+    ctl = ARDController(ard_model, pattern=family, seed=0, groups=groups, pool=pool).apply()
     if not ctl.active:
         raise RuntimeError(f"no ARD site found in case {case.name}")
     ard = _Runner(ard_model, batch, ctl)
@@ -242,6 +253,7 @@ def bench_case(
         round(speedup / ideal, 3),
         round(speedup / limit_speedup, 3),
         groups,
+        pool if groups > 1 else None,
     )
 
 
@@ -297,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--png", type=Path, default=None, help="write the plot here (default: next to --json)")
     parser.add_argument("--md", type=Path, default=None, help="write the Markdown table here")
     parser.add_argument("--groups", default="1", help="comma-separated pattern groups per step (default 1)")
+    parser.add_argument("--pool", type=int, default=None, help="distinct patterns per step when groups > 1")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -315,10 +328,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         group_counts = [int(g) for g in args.groups.split(",")]
-        if min(group_counts) < 1:
+        if min(group_counts) < 1 or (args.pool is not None and args.pool < 1):
             raise ValueError
     except ValueError:
-        print(f"error: --groups must be comma-separated integers >= 1, got {args.groups!r}", file=sys.stderr)
+        print(
+            f"error: --groups must be comma-separated integers >= 1 and --pool an integer >= 1, got "
+            f"{args.groups!r} and {args.pool!r}",
+            file=sys.stderr,
+        )
         return 2
 
     records: list[Record] = []
@@ -326,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         for family in families:
             for groups in group_counts:
                 for p in rates:
-                    rec = bench_case(case, family, p, device, warmup, rounds, steps, groups)
+                    rec = bench_case(case, family, p, device, warmup, rounds, steps, groups, args.pool)
                     records.append(rec)
                     print(
                         f"{rec.case} {rec.label} p={rec.p}: dense {rec.dense_ms:.1f} ms, ARD {rec.ard_ms:.1f} ms, "

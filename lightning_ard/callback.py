@@ -54,6 +54,8 @@ class ApproximateDropout(pl.Callback):
         pool: with ``groups > 1``, draw only ``pool`` distinct patterns per site per step and give each group one
             of them at random: per-row mask diversity at the cost of at most ``pool`` compact GEMMs per layer.
             ``None`` draws every group independently.
+        lstm_groups: time chunks per step for sites feeding an LSTM (``None``: ``groups``); each chunk is one
+            fused-LSTM call, so on a CPU keep it small and give the Linear sites the many groups.
         measure_speedup: time each site dense vs ARD after the first step and log measured speedups.
         restore_on_fit_end: give the plain modules back at fit end (False keeps ARD layers, patterns cleared).
         verbose: print the site table at fit start.
@@ -72,11 +74,12 @@ class ApproximateDropout(pl.Callback):
         tile: tuple[int, int] = (64, 64),
         groups: int = 1,
         pool: int | None = None,
+        lstm_groups: int | None = None,
         measure_speedup: bool = True,
         restore_on_fit_end: bool = True,
         verbose: bool = True,
     ) -> None:
-        self.config = ARDConfig(pattern, p, search or {}, include, exclude, sites, backend, tile, groups, pool)
+        self.config = ARDConfig(pattern, p, search or {}, include, exclude, sites, backend, tile, groups, pool, lstm_groups)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"seed must be an integer or None, got {seed!r}")
         self.seed = seed

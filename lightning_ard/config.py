@@ -55,6 +55,8 @@ class ARDConfig:
         pool: distinct patterns per site per step when ``groups > 1``: each group takes one of ``pool`` drawn
             patterns at random, so a layer runs at most ``pool`` compact GEMMs however many groups there are.
             ``None`` draws every group independently.
+        lstm_groups: time chunks (patterns per step) for sites whose consumer is an LSTM; ``None`` uses
+            ``groups``. Each chunk is one fused-LSTM call, whose fixed cost (large on the CPU) is what limits it.
     """
 
     pattern: str = "row"
@@ -67,6 +69,7 @@ class ARDConfig:
     tile: tuple[int, int] = (64, 64)
     groups: int = 1
     pool: int | None = None
+    lstm_groups: int | None = None
 
     def __post_init__(self) -> None:
         check_choice("pattern", self.pattern, FAMILIES)
@@ -78,5 +81,6 @@ class ARDConfig:
         object.__setattr__(self, "search", check_search(self.search))
         object.__setattr__(self, "tile", check_tile("tile", self.tile))
         check_positive_int("groups", self.groups)
-        if self.pool is not None:
-            check_positive_int("pool", self.pool)
+        for name in ("pool", "lstm_groups"):
+            if getattr(self, name) is not None:
+                check_positive_int(name, getattr(self, name))

@@ -134,10 +134,15 @@ class ARDController:
         returns site -> pattern (or tuple of patterns, one per group)."""
         if self.surgery is None or self.sampler is None:
             return {}
-        if self.config.groups == 1:
+        c = self.config
+        if c.groups == 1 and c.lstm_groups in (None, 1):
             pats: dict = self.sampler.draw()
         else:
-            pats = self.sampler.draw_groups(self.config.groups, self.config.pool)
+            lstm_sites = {s for plan in self._lstms for s in plan.layer_sites if s is not None}
+            per_site = {
+                name: (c.lstm_groups or c.groups) if name in lstm_sites else c.groups for name in self.distributions
+            }
+            pats = self.sampler.draw_groups(per_site, c.pool)
         self.patterns = pats
         for plan in self._linears:
             if plan.tile_site is not None:

@@ -312,3 +312,25 @@ def test_pool_limits_distinct_patterns_per_step() -> None:
     assert draws[0] == draws[1]
     with pytest.raises(ValueError, match="pool must be an integer >= 1, got 0"):
         ARDController(build(), groups=4, pool=0)
+
+
+def test_lstm_groups_apply_to_lstm_sites_only() -> None:
+    """groups=7, lstm_groups=3: sites feeding the LSTM draw 3 patterns, the decoder site 7; the step runs."""
+
+    class LM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.drop = nn.Embedding(30, 12), nn.Dropout(0.5)
+            self.lstm, self.dec = nn.LSTM(12, 10, 2, dropout=0.5), nn.Linear(10, 30)
+
+        def forward(self, x):
+            return self.dec(self.drop(self.lstm(self.drop(self.emb(x)))[0]))
+
+    model = LM()
+    ctl = ARDController(model, groups=7, lstm_groups=3, seed=2).apply()
+    pats = ctl.step()
+    assert {name: len(v) for name, v in pats.items()} == {"drop->lstm": 3, "lstm.l1": 3, "drop->dec": 7}
+    model(torch.randint(0, 30, (9, 4))).sum().backward()
+    ctl.check_calls()
+    assert model.lstm.ard_group_rows == [12, 12, 12] and model.dec.ard_group_rows == [6, 5, 5, 5, 5, 5, 5]
+    ctl.restore()

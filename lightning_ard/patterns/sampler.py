@@ -31,8 +31,8 @@ class PatternSampler:
         self.steps += 1
         return {name: dist.sample(self.generator) for name, dist in self.distributions.items()}
 
-    def draw_groups(self, groups: int, pool: int | None = None) -> dict[str, tuple[Pattern, ...]]:
-        """This step's ``groups`` patterns for every site (:mod:`lightning_ard.groups`).
+    def draw_groups(self, groups: int | dict[str, int], pool: int | None = None) -> dict[str, tuple[Pattern, ...]]:
+        """This step's ``groups`` patterns for every site (or ``groups[site]`` per site; :mod:`lightning_ard.groups`).
 
         With ``pool`` set, each site draws only ``pool`` distinct patterns and every group takes one of them
         uniformly at random: as many masks per row as with independent draws, but at most ``pool`` compact GEMMs
@@ -41,11 +41,12 @@ class PatternSampler:
         self.steps += 1
         out: dict[str, tuple[Pattern, ...]] = {}
         for name, dist in self.distributions.items():
-            if pool is None or pool >= groups:
-                out[name] = tuple(dist.sample_many(groups, self.generator))
+            n = groups[name] if isinstance(groups, dict) else groups
+            if pool is None or pool >= n:
+                out[name] = tuple(dist.sample_many(n, self.generator))
                 continue
             drawn = dist.sample_many(pool, self.generator)
-            out[name] = tuple(drawn[i] for i in torch.randint(pool, (groups,), generator=self.generator).tolist())
+            out[name] = tuple(drawn[i] for i in torch.randint(pool, (n,), generator=self.generator).tolist())
         return out
 
     def state_dict(self) -> dict[str, Any]:
