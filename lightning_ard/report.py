@@ -115,8 +115,13 @@ def load_run(run_dir: Path, root: Path) -> RunResult:
     ard = cfg.get("ard") or {}
     enabled = bool(ard.get("enabled", True)) and bool(ard)
     family = str(ard.get("pattern", "?")) if enabled else BASELINE
-    if enabled and int(ard.get("groups", 1) or 1) > 1:
-        family += f" x{int(ard.groups)} groups"  # several patterns per step: its own line in the report
+    if enabled:  # several patterns per step: its own line in the report
+        if int(ard.get("groups", 1) or 1) > 1:
+            family += f" x{int(ard.groups)} groups"
+        if ard.get("pool") is not None:
+            family += f" pool {int(ard.pool)}"
+        if ard.get("lstm_groups") is not None:
+            family += f" lstm {int(ard.lstm_groups)}"
     p_value = ard.get("p", None)
     if p_value is None:
         p_value = (cfg.get("model") or {}).get("dropout", None)

@@ -204,10 +204,11 @@ def test_cli_multirun_sweep_over_two_rates_and_report(tmp_path: Path) -> None:
     assert table.startswith("| run | status | model | family | p |") and table.count("\n") == 6
 
 
-def fake_run(run_dir: Path, family: str, p: float, metrics: dict[str, float] | None) -> None:
+def fake_run(run_dir: Path, family: str, p: float, metrics: dict[str, float] | None, extra: str = "") -> None:
     """A run folder as the app leaves it: the composed config, and metrics.json unless the run failed."""
     (run_dir / ".hydra").mkdir(parents=True)
     ard = "enabled: false\n  pattern: dropout" if family == "dropout" else f"enabled: true\n  pattern: {family}"
+    ard += extra
     (run_dir / ".hydra" / "config.yaml").write_text(
         f"model:\n  _target_: lightning_ard.models.MLPClassifier\n  input_dim: 784\n  widths: [64]\n"
         f"  num_classes: 10\n  dropout: ${{ard.p}}\nard:\n  {ard}\n  p: {p}\n"
@@ -247,3 +248,14 @@ def test_report_summary_folds_seeds(tmp_path: Path) -> None:
     row = next(line for line in summary.splitlines() if "| row |" in line)
     assert "| 2 | 79.50 ± 0.71 (test accuracy) | -1.50 pt |" in row
     assert "| 2.5 |" in row  # speedup: median baseline step 10 ms over 4 ms
+
+
+def test_report_labels_pattern_groups(tmp_path: Path) -> None:
+    fake_run(tmp_path / "0", "dropout", 0.5, {"test/acc": 0.80, "time/step_ms_median": 10.0})
+    fake_run(tmp_path / "1", "row", 0.5, {"test/acc": 0.81, "time/step_ms_median": 5.0},
+             "\n  groups: 700\n  pool: 8\n  lstm_groups: 5")  # fmt: skip
+    fake_run(tmp_path / "2", "row", 0.5, {"test/acc": 0.79, "time/step_ms_median": 4.0}, "\n  groups: 1\n  pool: null")
+    assert report_main([str(tmp_path)]) == 0
+    summary = (tmp_path / "report_summary.md").read_text()
+    assert "| row x700 groups pool 8 lstm 5 | 1 | 81.00 (test accuracy) | +1.00 pt |" in summary
+    assert "| row | 1 | 79.00 (test accuracy) | -1.00 pt |" in summary
