@@ -55,13 +55,14 @@ class Record:
     of_limit: float
     groups: int = 1
     pool: int | None = None
+    lstm_groups: int | None = None
 
     @property
     def label(self) -> str:
-        """Family, with the pattern groups (and pool) when more than one group."""
-        if self.groups == 1:
-            return self.family
-        return f"{self.family} x{self.groups}" + (f" pool {self.pool}" if self.pool else "")
+        """Family, with the pattern-group settings when they are not the default."""
+        label = self.family if self.groups == 1 else f"{self.family} x{self.groups}"
+        label += f" pool {self.pool}" if self.pool else ""
+        return label + (f" lstm {self.lstm_groups}" if self.lstm_groups else "")
 
 
 class LSTMLM(nn.Module):
@@ -213,6 +214,7 @@ def bench_case(
     steps: int,
     groups: int = 1,
     pool: int | None = None,
+    lstm_groups: int | None = None,
 ) -> Record:
     """Time dense, ARD and limit steps of one case, interleaved, and build the record (``groups`` patterns per
     step per site)."""
@@ -221,7 +223,7 @@ def bench_case(
     dense = _Runner(case.build(p).to(device), batch, None)
     torch.manual_seed(0)
     ard_model = case.build(p).to(device)
-    ctl = ARDController(ard_model, pattern=family, seed=0, groups=groups, pool=pool).apply()
+    ctl = ARDController(ard_model, pattern=family, seed=0, groups=groups, pool=pool, lstm_groups=lstm_groups).apply()
     if not ctl.active:
         raise RuntimeError(f"no ARD site found in case {case.name}")
     ard = _Runner(ard_model, batch, ctl)
@@ -254,6 +256,7 @@ def bench_case(
         round(speedup / limit_speedup, 3),
         groups,
         pool if groups > 1 else None,
+        lstm_groups,
     )
 
 
@@ -310,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--md", type=Path, default=None, help="write the Markdown table here")
     parser.add_argument("--groups", default="1", help="comma-separated pattern groups per step (default 1)")
     parser.add_argument("--pool", type=int, default=None, help="distinct patterns per step when groups > 1")
+    parser.add_argument("--lstm-groups", type=int, default=None, help="time chunks for LSTM sites (default: groups)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -328,12 +332,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         group_counts = [int(g) for g in args.groups.split(",")]
-        if min(group_counts) < 1 or (args.pool is not None and args.pool < 1):
+        if min(group_counts) < 1 or any(v is not None and v < 1 for v in (args.pool, args.lstm_groups)):
             raise ValueError
     except ValueError:
         print(
-            f"error: --groups must be comma-separated integers >= 1 and --pool an integer >= 1, got "
-            f"{args.groups!r} and {args.pool!r}",
+            f"error: --groups must be comma-separated integers >= 1, --pool and --lstm-groups integers >= 1, got "
+            f"{args.groups!r}, {args.pool!r}, {args.lstm_groups!r}",
             file=sys.stderr,
         )
         return 2
@@ -343,7 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         for family in families:
             for groups in group_counts:
                 for p in rates:
-                    rec = bench_case(case, family, p, device, warmup, rounds, steps, groups, args.pool)
+                    rec = bench_case(
+                        case, family, p, device, warmup, rounds, steps, groups, args.pool, args.lstm_groups
+                    )
                     records.append(rec)
                     print(
                         f"{rec.case} {rec.label} p={rec.p}: dense {rec.dense_ms:.1f} ms, ARD {rec.ard_ms:.1f} ms, "

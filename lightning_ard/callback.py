@@ -79,7 +79,9 @@ class ApproximateDropout(pl.Callback):
         restore_on_fit_end: bool = True,
         verbose: bool = True,
     ) -> None:
-        self.config = ARDConfig(pattern, p, search or {}, include, exclude, sites, backend, tile, groups, pool, lstm_groups)
+        self.config = ARDConfig(
+            pattern, p, search or {}, include, exclude, sites, backend, tile, groups, pool, lstm_groups
+        )
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"seed must be an integer or None, got {seed!r}")
         self.seed = seed

@@ -384,8 +384,13 @@ def test_groups_fit_mlp_and_lstm(tmp_path) -> None:
     def fit(epochs, ckpt=None, save=None):
         pl.seed_everything(0)
         m = MLP()
-        trainer = _trainer(tmp_path, ApproximateDropout(groups=5, seed=3, measure_speedup=False), max_steps=-1,
-                           max_epochs=epochs, logger=False)
+        trainer = _trainer(
+            tmp_path,
+            ApproximateDropout(groups=5, seed=3, measure_speedup=False),
+            max_steps=-1,
+            max_epochs=epochs,
+            logger=False,
+        )
         trainer.fit(m, _data(), ckpt_path=ckpt)
         if save:
             trainer.save_checkpoint(save)

@@ -162,7 +162,7 @@ def test_grouped_producer_consumer_chain_equals_masked_mlp() -> None:
         torch.testing.assert_close(p.grad, q.grad, **TOL)
 
 
-def _lstm_reference(state, n_in, hidden, layers, bidirectional, slots, x_tm, lengths=None):
+def _lstm_reference(state, hidden, bidirectional, slots, x_tm, lengths=None):
     """Plain single-layer LSTMs on inputs masked per time step (time-major x), layer by layer."""
     dt = x_tm.dtype
     inp, hs, cs, subs = x_tm, [], [], []
@@ -200,7 +200,9 @@ def test_grouped_lstm_matches_per_time_step_masks(data, bidirectional, batch_fir
     slots = []
     for i in range(layers):
         if i > 0 or data.draw(st.booleans()):
-            family = _family(data.draw(st.sampled_from(["periodic", "random", "block"])), layer.layer_input_size(i), data.draw)
+            family = _family(
+                data.draw(st.sampled_from(["periodic", "random", "block"])), layer.layer_input_size(i), data.draw
+            )
             pool = [family.sample(gen) for _ in range(data.draw(st.integers(1, groups)))]  # repeats: merged runs
             slots.append(tuple(pool[data.draw(st.integers(0, len(pool) - 1))] for _ in range(groups)))
         else:
@@ -250,7 +252,7 @@ def test_grouped_lstm_packed_sequences() -> None:
     out, (h, c) = layer(pack_padded_sequence(x, lengths, enforce_sorted=False))
     y = pad_packed_sequence(out, total_length=7)[0]
     xr = x.detach().clone().requires_grad_(True)
-    y_ref, h_ref, c_ref, subs = _lstm_reference(state, 6, 5, 2, False, slots, xr, lengths)
+    y_ref, h_ref, c_ref, subs = _lstm_reference(state, 5, False, slots, xr, lengths)
     # the packed run's time chunks follow the packed steps (7 steps: chunks 3, 2, 2), as in the reference
     torch.testing.assert_close(y, y_ref, **TOL)
     torch.testing.assert_close(h, h_ref, **TOL)
@@ -270,8 +272,9 @@ def test_controller_groups_draws_g_patterns_and_counts_flops() -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 32), nn.ReLU(),
-                          nn.Dropout(0.5), nn.Linear(32, 4))
+    model = nn.Sequential(
+        nn.Linear(20, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 4)
+    )
     ctl = ARDController(model, pattern="row", groups=4, seed=1).apply()
     pats = ctl.step()
     assert all(isinstance(v, tuple) and len(v) == 4 for v in pats.values())

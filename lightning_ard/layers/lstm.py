@@ -21,7 +21,6 @@ from lightning_ard.kernels.torch_ops import Index, take
 from lightning_ard.layers._swap import revert_class, swap_class
 from lightning_ard.patterns import RowPattern
 
-
 RowSlot = Union[RowPattern, Sequence[RowPattern], None]
 
 
@@ -201,7 +200,9 @@ class ARDLSTM(nn.LSTM):
                     sizes = batch_sizes[t0:t1]  # type: ignore[index]
                     active = int(sizes[0])
                     xg = take(x[offsets[t0] : offsets[t1]], -1, selector) * pattern.scale  # type: ignore[index]
-                    out, hg, cg = _VF.lstm(xg, sizes, (h[:, :active], c[:, :active]), weights, self.bias, 1, 0.0, True, False)
+                    out, hg, cg = _VF.lstm(
+                        xg, sizes, (h[:, :active], c[:, :active]), weights, self.bias, 1, 0.0, True, False
+                    )
                     h, c = torch.cat([hg, h[:, active:]], 1), torch.cat([cg, c[:, active:]], 1)
                 else:
                     xg = take(x[t0:t1], -1, selector) * pattern.scale
