@@ -53,24 +53,24 @@ class Backend(ABC):
     ) -> torch.Tensor:
         """One row pattern per group of rows (:mod:`lightning_ard.groups`); full-width input and output.
 
-        The output is zero at a group's dropped output units. This default runs :meth:`row_linear` per group
-        (each call makes its own full-size weight gradient, which autograd adds: cheap on a GPU); backends
-        override it with a single pass.
+        The output is zero at a group's dropped output units. Groups that drew the same patterns are merged into
+        one row set. This default runs :meth:`row_linear` once per row set (each call makes its own full-size
+        weight gradient, which autograd adds: cheap on a GPU); backends may override it with a single pass.
         """
         x2 = x.reshape(-1, x.shape[-1])
-        groups = len(in_patterns or out_patterns or ())
-        parts = []
-        for g, (r0, r1) in enumerate(group_bounds(x2.shape[0], groups)):
-            if r1 == r0:
-                continue
-            out = out_patterns[g] if out_patterns is not None else None
-            y = self.row_linear(x2[r0:r1], weight, bias, in_patterns[g] if in_patterns else None, out, False)
-            if out is not None:
-                y = _scatter_columns(y, out, weight.shape[0])
-            parts.append(y)
-        if not parts:  # no rows at all
+        sets = row_sets(x2.shape[0], in_patterns, out_patterns, x.device)
+        if not sets:  # no rows at all
             return torch.nn.functional.linear(x, weight, bias)
-        return torch.cat(parts).reshape(*x.shape[:-1], weight.shape[0])
+        parts, order = [], []
+        for rows, inp, out in sets:
+            y = self.row_linear(torch_ops.take(x2, 0, rows), weight, bias, inp, out, False)
+            parts.append(_scatter_columns(y, out, weight.shape[0]) if out is not None else y)
+            order.append(torch.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows.cpu())
+        y = torch.cat(parts)
+        perm = torch.cat(order)
+        if not torch.equal(perm, torch.arange(perm.numel())):  # back to the input's row order
+            y = y.index_select(0, torch.argsort(perm).to(y.device))
+        return y.reshape(*x.shape[:-1], weight.shape[0])
 
     def tile_linear_groups(
         self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, patterns: tuple[TilePattern, ...]
@@ -114,28 +114,40 @@ class TorchBackend(Backend):
         return torch_ops.tile_linear(x, weight, bias, pattern.kept_tiles, pattern.tile, pattern.scale)
 
     def row_linear_groups(self, x, weight, bias, in_patterns, out_patterns):  # type: ignore[no-untyped-def]
-        groups = len(in_patterns or out_patterns or ())
-        bounds = group_bounds(x.numel() // max(x.shape[-1], 1), groups)
-        merged: dict[object, tuple[list[int], RowPattern | None, RowPattern | None]] = {}
-        for g, (r0, r1) in enumerate(bounds):
-            if r1 == r0:
-                continue
-            inp = in_patterns[g] if in_patterns is not None else None
-            out = out_patterns[g] if out_patterns is not None else None
-            merged.setdefault(_pair_key(inp, out), ([], inp, out))[0].append(g)
-        spec = []
-        for members, inp, out in merged.values():
-            spec.append(
-                (
-                    _row_set(bounds, members, x.device),
-                    inp.selector(x.device) if inp is not None else None,
-                    out.selector(x.device) if out is not None else None,
-                    inp.scale if inp is not None else 1.0,
-                )
-            )
-        if not spec:  # no rows at all
+        sets = row_sets(x.numel() // max(x.shape[-1], 1), in_patterns, out_patterns, x.device)
+        if not sets:  # no rows at all
             return torch.nn.functional.linear(x, weight, bias)
+        spec = [
+            (
+                rows,
+                inp.selector(x.device) if inp is not None else None,
+                out.selector(x.device) if out is not None else None,
+                inp.scale if inp is not None else 1.0,
+            )
+            for rows, inp, out in sets
+        ]
         return torch_ops.grouped_row_linear(x, weight, bias, spec)
+
+
+def row_sets(
+    rows: int,
+    in_patterns: tuple[RowPattern, ...] | None,
+    out_patterns: tuple[RowPattern, ...] | None,
+    device: torch.device,
+) -> list[tuple[torch.Tensor | slice, RowPattern | None, RowPattern | None]]:
+    """Split ``rows`` into the groups' contiguous chunks and merge the chunks whose groups drew the same
+    (input, output) patterns: ``(rows, in_pattern, out_pattern)`` per distinct pair, rows a slice or an index
+    tensor on ``device``. Empty chunks are dropped."""
+    groups = len(in_patterns or out_patterns or ())
+    bounds = group_bounds(rows, groups)
+    merged: dict[object, tuple[list[int], RowPattern | None, RowPattern | None]] = {}
+    for g, (r0, r1) in enumerate(bounds):
+        if r1 == r0:
+            continue
+        inp = in_patterns[g] if in_patterns is not None else None
+        out = out_patterns[g] if out_patterns is not None else None
+        merged.setdefault(_pair_key(inp, out), ([], inp, out))[0].append(g)
+    return [(_row_set(bounds, members, device), inp, out) for members, inp, out in merged.values()]
 
 
 def _row_set(bounds: list[tuple[int, int]], members: list[int], device: torch.device) -> torch.Tensor | slice:
