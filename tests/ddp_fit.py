@@ -59,6 +59,9 @@ def main(out: str) -> None:
         {"kept": rec.kept, "params": flat, "types": [type(m).__name__ for m in model.net]},
         f"{out}/rank{trainer.global_rank}.pt",
     )
+    if torch.distributed.is_initialized():  # tear gloo down before interpreter exit (its threads can abort it)
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
