@@ -7,8 +7,8 @@ Hooks, one job each:
   checkpoint restore; it is safe for the optimizer and DDP because the swap changes the class of the same module
   objects, which keep the same Parameter objects (DDP's reducer and the optimizer hold those).
 * ``on_train_batch_start``: draw this step's patterns (every micro-batch under gradient accumulation).
-* ``on_train_batch_end``: check every swapped dropout ran as often as it has sites, account FLOPs, log ``ard/…``;
-  after the first step, calibrate the measured per-site speedups.
+* ``on_train_batch_end``: check every swapped dropout ran as often as it has sites, account FLOPs, log ``ard/…``
+  (to the loggers and ``trainer.callback_metrics``); after the first step, calibrate the measured per-site speedups.
 * ``on_fit_end`` / ``on_exception``: give back the original modules (same Parameters, trained values).
 * ``state_dict`` / ``load_state_dict``: the sampler's generator, so a resumed fit draws the same patterns.
 """
@@ -188,11 +188,14 @@ class ApproximateDropout(pl.Callback):
         total_dense = dense + (self._other_flops or 0)
         self.tflops_saved_total += (dense - executed) / 1e12
         self._steps += 1
-        if trainer.loggers and (self._steps == 1 or self._steps % max(trainer.log_every_n_steps, 1) == 0):
+        if self._steps == 1 or self._steps % max(trainer.log_every_n_steps, 1) == 0:
             metrics = self._metrics(layer_flops, total_dense, step_time)
-            if trainer.is_global_zero:
+            if trainer.loggers and trainer.is_global_zero:
                 for logger in trainer.loggers:
                     logger.log_metrics(metrics, step=trainer.global_step)
+            # also into trainer.callback_metrics (progress bar off, loggers already written above), so the values
+            # are there for other callbacks, after fit, and in runs without a logger (fast_dev_run)
+            pl_module.log_dict(metrics, on_step=True, on_epoch=False, logger=False, batch_size=1)
 
     def _metrics(self, layer_flops: dict[str, tuple[int, int]], total_dense: int, step_time: float) -> dict[str, float]:
         metrics: dict[str, float] = {}

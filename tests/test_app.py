@@ -164,6 +164,7 @@ def test_train_in_process_writes_metrics_and_tensorboard(tmp_path: Path) -> None
     assert len(scalars["time/step_ms"]) == 6 and "test/acc" in scalars
     assert any(tag.startswith("ard/") for tag in scalars)  # the callback's scalars land in the run's TensorBoard
     assert 0.0 < scalars["ard/flops_saved"][-1] < 1.0
+    assert metrics["ard/flops_saved"] == pytest.approx(scalars["ard/flops_saved"][-1])  # also in metrics.json
     assert list((tmp_path / "checkpoints").glob("*.ckpt"))
 
 
@@ -175,6 +176,7 @@ def test_lstm_experiment_runs_fast_dev_run(tmp_path: Path) -> None:
     )  # fmt: skip
     metrics = train(cfg)
     assert metrics["test/ppl"] > 1.0 and objective(cfg, metrics) == metrics["val/ppl"]
+    assert 0.0 < metrics["ard/flops_saved"] < 1.0  # fast_dev_run has no logger: the value comes from callback_metrics
 
 
 def test_cli_multirun_sweep_over_two_rates_and_report(tmp_path: Path) -> None:

@@ -220,6 +220,16 @@ def test_resume_reproduces_uninterrupted_fit(tmp_path) -> None:
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_metrics_reach_callback_metrics_without_a_logger(tmp_path) -> None:
+    pl.seed_everything(0)
+    cb = ApproximateDropout(measure_speedup=True)
+    trainer = _trainer(tmp_path, cb, logger=False)
+    trainer.fit(MLP(), _data())
+    metrics = trainer.callback_metrics
+    assert 0 < float(metrics["ard/flops_saved"]) < 1 and float(metrics["ard/tflops_saved_total"]) > 0
+    assert 0 < float(metrics["ard/net.2/keep_fraction"]) <= 1 and float(metrics["ard/speedup_estimate"]) > 0
+
+
 def test_gradient_accumulation_and_bf16(tmp_path) -> None:
     pl.seed_everything(0)
     model = MLP()
