@@ -32,14 +32,15 @@ class Record(pl.Callback):
         self.ard, self.kept = ard, []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.kept.append(self.ard.controller.patterns["net.2"].kept.tolist())
+        pats = self.ard.controller.patterns["net.2"]
+        self.kept.append([p.kept.tolist() for p in pats] if isinstance(pats, tuple) else pats.kept.tolist())
 
 
-def main(out: str) -> None:
+def main(out: str, groups: int = 1) -> None:
     pl.seed_everything(0)
     g = torch.Generator().manual_seed(0)
     data = DataLoader(TensorDataset(torch.randn(64, 12, generator=g), torch.randint(0, 3, (64,), generator=g)), 8)
-    ard = ApproximateDropout(measure_speedup=False, verbose=False)
+    ard = ApproximateDropout(measure_speedup=False, verbose=False, groups=groups)
     rec = Record(ard)
     trainer = pl.Trainer(
         strategy="ddp",
@@ -65,4 +66,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 1)
