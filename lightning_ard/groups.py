@@ -8,7 +8,8 @@ is unchanged while the step sees G masks.
 What a "row" is depends on the layer:
 
 * Linear: the rows of the input flattened to 2-D (``x.reshape(-1, in_features)``): samples for ``(B, F)`` input,
-  sequences for batch-first ``(B, T, F)``, time steps for sequence-first ``(T, B, F)``.
+  tokens for sequences. A contiguous group then holds consecutive samples; consecutive tokens of one sequence for
+  batch-first ``(B, T, F)`` input; the same time steps of all sequences for sequence-first ``(T, B, F)`` input.
 * LSTM: time steps (the recurrence carries its state from one chunk to the next), so the batch of each recurrent
   call stays whole.
 """
