@@ -50,7 +50,8 @@ class ApproximateDropout(pl.Callback):
         tile: tile shape (rows, cols) for ``pattern="tile"``.
         groups: independent patterns per training step, each serving a contiguous share of the batch (samples or
             tokens for a Linear, time steps for an LSTM). More groups = more mask diversity at the same FLOP
-            saving; 1 is the paper's one pattern per mini-batch. Under gradient accumulation every micro-batch draws its own.
+            saving; 1 is the paper's one pattern per mini-batch. Under gradient accumulation every micro-batch
+            draws its own.
         pool: with ``groups > 1``, draw only ``pool`` distinct patterns per site per step and give each group one
             of them at random: per-row mask diversity at the cost of at most ``pool`` compact GEMMs per layer.
             ``None`` draws every group independently.
