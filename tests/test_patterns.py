@@ -76,6 +76,12 @@ def test_block_and_tile_unbiased_over_all_offsets() -> None:
     fam = BlockRow(11, 4)
     mean = sum(fam.pattern(s).mask(torch.float64) for s in range(11)) / 11
     assert torch.allclose(mean, torch.ones(11, dtype=torch.float64), atol=1e-12)
+    for s in range(11):  # blocks that do not wrap are slices (views of the weight); wrapping ones gather
+        pat = fam.pattern(s)
+        assert (pat.span == (s, s + 4)) if s + 4 <= 11 else (pat.span is None)
+        sel = pat.selector("cpu")
+        assert torch.equal(torch.arange(11)[sel], pat.kept)
+    assert BlockRow(5, 5).pattern(2).selector("cpu") is None  # everything kept
     tile = PeriodicTile(30, 50, 4, 3, (7, 6))
     mean = sum(tile.pattern(b).element_mask(torch.float64) for b in range(4)) / 4
     assert torch.allclose(mean, torch.ones(30, 50, dtype=torch.float64), atol=1e-12)

@@ -30,6 +30,8 @@ class RowPattern:
             instead of gathers. ``None`` otherwise.
         key: identifies the kept set within its family (e.g. ``("periodic", dp, k, offset)``), so that pattern
             groups drawing the same pattern share one weight gather and one GEMM; ``None`` = not known to repeat.
+        span: ``(start, stop)`` when ``kept == range(start, stop)`` (a block that does not wrap): backends then
+            take a slice, a view of the weight, instead of gathering. ``None`` otherwise.
     """
 
     width: int
@@ -37,6 +39,7 @@ class RowPattern:
     scale: float
     stride: tuple[int, int] | None = None
     key: tuple | None = None
+    span: tuple[int, int] | None = None
     _on_device: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -50,9 +53,10 @@ class RowPattern:
         return self.num_kept / self.width
 
     def selector(self, device: torch.device | str) -> torch.Tensor | slice | None:
-        """The cheapest way to pick the kept units: ``None`` (all kept), a strided ``slice``, or :meth:`index`."""
+        """The cheapest way to pick the kept units: ``None`` (all kept), a ``slice`` (strided, or a contiguous
+        span), or :meth:`index`."""
         if self.stride is None:
-            return self.index(device)
+            return slice(*self.span) if self.span is not None else self.index(device)
         start, step = self.stride
         return None if (start, step) == (0, 1) else slice(start, None, step)
 
@@ -223,11 +227,14 @@ class BlockRow(RowFamily):
         return _cached_block(self, start)
 
     def _build(self, start: int) -> RowPattern:
+        key = ("block", self.keep, start)
+        if self.keep == self.width:
+            return RowPattern(self.width, torch.arange(self.width), self.scale, (0, 1), ("all",))
         if start + self.keep <= self.width:
             kept = torch.arange(start, start + self.keep)
-        else:
-            kept = torch.cat([torch.arange(0, start + self.keep - self.width), torch.arange(start, self.width)])
-        return RowPattern(self.width, kept, self.scale, None, ("block", self.keep, start))
+            return RowPattern(self.width, kept, self.scale, None, key, (start, start + self.keep))
+        kept = torch.cat([torch.arange(0, start + self.keep - self.width), torch.arange(start, self.width)])
+        return RowPattern(self.width, kept, self.scale, None, key)
 
     def sample(self, generator: torch.Generator | None = None) -> RowPattern:
         return self.pattern(_randint(self.width, generator))
