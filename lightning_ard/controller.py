@@ -62,6 +62,7 @@ class ARDController:
         self.patterns: dict[str, RowPattern | TilePattern] = {}
         self._linears: list[_LinearPlan] = []
         self._lstms: list[_LSTMPlan] = []
+        self._site_groups: dict[str, int] | None = None
 
     @property
     def active(self) -> bool:
@@ -128,21 +129,24 @@ class ARDController:
                 linears.setdefault(site.producer, _LinearPlan(producer)).out_site = site.name  # type: ignore[arg-type]
         self._linears, self._lstms = list(linears.values()), list(lstms.values())
         self._plans: dict[str, _LinearPlan | _LSTMPlan] = {**linears, **lstms}
+        c = self.config
+        lstm_sites = {s for plan in self._lstms for s in plan.layer_sites if s is not None}
+        self._site_groups = {  # patterns per step per site; None = the paper's one pattern (the plain draw)
+            site.name: (c.lstm_groups or c.groups) if site.name in lstm_sites else c.groups
+            for site in self.report.sites
+        }
+        if all(g == 1 for g in self._site_groups.values()):
+            self._site_groups = None
 
     def step(self) -> dict[str, RowPattern | TilePattern | tuple[RowPattern | TilePattern, ...]]:
         """Draw this step's pattern for every site (``config.groups`` per site when > 1) and set it on the layers;
         returns site -> pattern (or tuple of patterns, one per group)."""
         if self.surgery is None or self.sampler is None:
             return {}
-        c = self.config
-        if c.groups == 1 and c.lstm_groups in (None, 1):
+        if self._site_groups is None:
             pats: dict = self.sampler.draw()
         else:
-            lstm_sites = {s for plan in self._lstms for s in plan.layer_sites if s is not None}
-            per_site = {
-                name: (c.lstm_groups or c.groups) if name in lstm_sites else c.groups for name in self.distributions
-            }
-            pats = self.sampler.draw_groups(per_site, c.pool)
+            pats = self.sampler.draw_groups(self._site_groups, self.config.pool)
         self.patterns = pats
         for plan in self._linears:
             if plan.tile_site is not None:
