@@ -146,7 +146,8 @@ def row_sets(
             continue
         inp = in_patterns[g] if in_patterns is not None else None
         out = out_patterns[g] if out_patterns is not None else None
-        merged.setdefault(_pair_key(inp, out), ([], inp, out))[0].append(g)
+        key = (inp.merge_key if inp is not None else None, out.merge_key if out is not None else None)
+        merged.setdefault(key, ([], inp, out))[0].append(g)
     return [(_row_set(bounds, members, device), inp, out) for members, inp, out in merged.values()]
 
 
@@ -159,17 +160,6 @@ def _row_set(bounds: list[tuple[int, int]], members: list[int], device: torch.de
     sizes = torch.tensor([r1 - r0 for r0, r1 in spans])
     offsets = torch.arange(int(sizes.sum())) - torch.repeat_interleave(sizes.cumsum(0) - sizes, sizes)
     return (torch.repeat_interleave(starts, sizes) + offsets).to(device, non_blocking=True)
-
-
-def _pair_key(inp: RowPattern | None, out: RowPattern | None) -> tuple:
-    """Groups with equal keys drew the same (input, output) patterns; unknown keys never merge."""
-
-    def key(p: RowPattern | None) -> object:
-        if p is None:
-            return None
-        return (p.key, p.scale) if p.key is not None else id(p)
-
-    return (key(inp), key(out))
 
 
 def triton_usable(device: torch.device) -> bool:

@@ -179,7 +179,7 @@ class ARDLSTM(nn.LSTM):
         for (t0, t1), pattern in zip(bounds, patterns, strict=True):
             if t1 == t0:
                 continue
-            key = pattern.key if pattern.key is not None else id(pattern)
+            key = pattern.merge_key
             if runs and runs[-1][3] == key:
                 runs[-1] = (runs[-1][0], t1, runs[-1][2], key)
             else:

@@ -52,6 +52,12 @@ class RowPattern:
         """Fraction of units kept this step (work that remains in the products this pattern shrinks)."""
         return self.num_kept / self.width
 
+    @property
+    def merge_key(self) -> object:
+        """Equal for two patterns with the same kept units and scale, so pattern groups that drew them share one
+        weight gather and one product; a pattern without a :attr:`key` only equals itself."""
+        return (self.key, self.scale) if self.key is not None else id(self)
+
     def selector(self, device: torch.device | str) -> torch.Tensor | slice | None:
         """The cheapest way to pick the kept units: ``None`` (all kept), a ``slice`` (strided, or a contiguous
         span), or :meth:`index`."""
