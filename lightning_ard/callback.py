@@ -29,7 +29,6 @@ from torch import nn
 
 from lightning_ard.config import ARDConfig
 from lightning_ard.controller import ARDController
-from lightning_ard.kernels.backend import get_backend
 from lightning_ard.layers import ARDLSTM, ARDLinear
 
 
@@ -253,21 +252,12 @@ class ApproximateDropout(pl.Callback):
         w = lin.weight.detach().clone().requires_grad_(True)
         b = lin.bias.detach().clone().requires_grad_(True) if lin.bias is not None else None
         x = torch.randn(rows, lin.in_features, device=device, dtype=w.dtype, requires_grad=lin.ard_grad_input)
-        backend = get_backend(lin.ard_backend_name, device)
-        ins, outs, tiles = lin.ard_in_patterns, lin.ard_out_patterns, lin.ard_tile_patterns
-        grouped = lin.ard_groups > 1
 
         def dense() -> None:
             F.linear(x, w, b).sum().backward()
 
         def ard() -> None:
-            if tiles is not None:
-                y = backend.tile_linear_groups(x, w, b, tiles) if grouped else backend.tile_linear(x, w, b, tiles[0])
-            elif grouped:
-                y = backend.row_linear_groups(x, w, b, ins, outs)
-            else:
-                y = backend.row_linear(x, w, b, ins[0] if ins else None, outs[0] if outs else None, False)
-            y.sum().backward()
+            lin.ard_product(x, w, b).sum().backward()
 
         return self._median_time(dense, device), self._median_time(ard, device)
 

@@ -117,6 +117,12 @@ class ARDLinear(nn.Linear):
         rows = self.ard_rows = input.numel() // max(input.shape[-1], 1)  # read by FLOP accounting
         self.ard_group_rows = [r1 - r0 for r0, r1 in group_bounds(rows, self.ard_groups)]
         self.ard_grad_input = input.requires_grad
+        return self.ard_product(input, self.weight, self.bias)
+
+    def ard_product(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """This step's ARD product of ``input`` with ``weight`` and ``bias`` (the layer's own in :meth:`forward`;
+        stand-ins of the same shape when the callback times the layer). Needs patterns set."""
+        ins, outs, tiles = self.ard_in_patterns, self.ard_out_patterns, self.ard_tile_patterns
         backend = self.backend_for(input.device)
         if self.ard_groups > 1:
             if input.shape[-1] != self.in_features:
@@ -125,11 +131,11 @@ class ARDLinear(nn.Linear):
                     f"layers take full-width input (in_features={self.in_features})"
                 )
             if tiles is not None:
-                return backend.tile_linear_groups(input, self.weight, self.bias, tiles)
-            return backend.row_linear_groups(input, self.weight, self.bias, ins, outs)
+                return backend.tile_linear_groups(input, weight, bias, tiles)
+            return backend.row_linear_groups(input, weight, bias, ins, outs)
         inp, out = (ins[0] if ins else None), (outs[0] if outs else None)
         if tiles is not None:
-            return backend.tile_linear(input, self.weight, self.bias, tiles[0])
+            return backend.tile_linear(input, weight, bias, tiles[0])
         x_compact = False
         if inp is not None and input.shape[-1] != self.in_features:
             if input.shape[-1] != inp.num_kept:
@@ -138,4 +144,4 @@ class ARDLinear(nn.Linear):
                     f"or the {inp.num_kept} kept units of its input pattern"
                 )
             x_compact = True
-        return backend.row_linear(input, self.weight, self.bias, inp, out, x_compact)
+        return backend.row_linear(input, weight, bias, inp, out, x_compact)
