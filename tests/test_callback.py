@@ -201,11 +201,12 @@ def test_no_sites_warns_and_trains_unchanged(tmp_path) -> None:
         assert torch.equal(a, b)
 
 
-def test_resume_reproduces_uninterrupted_fit(tmp_path) -> None:
+@pytest.mark.parametrize("groups", [1, 5])
+def test_resume_reproduces_uninterrupted_fit(tmp_path, groups) -> None:
     def fit(epochs, ckpt=None, save=None):
         pl.seed_everything(0)
         model = MLP()
-        cb = ApproximateDropout(seed=3, measure_speedup=False)
+        cb = ApproximateDropout(seed=3, measure_speedup=False, groups=groups)
         trainer = _trainer(tmp_path, cb, max_steps=-1, max_epochs=epochs, logger=False)
         trainer.fit(model, _data(), ckpt_path=ckpt)
         if save:
@@ -357,7 +358,7 @@ def test_expected_site_saving_in_site_table() -> None:
 
 def test_groups_fit_mlp_and_lstm(tmp_path) -> None:
     """groups=4: each step draws 4 patterns per site, logs their mean keep fraction, and the FLOPs still equal
-    FlopCounterMode; the LSTM LM trains with per-time-chunk patterns; resume reproduces the fit bit for bit."""
+    FlopCounterMode; the LSTM LM trains with per-time-chunk patterns (resume: see the resume test)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     pl.seed_everything(0)
@@ -390,24 +391,3 @@ def test_groups_fit_mlp_and_lstm(tmp_path) -> None:
     _trainer(tmp_path / "lm", lcb).fit(lm, _lm_data())
     assert type(lm.lstm) is nn.LSTM
     assert len(lcb.controller.patterns["lstm.l1"]) == 3
-
-    def fit(epochs, ckpt=None, save=None):
-        pl.seed_everything(0)
-        m = MLP()
-        trainer = _trainer(
-            tmp_path,
-            ApproximateDropout(groups=5, seed=3, measure_speedup=False),
-            max_steps=-1,
-            max_epochs=epochs,
-            logger=False,
-        )
-        trainer.fit(m, _data(), ckpt_path=ckpt)
-        if save:
-            trainer.save_checkpoint(save)
-        return m
-
-    full = fit(2)
-    fit(1, save=tmp_path / "half.ckpt")
-    resumed = fit(2, ckpt=str(tmp_path / "half.ckpt"))
-    for a, b in zip(full.parameters(), resumed.parameters(), strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)

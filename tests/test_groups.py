@@ -4,6 +4,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import row_family
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -11,17 +12,9 @@ from lightning_ard import ARDController
 from lightning_ard.groups import as_groups, common_groups, group_bounds
 from lightning_ard.kernels.backend import Backend, TorchBackend
 from lightning_ard.layers import ARDLSTM, ARDLinear
-from lightning_ard.patterns import BlockRow, PeriodicRow, PeriodicTile, RandomSubsetRow
+from lightning_ard.patterns import PeriodicRow, PeriodicTile, RandomSubsetRow
 
 TOL = dict(rtol=1e-10, atol=1e-10)
-
-
-def _family(kind: str, width: int, draw) -> object:
-    if kind == "periodic":
-        dp = draw(st.integers(1, width))
-        return PeriodicRow(width, dp, draw(st.integers(1, dp)))
-    keep = draw(st.integers(1, width))
-    return BlockRow(width, keep) if kind == "block" else RandomSubsetRow(width, keep)
 
 
 def _row_masks(patterns, rows: int, dtype, scaled: bool) -> torch.Tensor:
@@ -88,7 +81,7 @@ def test_grouped_row_linear_matches_per_row_masks(
         use_in = True
     weight = torch.randn(n_out, n_in, dtype=dt, generator=gen, requires_grad=True)
     b = torch.randn(n_out, dtype=dt, generator=gen, requires_grad=True) if bias else None
-    fin, fout = _family(kind, n_in, data.draw), _family(kind, n_out, data.draw)
+    fin, fout = row_family(kind, n_in, data.draw), row_family(kind, n_out, data.draw)
     ins = tuple(fin.sample(gen) for _ in range(groups)) if use_in else None
     outs = tuple(fout.sample(gen) for _ in range(groups)) if use_out else None
     x = torch.randn(rows, n_in, dtype=dt, generator=gen, requires_grad=True)
@@ -200,7 +193,7 @@ def test_grouped_lstm_matches_per_time_step_masks(data, bidirectional, batch_fir
     slots = []
     for i in range(layers):
         if i > 0 or data.draw(st.booleans()):
-            family = _family(
+            family = row_family(
                 data.draw(st.sampled_from(["periodic", "random", "block"])), layer.layer_input_size(i), data.draw
             )
             pool = [family.sample(gen) for _ in range(data.draw(st.integers(1, groups)))]  # repeats: merged runs

@@ -4,20 +4,13 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import row_family
 from torch import nn
 
 from lightning_ard.layers import ARDLSTM, ARDDropout, ARDLinear
-from lightning_ard.patterns import BlockRow, PeriodicRow, PeriodicTile, RandomSubsetRow
+from lightning_ard.patterns import PeriodicRow, PeriodicTile
 
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=1e-5)}
-
-
-def _row_family(kind: str, width: int, draw) -> object:
-    if kind == "periodic":
-        dp = draw(st.integers(1, width))
-        return PeriodicRow(width, dp, draw(st.integers(1, dp)))
-    keep = draw(st.integers(1, width))
-    return BlockRow(width, keep) if kind == "block" else RandomSubsetRow(width, keep)
 
 
 def _assert_same_values_and_grads(y, y_ref, x, layer, ref, gen) -> None:
@@ -60,8 +53,8 @@ def test_row_linear_matches_masked_dense(data, n_in, n_out, dtype, kind, use_in,
     params = list(lin.parameters())
     layer = ARDLinear.from_linear(lin, backend="torch")
     assert list(layer.parameters()) == params and layer is lin
-    pin = _row_family(kind, n_in, data.draw).sample(gen) if use_in else None
-    pout = _row_family(kind, n_out, data.draw).sample(gen) if use_out else None
+    pin = row_family(kind, n_in, data.draw).sample(gen) if use_in else None
+    pout = row_family(kind, n_out, data.draw).sample(gen) if use_out else None
     layer.set_patterns(in_pattern=pin, out_pattern=pout)
     x = torch.randn(3, 2, n_in, dtype=dtype, generator=gen, requires_grad=True)
     x_in = x[..., pin.kept] if (pin is not None and compact) else x
@@ -145,7 +138,7 @@ def test_lstm_matches_masked_layer_by_layer(data, bidirectional, batch_first, la
         width = layer.layer_input_size(i)
         use = data.draw(st.booleans()) or i > 0
         pats.append(
-            _row_family(data.draw(st.sampled_from(["periodic", "random"])), width, data.draw).sample(gen)
+            row_family(data.draw(st.sampled_from(["periodic", "random"])), width, data.draw).sample(gen)
             if use
             else None
         )
