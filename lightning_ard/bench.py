@@ -33,6 +33,7 @@ from torch import nn
 
 from lightning_ard.config import FAMILIES
 from lightning_ard.controller import ARDController
+from lightning_ard.groups import describe
 
 RATES = (0.3, 0.4, 0.5, 0.6, 0.7)
 
@@ -60,9 +61,7 @@ class Record:
     @property
     def label(self) -> str:
         """Family, with the pattern-group settings when they are not the default."""
-        label = self.family if self.groups == 1 else f"{self.family} x{self.groups}"
-        label += f" pool {self.pool}" if self.pool else ""
-        return label + (f" lstm {self.lstm_groups}" if self.lstm_groups else "")
+        return describe(self.family, self.groups, self.pool, self.lstm_groups)
 
 
 class LSTMLM(nn.Module):

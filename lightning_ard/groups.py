@@ -54,3 +54,12 @@ def common_groups(slots: dict[str, tuple | None]) -> int:
     if len(set(lengths.values())) > 1:
         raise ValueError(f"every pattern slot must have the same number of groups, got {lengths}")
     return next(iter(lengths.values()), 1)
+
+
+def describe(family: str, groups: int = 1, pool: int | None = None, lstm_groups: int | None = None) -> str:
+    """Label of a family with its pattern-group settings, as the benchmark and the report print it
+    (``"row"``, ``"row x700 groups pool 8 lstm 5"``)."""
+    label = family if groups == 1 else f"{family} x{groups} groups"
+    if pool is not None and groups > 1:
+        label += f" pool {pool}"
+    return label + (f" lstm {lstm_groups}" if lstm_groups is not None else "")

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_ard.groups import describe
+
 BASELINE = "dropout"
 """Family name of runs without the ARD callback."""
 
@@ -116,12 +118,13 @@ def load_run(run_dir: Path, root: Path) -> RunResult:
     enabled = bool(ard.get("enabled", True)) and bool(ard)
     family = str(ard.get("pattern", "?")) if enabled else BASELINE
     if enabled:  # several patterns per step: its own line in the report
-        if int(ard.get("groups", 1) or 1) > 1:
-            family += f" x{int(ard.groups)} groups"
-        if ard.get("pool") is not None:
-            family += f" pool {int(ard.pool)}"
-        if ard.get("lstm_groups") is not None:
-            family += f" lstm {int(ard.lstm_groups)}"
+        pool, lstm_groups = ard.get("pool"), ard.get("lstm_groups")
+        family = describe(
+            family,
+            int(ard.get("groups", 1) or 1),
+            None if pool is None else int(pool),
+            None if lstm_groups is None else int(lstm_groups),
+        )
     p_value = ard.get("p", None)
     if p_value is None:
         p_value = (cfg.get("model") or {}).get("dropout", None)

@@ -43,11 +43,11 @@ def test_bench_cli_rejects_bad_family(capsys) -> None:
 
 def test_bench_case_with_groups(tmp_path) -> None:
     rec = bench.bench_case(_tiny_case(), "row", 0.5, torch.device("cpu"), warmup=1, rounds=1, steps=2, groups=4)
-    assert rec.groups == 4 and rec.label == "row x4" and rec.pool is None
+    assert rec.groups == 4 and rec.label == "row x4 groups" and rec.pool is None
     pooled = bench.bench_case(_tiny_case(), "random", 0.5, torch.device("cpu"), 1, 1, 2, groups=32, pool=2)
-    assert pooled.label == "random x32 pool 2"
+    assert pooled.label == "random x32 groups pool 2"
     assert 1.0 < rec.ideal < 8  # the same FLOP saving as one pattern per step
-    assert "| row x4 | 0.5 |" in bench.format_table([rec])
+    assert "| row x4 groups | 0.5 |" in bench.format_table([rec])
     bench.plot([rec], tmp_path / "g.png")
     assert json.loads(json.dumps(bench.asdict(rec)))["groups"] == 4
 

@@ -330,3 +330,11 @@ def test_lstm_groups_apply_to_lstm_sites_only() -> None:
     ctl.check_calls()
     assert model.lstm.ard_group_rows == [12, 12, 12] and model.dec.ard_group_rows == [6, 5, 5, 5, 5, 5, 5]
     ctl.restore()
+
+
+def test_describe_labels_group_settings() -> None:
+    from lightning_ard.groups import describe
+
+    assert describe("row") == "row" and describe("row", 1, pool=8) == "row"  # a pool needs groups
+    assert describe("row", 700, 8, 5) == "row x700 groups pool 8 lstm 5"
+    assert describe("block", 4) == "block x4 groups" and describe("row", 1, None, 5) == "row lstm 5"
