@@ -24,10 +24,10 @@ test: setup
 	$(PY) -m pytest -q
 
 demo: setup data
-	$(PY) -m lightning_ard.train experiment=mlp_fashion
+	$(PY) -m lightning_ard.app.train experiment=mlp_fashion
 
 bench: setup
-	$(PY) -m lightning_ard.bench --quick --device cpu --json bench.json
+	$(PY) -m lightning_ard.bench.step --quick --device cpu --json bench.json
 
 docs: setup
 	$(VENV)/bin/mkdocs build --strict

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_ard import ApproximateDropout
-from lightning_ard.timing import StepTimer
+from lightning_ard.app.step_timer import StepTimer
 
 
 class UserClassifier(L.LightningModule):

@@ -20,9 +20,9 @@ import argparse
 import lightning as L
 
 from lightning_ard import ApproximateDropout
-from lightning_ard.data import PTBDataModule
-from lightning_ard.models import LSTMLanguageModel
-from lightning_ard.timing import StepTimer
+from lightning_ard.app.data import PTBDataModule
+from lightning_ard.app.models import LSTMLanguageModel
+from lightning_ard.app.step_timer import StepTimer
 
 
 def run(groups: int | None, args: argparse.Namespace) -> tuple[float, float, float]:

@@ -16,10 +16,10 @@ import argparse
 import lightning as L
 
 from lightning_ard import ApproximateDropout
-from lightning_ard.data import FashionMNISTDataModule
-from lightning_ard.data.fashion_mnist import DEFAULT_ROOT
-from lightning_ard.models import MLPClassifier
-from lightning_ard.timing import StepTimer
+from lightning_ard.app.data import FashionMNISTDataModule
+from lightning_ard.app.data.fashion_mnist import DEFAULT_ROOT
+from lightning_ard.app.models import MLPClassifier
+from lightning_ard.app.step_timer import StepTimer
 
 
 def run(pattern: str | None, args: argparse.Namespace) -> tuple[float, float]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lightning_ard._validate import check_choice, check_positive_int, check_rate, check_tile
-from lightning_ard.kernels.backend import BACKENDS
+from lightning_ard.kernels.base import BACKENDS
 
 FAMILIES = ("row", "block", "random", "tile")
 
@@ -50,7 +50,7 @@ class ARDConfig:
         backend: ``"auto"`` (Triton on CUDA, PyTorch elsewhere), ``"torch"`` or ``"triton"``.
         tile: tile shape (rows, cols) of the weight for ``pattern="tile"``.
         groups: independent patterns per forward pass, each serving a contiguous share of the rows (samples or
-            tokens of a Linear's input, time steps of an LSTM; :mod:`lightning_ard.groups`). 1 is the paper's one
+            tokens of a Linear's input, time steps of an LSTM; :mod:`lightning_ard.patterns.groups`). 1 is the paper's one
             pattern per mini-batch; more groups give more mask diversity per step at the same FLOP saving.
         pool: distinct patterns per site per step when ``groups > 1``: each group takes one of ``pool`` drawn
             patterns at random, so a layer runs at most ``pool`` compact GEMMs however many groups there are.

@@ -18,10 +18,10 @@ from typing import Any
 from torch import nn
 
 from lightning_ard.config import ARDConfig
-from lightning_ard.flops import linear_step_flops, lstm_layer_step_flops
+from lightning_ard.accounting import linear_step_flops, lstm_layer_step_flops
 from lightning_ard.layers import ARDLSTM, ARDLinear
 from lightning_ard.patterns import PatternDistribution, PatternSampler, RowPattern, TilePattern
-from lightning_ard.surgery import Site, SiteReport, Surgery, find_sites
+from lightning_ard.sites import Site, SiteReport, Surgery, find_sites
 
 
 @dataclass

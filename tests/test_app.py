@@ -17,10 +17,10 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig
 
 import lightning_ard.conf
-from lightning_ard.report import main as report_main
-from lightning_ard.report import read_scalars
-from lightning_ard.timing import StepTimer
-from lightning_ard.train import ard_enabled, build, instantiate_ard, objective, train
+from lightning_ard.app.report import main as report_main
+from lightning_ard.app.report import read_scalars
+from lightning_ard.app.step_timer import StepTimer
+from lightning_ard.app.train import ard_enabled, build, instantiate_ard, objective, train
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = Path(lightning_ard.conf.__file__).parent
@@ -34,7 +34,7 @@ def options(group: str) -> list[str]:
 
 
 def compose_cfg(overrides: list[str], output_dir: Path) -> DictConfig:
-    """The app's config as ``python -m lightning_ard.train <overrides>`` composes it, writing into output_dir."""
+    """The app's config as ``python -m lightning_ard.app.train <overrides>`` composes it, writing into output_dir."""
     with initialize_config_module("lightning_ard.conf", version_base="1.3"):
         return compose("config", overrides=[f"paths.output_dir={output_dir}", *overrides])
 
@@ -83,7 +83,7 @@ def test_every_config_composes_and_instantiates(group: str, option: str, tmp_pat
 def test_defaults_and_baseline_switch(tmp_path: Path) -> None:
     cfg = compose_cfg([], tmp_path)
     assert (cfg.data._target_, cfg.model._target_, cfg.ard.pattern) == (
-        "lightning_ard.data.FashionMNISTDataModule", "lightning_ard.models.MLPClassifier", "row"
+        "lightning_ard.app.data.FashionMNISTDataModule", "lightning_ard.app.models.MLPClassifier", "row"
     )  # fmt: skip
     assert ard_enabled(cfg)
     assert not ard_enabled(compose_cfg(["ard.enabled=false"], tmp_path))
@@ -125,7 +125,7 @@ def test_unknown_key_or_option_fails_with_hydras_message(tmp_path: Path) -> None
         compose_cfg(["model.no_such_key=1"], tmp_path)
     with pytest.raises(MissingConfigException, match="Could not find 'ard/nope'"):
         compose_cfg(["ard=nope"], tmp_path)
-    result = cli("-m", "lightning_ard.train", "trainer.no_such_arg=1")
+    result = cli("-m", "lightning_ard.app.train", "trainer.no_such_arg=1")
     assert result.returncode != 0
     assert "Could not override 'trainer.no_such_arg'" in result.stderr
     assert "Key 'no_such_arg' is not in struct" in result.stderr
@@ -182,7 +182,7 @@ def test_lstm_experiment_runs_fast_dev_run(tmp_path: Path) -> None:
 def test_cli_multirun_sweep_over_two_rates_and_report(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     result = cli(
-        "-m", "lightning_ard.train", "-m", "experiment=mlp_fashion", "ard=dropout,row", "ard.p=0.3,0.5", *FAST,
+        "-m", "lightning_ard.app.train", "-m", "experiment=mlp_fashion", "ard=dropout,row", "ard.p=0.3,0.5", *FAST,
         "trainer.fast_dev_run=true", "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -212,7 +212,7 @@ def fake_run(run_dir: Path, family: str, p: float, metrics: dict[str, float] | N
     ard = "enabled: false\n  pattern: dropout" if family == "dropout" else f"enabled: true\n  pattern: {family}"
     ard += extra
     (run_dir / ".hydra" / "config.yaml").write_text(
-        f"model:\n  _target_: lightning_ard.models.MLPClassifier\n  input_dim: 784\n  widths: [64]\n"
+        f"model:\n  _target_: lightning_ard.app.models.MLPClassifier\n  input_dim: 784\n  widths: [64]\n"
         f"  num_classes: 10\n  dropout: ${{ard.p}}\nard:\n  {ard}\n  p: {p}\n"
     )
     if metrics is not None:
@@ -238,7 +238,7 @@ def test_report_speedup_flops_and_incomplete_runs(tmp_path: Path) -> None:
 def test_report_on_a_folder_without_runs_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert report_main([str(tmp_path)]) == 1
     assert "no runs found in" in capsys.readouterr().err
-    result = cli("-m", "lightning_ard.report", str(tmp_path / "missing"))
+    result = cli("-m", "lightning_ard.app.report", str(tmp_path / "missing"))
     assert result.returncode != 0 and "is not a folder" in result.stderr
 
 

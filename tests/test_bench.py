@@ -4,7 +4,8 @@ import json
 
 import torch
 
-from lightning_ard import bench, fit_bench
+from lightning_ard.bench import fit as fit_bench
+from lightning_ard.bench import step as bench
 
 
 def _tiny_case() -> bench.Case:

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_ard.data import BPTTWindows, FashionMNISTDataModule, PTBDataModule, Vocabulary, batchify, read_idx
-from lightning_ard.data.corpus import EOS, UNK, embedded_corpus, normalize_sentence, ptb_tokens, split_lines
-from lightning_ard.data.fashion_mnist import DEFAULT_ROOT, load_split
-from lightning_ard.data.idx import IMAGES_MAGIC, LABELS_MAGIC, IDXFormatError
+from lightning_ard.app.data import BPTTWindows, FashionMNISTDataModule, PTBDataModule, Vocabulary, batchify, read_idx
+from lightning_ard.app.data.corpus import EOS, UNK, embedded_corpus, normalize_sentence, ptb_tokens, split_lines
+from lightning_ard.app.data.fashion_mnist import DEFAULT_ROOT, load_split
+from lightning_ard.app.data.idx import IMAGES_MAGIC, LABELS_MAGIC, IDXFormatError
 
 FASHION = Path(DEFAULT_ROOT)
 

@@ -9,8 +9,8 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lightning_ard import ARDController
-from lightning_ard.groups import as_groups, common_groups, group_bounds
-from lightning_ard.kernels.backend import Backend, TorchBackend
+from lightning_ard.patterns.groups import as_groups, common_groups, group_bounds
+from lightning_ard.kernels.base import Backend, TorchBackend
 from lightning_ard.layers import ARDLSTM, ARDLinear
 from lightning_ard.patterns import PeriodicRow, PeriodicTile, RandomSubsetRow
 
@@ -333,7 +333,7 @@ def test_lstm_groups_apply_to_lstm_sites_only() -> None:
 
 
 def test_describe_labels_group_settings() -> None:
-    from lightning_ard.groups import describe
+    from lightning_ard.patterns.groups import describe
 
     assert describe("row") == "row" and describe("row", 1, pool=8) == "row"  # a pool needs groups
     assert describe("row", 700, 8, 5) == "row x700 groups pool 8 lstm 5"

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_ard.data import PTBDataModule
-from lightning_ard.models import LSTMLanguageModel, MLPClassifier
+from lightning_ard.app.data import PTBDataModule
+from lightning_ard.app.models import LSTMLanguageModel, MLPClassifier
 
 
 def toy_classification(n: int = 256, dim: int = 20, classes: int = 3, seed: int = 0) -> TensorDataset:

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_ard.surgery import find_sites
+from lightning_ard.sites.detect import find_sites
 
 
 def _sites(model, **kw):

@@ -3,7 +3,7 @@
 How the interpreter is switched on, robustly. ``@triton.jit`` chooses between a compiled and an interpreted
 kernel when the decorator runs, reading ``TRITON_INTERPRET`` at that moment; that happens for Triton's own
 standard library (``tl.cdiv``, ``tl.sum`` are ``@triton.jit`` functions) when ``triton`` is first imported, and
-for our kernels when ``lightning_ard.kernels.triton_row`` / ``triton_tile`` are imported. So the flag works only
+for our kernels when ``lightning_ard.kernels.triton.row`` / ``triton_tile`` are imported. So the flag works only
 if it is set before the *first* ``import triton`` of the process, which a test module cannot promise: another
 module may import triton first (e.g. a test of ``get_backend("triton", "cpu")``), and a flag set at import here
 would leak into every module collected after this one. Reloading our modules is not enough (the interpreter then
@@ -57,15 +57,15 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from lightning_ard.kernels import torch_ops  # noqa: E402
-from lightning_ard.kernels.backend import TorchBackend, get_backend  # noqa: E402
+from lightning_ard.kernels.base import TorchBackend, get_backend  # noqa: E402
 from lightning_ard.patterns import BlockRow, PeriodicRow, PeriodicTile, RandomSubsetRow, TilePattern  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 _MODULES = (
-    "lightning_ard.kernels.triton_common",
-    "lightning_ard.kernels.triton_row",
-    "lightning_ard.kernels.triton_tile",
-    "lightning_ard.kernels.triton_backend",
+    "lightning_ard.kernels.triton.common",
+    "lightning_ard.kernels.triton.row",
+    "lightning_ard.kernels.triton.tile",
+    "lightning_ard.kernels.triton.backend",
 )
 
 
@@ -77,10 +77,10 @@ def kernels():
     mods = {}
     for name in _MODULES:
         mod = sys.modules.get(name)
-        mods[name.rsplit(".", 1)[1]] = importlib.import_module(name) if mod is None else mod
+        mods["triton_" + name.rsplit(".", 1)[1]] = importlib.import_module(name) if mod is None else mod
     k = types.SimpleNamespace(**mods)
     if not isinstance(k.triton_row._gather_gemm_kernel, InterpretedFunction):
-        k = types.SimpleNamespace(**{n.rsplit(".", 1)[1]: importlib.reload(sys.modules[n]) for n in _MODULES})
+        k = types.SimpleNamespace(**{"triton_" + n.rsplit(".", 1)[1]: importlib.reload(sys.modules[n]) for n in _MODULES})
     assert k.triton_common.INTERPRET
     assert isinstance(k.triton_row._gather_gemm_kernel, InterpretedFunction)
     assert isinstance(k.triton_tile._tile_grad_weight_kernel, InterpretedFunction)
@@ -723,7 +723,7 @@ def test_kernels_compile_for_cuda():
 
 # --- the GPU benchmark script ------------------------------------------------------------------------------------
 
-BENCH = ROOT / "benchmarks" / "gpu_kernels.py"
+BENCH = ROOT / "lightning_ard" / "bench" / "gpu_kernels.py"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message printed where there is no GPU")

@@ -2,10 +2,10 @@
 
 Runs (C="experiment=lstm_ptb ard.p=0.5 seed=0 trainer.max_epochs=4", A=multirun/ablation_lstm):
 
-    python -m lightning_ard.train $C ard=row 'ard.include=[drop_out]' hydra.run.dir=$A/decoder_only
-    python -m lightning_ard.train $C ard=row 'ard.exclude=[drop_out]' hydra.run.dir=$A/lstm_sites_only
-    python -m lightning_ard.train -m $C ard=dropout,row trainer.gradient_clip_val=null hydra.sweep.dir=$A/noclip
-    python -m lightning_ard.train -m $C ard=dropout,row model.lr=0.5 hydra.sweep.dir=$A/lr0.5
+    python -m lightning_ard.app.train $C ard=row 'ard.include=[drop_out]' hydra.run.dir=$A/decoder_only
+    python -m lightning_ard.app.train $C ard=row 'ard.exclude=[drop_out]' hydra.run.dir=$A/lstm_sites_only
+    python -m lightning_ard.app.train -m $C ard=dropout,row trainer.gradient_clip_val=null hydra.sweep.dir=$A/noclip
+    python -m lightning_ard.app.train -m $C ard=dropout,row model.lr=0.5 hydra.sweep.dir=$A/lr0.5
 
     python docs/results/lstm_ablation.py multirun/ablation_lstm multirun/accuracy_lstm > docs/results/lstm_ablation.md
 """

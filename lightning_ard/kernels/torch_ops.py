@@ -206,7 +206,7 @@ def grouped_row_linear(
     bias: torch.Tensor | None,
     groups: list[tuple[Index, Index, Index, float]],
 ) -> torch.Tensor:
-    """Row-pattern Linear with one pattern per set of rows (see :mod:`lightning_ard.groups`).
+    """Row-pattern Linear with one pattern per set of rows (see :mod:`lightning_ard.patterns.groups`).
 
     Args:
         x: full-width input ``(..., in_features)``; its rows (flattened to 2-D) are split by ``groups``.

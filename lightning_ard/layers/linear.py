@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_ard.groups import as_groups, common_groups, group_bounds
-from lightning_ard.kernels.backend import Backend, get_backend
+from lightning_ard.patterns.groups import as_groups, common_groups, group_bounds
+from lightning_ard.kernels.base import Backend, get_backend
 from lightning_ard.layers._swap import revert_class, swap_class
 from lightning_ard.patterns import RowPattern, TilePattern
 
@@ -40,7 +40,7 @@ class ARDLinear(nn.Linear):
       * ``tile_pattern`` (DropConnect): kept tiles of the weight, scaled; not combinable with row patterns.
 
     Each slot also takes a sequence of G patterns: pattern g then serves the g-th contiguous share of the input's
-    rows (:mod:`lightning_ard.groups`), and a producer's output stays full width (zeros at each group's dropped
+    rows (:mod:`lightning_ard.patterns.groups`), and a producer's output stays full width (zeros at each group's dropped
     units), since the groups keep different units.
 
     In eval mode, or with no pattern set, it is exactly ``nn.Linear``. Build one with :meth:`from_linear` (in

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import _VF, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from lightning_ard.groups import as_groups, common_groups, group_bounds
+from lightning_ard.patterns.groups import as_groups, common_groups, group_bounds
 from lightning_ard.kernels.torch_ops import Index, take
 from lightning_ard.layers._swap import revert_class, swap_class
 from lightning_ard.patterns import RowPattern
@@ -32,7 +32,7 @@ class ARDLSTM(nn.LSTM):
     back to the module's own random dropout (``self.dropout``), so a partial set keeps nn.LSTM's semantics.
     An entry may also be a sequence of G patterns (every non-``None`` entry the same G): the time steps are then
     cut into G contiguous chunks, chunk g uses pattern g, and each layer runs chunk after chunk carrying its
-    state (:mod:`lightning_ard.groups`). Grouped patterns do not support bidirectional LSTMs on packed sequences.
+    state (:mod:`lightning_ard.patterns.groups`). Grouped patterns do not support bidirectional LSTMs on packed sequences.
     In eval mode, or with no pattern set, it is exactly ``nn.LSTM``. ``proj_size > 0`` is not supported.
     """
 

@@ -32,7 +32,7 @@ class PatternSampler:
         return {name: dist.sample(self.generator) for name, dist in self.distributions.items()}
 
     def draw_groups(self, groups: int | dict[str, int], pool: int | None = None) -> dict[str, tuple[Pattern, ...]]:
-        """This step's ``groups`` patterns for every site (or ``groups[site]`` per site; :mod:`lightning_ard.groups`).
+        """This step's ``groups`` patterns for every site (or ``groups[site]`` per site; :mod:`lightning_ard.patterns.groups`).
 
         With ``pool`` set, each site draws only ``pool`` distinct patterns and every group takes one of them
         uniformly at random: as many masks per row as with independent draws, but at most ``pool`` compact GEMMs

@@ -1,0 +1,45 @@
+"""Argument checks shared by every constructor: each error names the argument, its value and what is allowed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def check_rate(name: str, value: float) -> float:
+    """A dropout rate: a real number in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    return float(value)
+
+
+def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
+    """An integer >= minimum (widths, periods, counts)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_in_range(name: str, value: int, low: int, high: int) -> int:
+    """An integer in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    return value
+
+
+def check_choice(name: str, value: object, allowed: Sequence[object]) -> object:
+    """One of a fixed set of values."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+def check_tile(name: str, value: Sequence[int]) -> tuple[int, int]:
+    """A tile shape: two positive integers (rows of the weight, columns of the weight)."""
+    try:
+        rows, cols = value
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair of positive integers (rows, cols), got {value!r}") from None
+    for v in (rows, cols):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a pair of positive integers (rows, cols), got {value!r}")
+    return int(rows), int(cols)

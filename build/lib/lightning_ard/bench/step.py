@@ -1,0 +1,374 @@
+"""Benchmark: full training steps (forward, backward, optimizer), nn.Dropout vs ARD, with both yardsticks.
+
+``python -m lightning_ard.bench.step [--quick] [--device cpu|cuda] [--json FILE] [--png FILE] [--md FILE]``
+
+For every case (the paper's MLP 784-2048-2048-10 at batch 256 and the Zaremba LSTM LM, 2×650, vocabulary 10k,
+35 steps, batch 20), family and rate it times:
+
+* ``dense_ms``: the model with ``nn.Dropout`` (the baseline);
+* ``ard_ms``: the same model under :class:`~lightning_ard.ARDController` (patterns drawn inside the timed step);
+* ``limit_ms``: the compact-model limit (METHOD.md): a plain model whose widths are the expected kept widths,
+  with no dropout at all;
+
+and reports ``speedup = dense/ard``, ``ideal`` (dense/executed FLOP ratio of the step, averaged over the timed
+steps), ``limit`` (dense/limit) and the fractions of both reached. Variants are timed interleaved (dense, ARD,
+limit, dense, …) so that drift on a shared machine hits all three alike; each figure is a median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_ard.config import FAMILIES
+from lightning_ard.controller import ARDController
+from lightning_ard.patterns.groups import describe
+
+RATES = (0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+@dataclass
+class Record:
+    """One benchmark row (the JSON record format)."""
+
+    case: str
+    family: str
+    p: float
+    device: str
+    dense_ms: float
+    ard_ms: float
+    speedup: float
+    ideal: float
+    limit_ms: float
+    limit: float
+    of_ideal: float
+    of_limit: float
+    groups: int = 1
+    pool: int | None = None
+    lstm_groups: int | None = None
+
+    @property
+    def label(self) -> str:
+        """Family, with the pattern-group settings when they are not the default."""
+        return describe(self.family, self.groups, self.pool, self.lstm_groups)
+
+
+class LSTMLM(nn.Module):
+    """Zaremba-style LM: embedding → dropout → nn.LSTM(dropout=p) → dropout → decoder."""
+
+    def __init__(self, vocab: int, hidden: int, layers: int, p: float) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, hidden)
+        self.drop = nn.Dropout(p)
+        self.lstm = nn.LSTM(hidden, hidden, layers, dropout=p, batch_first=True)
+        self.decoder = nn.Linear(hidden, vocab)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(self.drop(self.embedding(tokens)))
+        return self.decoder(self.drop(out))
+
+
+class CompactLSTMLM(nn.Module):
+    """The LSTM's compact-model limit: layers read ``kept`` input units, the decoder ``kept`` columns."""
+
+    def __init__(self, vocab: int, hidden: int, layers: int, kept: int) -> None:
+        super().__init__()
+        self.kept = kept
+        self.embedding = nn.Embedding(vocab, kept)
+        self.layers = nn.ModuleList(nn.LSTM(kept, hidden, batch_first=True) for _ in range(layers))
+        self.decoder = nn.Linear(kept, vocab)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embedding(tokens)
+        for lstm in self.layers:
+            x = lstm(x)[0][..., : self.kept]
+        return self.decoder(x)
+
+
+def mlp(widths: tuple[int, ...], p: float | None) -> nn.Sequential:
+    """Linear → ReLU → Dropout(p) per hidden layer (no dropout when p is None), then the output Linear."""
+    layers: list[nn.Module] = []
+    for i in range(len(widths) - 2):
+        layers += [nn.Linear(widths[i], widths[i + 1]), nn.ReLU()]
+        if p is not None:
+            layers.append(nn.Dropout(p))
+    layers.append(nn.Linear(widths[-2], widths[-1]))
+    return nn.Sequential(*layers)
+
+
+@dataclass
+class Case:
+    """A model family to benchmark: builders for the dropout model and its compact limit, and one batch."""
+
+    name: str
+    build: Callable[[float], nn.Module]
+    build_limit: Callable[[float], nn.Module]
+    batch: Callable[[torch.device], tuple[torch.Tensor, torch.Tensor]]
+
+
+def paper_cases() -> list[Case]:
+    """The paper's MLP (784-2048-2048-10, batch 256) and LSTM LM (2×650, vocab 10k, 35 steps, batch 20)."""
+    widths = (784, 2048, 2048, 10)
+
+    def mlp_batch(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(0)
+        return torch.randn(256, 784, generator=g).to(device), torch.randint(0, 10, (256,), generator=g).to(device)
+
+    def lstm_batch(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(0)
+        tokens = torch.randint(0, 10_000, (20, 36), generator=g).to(device)
+        return tokens[:, :-1], tokens[:, 1:]
+
+    def kept(width: int, p: float) -> int:
+        return max(round(width * (1 - p)), 1)
+
+    return [
+        Case(
+            "mlp784-2048-2048-10_b256",
+            lambda p: mlp(widths, p),
+            lambda p: mlp((784, kept(2048, p), kept(2048, p), 10), None),
+            mlp_batch,
+        ),
+        Case(
+            "lstm2x650_v10k_t35_b20",
+            lambda p: LSTMLM(10_000, 650, 2, p),
+            lambda p: CompactLSTMLM(10_000, 650, 2, kept(650, p)),
+            lstm_batch,
+        ),
+    ]
+
+
+def _loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(out.reshape(-1, out.shape[-1]), target.reshape(-1))
+
+
+class _Runner:
+    """One model, its optimizer and (for ARD) its controller; ``step()`` is one full training step."""
+
+    def __init__(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], ctl: ARDController | None):
+        self.model, self.batch, self.ctl = model.train(), batch, ctl
+        self.opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+        self.flops: list[tuple[int, int]] = []
+
+    def step(self) -> None:
+        if self.ctl is not None:
+            self.ctl.step()
+        x, y = self.batch
+        _loss(self.model(x), y).backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+    def record_flops(self) -> None:
+        if self.ctl is not None:
+            layer = self.ctl.layer_flops()
+            self.flops.append((sum(d for d, _ in layer.values()), sum(e for _, e in layer.values())))
+
+
+def _time(runner: _Runner, device: torch.device, steps: int) -> list[float]:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    out = []
+    for _ in range(steps):
+        sync()
+        t = time.perf_counter()
+        runner.step()
+        sync()
+        out.append((time.perf_counter() - t) * 1e3)
+        runner.record_flops()
+    return out
+
+
+def device_name(device: torch.device) -> str:
+    """A readable name of the device (GPU model, or CPU model and thread count)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model} ({torch.get_num_threads()} threads)"
+
+
+def bench_case(
+    case: Case,
+    family: str,
+    p: float,
+    device: torch.device,
+    warmup: int,
+    rounds: int,
+    steps: int,
+    groups: int = 1,
+    pool: int | None = None,
+    lstm_groups: int | None = None,
+) -> Record:
+    """Time dense, ARD and limit steps of one case, interleaved, and build the record (``groups`` patterns per
+    step per site)."""
+    batch = case.batch(device)
+    torch.manual_seed(0)
+    dense = _Runner(case.build(p).to(device), batch, None)
+    torch.manual_seed(0)
+    ard_model = case.build(p).to(device)
+    ctl = ARDController(ard_model, pattern=family, seed=0, groups=groups, pool=pool, lstm_groups=lstm_groups).apply()
+    if not ctl.active:
+        raise RuntimeError(f"no ARD site found in case {case.name}")
+    ard = _Runner(ard_model, batch, ctl)
+    limit = _Runner(case.build_limit(p).to(device), batch, None)
+    runners = {"dense": dense, "ard": ard, "limit": limit}
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for runner in runners.values():
+        _time(runner, device, warmup)
+    ard.flops.clear()
+    for _ in range(rounds):
+        for name, runner in runners.items():
+            times[name] += _time(runner, device, steps)
+    ctl.restore()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ideal = sum(d for d, _ in ard.flops) / sum(e for _, e in ard.flops)
+    speedup = med["dense"] / med["ard"]
+    limit_speedup = med["dense"] / med["limit"]
+    return Record(
+        case.name,
+        family,
+        p,
+        device_name(device),
+        round(med["dense"], 3),
+        round(med["ard"], 3),
+        round(speedup, 3),
+        round(ideal, 3),
+        round(med["limit"], 3),
+        round(limit_speedup, 3),
+        round(speedup / ideal, 3),
+        round(speedup / limit_speedup, 3),
+        groups,
+        pool if groups > 1 else None,
+        lstm_groups,
+    )
+
+
+def format_table(records: list[Record]) -> str:
+    """Markdown table of the records."""
+    head = "| case | family | p | dense ms | ARD ms | speedup | ideal (FLOPs) | of ideal | limit | of limit |"
+    lines = [head, "|" + "---|" * 10]
+    for r in records:
+        lines.append(
+            f"| {r.case} | {r.label} | {r.p:.1f} | {r.dense_ms:.1f} | {r.ard_ms:.1f} | {r.speedup:.2f}× | "
+            f"{r.ideal:.2f}× | {r.of_ideal:.0%} | {r.limit:.2f}× | {r.of_limit:.0%} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(records: list[Record], path: Path) -> None:
+    """Speedup against p, one line per family, with the ideal and limit yardsticks, one panel per case."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = sorted({r.case for r in records})
+    fig, axes = plt.subplots(1, len(cases), figsize=(6 * len(cases), 4.2), squeeze=False)
+    for ax, case in zip(axes[0], cases):
+        rows = [r for r in records if r.case == case]
+        for family in sorted({r.label for r in rows}):
+            fr = sorted((r for r in rows if r.label == family), key=lambda r: r.p)
+            ax.plot([r.p for r in fr], [r.speedup for r in fr], marker="o", label=f"ARD {family}")
+        first = sorted({r.p: r for r in rows}.values(), key=lambda r: r.p)
+        ax.plot([r.p for r in first], [r.ideal for r in first], "k--", label="ideal (FLOP ratio, row)")
+        ax.plot([r.p for r in first], [r.limit for r in first], "k:", label="compact-model limit")
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_title(f"{case}\n{rows[0].device}", fontsize=9)
+        ax.set_xlabel("dropout rate p")
+        ax.set_ylabel("training-step speedup vs nn.Dropout")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point (``ard-bench``)."""
+    parser = argparse.ArgumentParser(prog="ard-bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="row family at p=0.3/0.5/0.7, few repeats (< 2 min)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    parser.add_argument("--families", default=None, help=f"comma-separated subset of {','.join(FAMILIES)}")
+    parser.add_argument("--rates", default=None, help="comma-separated rates (default 0.3..0.7)")
+    parser.add_argument("--cases", default=None, help="comma-separated prefixes of case names (mlp, lstm)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per variant")
+    parser.add_argument("--json", type=Path, default=None, help="write the records here")
+    parser.add_argument("--png", type=Path, default=None, help="write the plot here (default: next to --json)")
+    parser.add_argument("--md", type=Path, default=None, help="write the Markdown table here")
+    parser.add_argument("--groups", default="1", help="comma-separated pattern groups per step (default 1)")
+    parser.add_argument("--pool", type=int, default=None, help="distinct patterns per step when groups > 1")
+    parser.add_argument("--lstm-groups", type=int, default=None, help="time chunks for LSTM sites (default: groups)")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but no CUDA device is present; use --device cpu", file=sys.stderr)
+        return 2
+    families = args.families.split(",") if args.families else (["row"] if args.quick else list(FAMILIES))
+    bad = [f for f in families if f not in FAMILIES]
+    if bad:
+        print(f"error: unknown families {bad}; choose from {list(FAMILIES)}", file=sys.stderr)
+        return 2
+    rates = [float(r) for r in args.rates.split(",")] if args.rates else ([0.3, 0.5, 0.7] if args.quick else RATES)
+    cases = [c for c in paper_cases() if not args.cases or any(c.name.startswith(x) for x in args.cases.split(","))]
+    rounds = args.rounds or (2 if args.quick else 4)
+    warmup, steps = (1, 2) if args.quick else (3, 5)
+
+    try:
+        group_counts = [int(g) for g in args.groups.split(",")]
+        if min(group_counts) < 1 or any(v is not None and v < 1 for v in (args.pool, args.lstm_groups)):
+            raise ValueError
+    except ValueError:
+        print(
+            f"error: --groups must be comma-separated integers >= 1, --pool and --lstm-groups integers >= 1, got "
+            f"{args.groups!r}, {args.pool!r}, {args.lstm_groups!r}",
+            file=sys.stderr,
+        )
+        return 2
+
+    records: list[Record] = []
+    for case in cases:
+        for family in families:
+            for groups in group_counts:
+                for p in rates:
+                    rec = bench_case(
+                        case, family, p, device, warmup, rounds, steps, groups, args.pool, args.lstm_groups
+                    )
+                    records.append(rec)
+                    print(
+                        f"{rec.case} {rec.label} p={rec.p}: dense {rec.dense_ms:.1f} ms, ARD {rec.ard_ms:.1f} ms, "
+                        f"speedup {rec.speedup:.2f}x (ideal {rec.ideal:.2f}x, limit {rec.limit:.2f}x)",
+                        flush=True,
+                    )
+    table = format_table(records)
+    print(f"\ndevice: {records[0].device if records else device}\n{table}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps([asdict(r) for r in records], indent=1))
+    if args.md:
+        args.md.parent.mkdir(parents=True, exist_ok=True)
+        args.md.write_text(table + "\n")
+    png = args.png or (args.json.with_suffix(".png") if args.json else None)
+    if png and records:
+        plot(records, png)
+        print(f"plot: {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""ARDConfig: what to rewrite and how, validated once (the callback and the controller both take it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from lightning_ard._validate import check_choice, check_positive_int, check_rate, check_tile
+from lightning_ard.kernels.base import BACKENDS
+
+FAMILIES = ("row", "block", "random", "tile")
+
+
+def _check_strings(name: str, value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{name} must be a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def check_search(search: dict[str, Any] | None) -> dict[str, Any]:
+    """Validate a dict of search settings: known names (``method`` and :class:`SearchSettings` fields), no family."""
+    if search is not None and not isinstance(search, dict):
+        raise ValueError(f"search must be a dict of search settings, got {search!r}")
+    search = dict(search or {})
+    if "family" in search:
+        raise ValueError("search must not set 'family'; choose the family with pattern=...")
+    from lightning_ard.search.settings import SearchSettings
+
+    unknown = set(search) - set(SearchSettings.names()) - {"method"}
+    if unknown:
+        raise ValueError(f"unknown search settings {sorted(unknown)}; allowed: {['method', *SearchSettings.names()]}")
+    return search
+
+
+@dataclass(frozen=True)
+class ARDConfig:
+    """How ARD rewrites a model.
+
+    Args:
+        pattern: pattern family: ``"row"`` (periodic neuron pattern, the paper's), ``"block"`` (contiguous kept
+            block), ``"random"`` (random subset of exactly K units), ``"tile"`` (DropConnect on whole weight tiles
+            of the consumer Linear; LSTM sites use ``"row"``).
+        p: dropout rate for every site; ``None`` keeps each dropout's own rate.
+        search: settings for :func:`lightning_ard.search.search_distribution` (e.g. ``{"method": "exact"}``).
+        include: glob patterns over dropout module paths (or site names) to serve; ``None`` serves all.
+        exclude: glob patterns over dropout module paths (or site names) to leave alone.
+        sites: explicit ``"dropout->consumer"`` module-path pairs for sites detection cannot prove.
+        backend: ``"auto"`` (Triton on CUDA, PyTorch elsewhere), ``"torch"`` or ``"triton"``.
+        tile: tile shape (rows, cols) of the weight for ``pattern="tile"``.
+        groups: independent patterns per forward pass, each serving a contiguous share of the rows (samples or
+            tokens of a Linear's input, time steps of an LSTM; :mod:`lightning_ard.patterns.groups`). 1 is the paper's one
+            pattern per mini-batch; more groups give more mask diversity per step at the same FLOP saving.
+        pool: distinct patterns per site per step when ``groups > 1``: each group takes one of ``pool`` drawn
+            patterns at random, so a layer runs at most ``pool`` compact GEMMs however many groups there are.
+            ``None`` draws every group independently.
+        lstm_groups: time chunks (patterns per step) for sites whose consumer is an LSTM; ``None`` uses
+            ``groups``. Each chunk is one fused-LSTM call, whose fixed cost (large on the CPU) is what limits it.
+    """
+
+    pattern: str = "row"
+    p: float | None = None
+    search: dict[str, Any] = field(default_factory=dict)
+    include: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] | None = None
+    sites: tuple[str, ...] | None = None
+    backend: str = "auto"
+    tile: tuple[int, int] = (64, 64)
+    groups: int = 1
+    pool: int | None = None
+    lstm_groups: int | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("pattern", self.pattern, FAMILIES)
+        if self.p is not None:
+            check_rate("p", self.p)
+        check_choice("backend", self.backend, BACKENDS)
+        for name in ("include", "exclude", "sites"):
+            object.__setattr__(self, name, _check_strings(name, getattr(self, name)))
+        object.__setattr__(self, "search", check_search(self.search))
+        object.__setattr__(self, "tile", check_tile("tile", self.tile))
+        check_positive_int("groups", self.groups)
+        for name in ("pool", "lstm_groups"):
+            if getattr(self, name) is not None:
+                check_positive_int(name, getattr(self, name))

@@ -1,0 +1,253 @@
+"""ARDController: ARD on a plain ``nn.Module`` (no Lightning): detect, swap, draw per step, account, restore.
+
+The Lightning callback drives one of these; a plain PyTorch loop (or the benchmark) can use it directly::
+
+    ctl = ARDController(model, pattern="row").apply()
+    for x, y in data:
+        ctl.step()                      # this step's patterns
+        loss_fn(model(x), y).backward()
+        opt.step(); opt.zero_grad()
+    ctl.restore()
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from lightning_ard.config import ARDConfig
+from lightning_ard.accounting import linear_step_flops, lstm_layer_step_flops
+from lightning_ard.layers import ARDLSTM, ARDLinear
+from lightning_ard.patterns import PatternDistribution, PatternSampler, RowPattern, TilePattern
+from lightning_ard.sites.detect import Site, SiteReport, Surgery, find_sites
+
+
+@dataclass
+class _LinearPlan:
+    module: ARDLinear
+    in_site: str | None = None
+    out_site: str | None = None
+    tile_site: str | None = None
+
+
+@dataclass
+class _LSTMPlan:
+    module: ARDLSTM
+    layer_sites: list[str | None] = field(default_factory=list)
+
+
+class ARDController:
+    """Owns ARD for one model: site detection, per-site distributions, the swap, per-step patterns, FLOPs.
+
+    Args:
+        model: the model to rewrite (in place, on :meth:`apply`).
+        config: what to rewrite and how; ``None`` builds one from ``config_kwargs`` (``pattern="tile"``, ...).
+        seed: seed of the pattern generator (the Lightning callback adds the rank).
+    """
+
+    def __init__(self, model: nn.Module, config: ARDConfig | None = None, *, seed: int = 0, **config_kwargs: Any):
+        if config is None:
+            config = ARDConfig(**config_kwargs)
+        elif config_kwargs:
+            raise ValueError(f"pass either config or keyword settings, not both (got {sorted(config_kwargs)})")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        self.model, self.config, self.seed = model, config, seed
+        self.report: SiteReport = SiteReport()
+        self.distributions: dict[str, PatternDistribution] = {}
+        self.surgery: Surgery | None = None
+        self.sampler: PatternSampler | None = None
+        self.patterns: dict[str, RowPattern | TilePattern] = {}
+        self._linears: list[_LinearPlan] = []
+        self._lstms: list[_LSTMPlan] = []
+        self._site_groups: dict[str, int] | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether ARD layers are in the model now."""
+        return self.surgery is not None
+
+    def apply(self) -> "ARDController":
+        """Detect sites, search each site's distribution and swap the modules (no-op when there is no site)."""
+        c = self.config
+        self.report = find_sites(self.model, c.p, c.include, c.exclude, c.sites)
+        if not self.report.sites:
+            return self
+        for site in self.report.sites:
+            if self.family_for(site) == "tile" and site.producer is not None:
+                # a tile consumer needs all its input units, so the producer keeps computing all of them
+                site.producer, site.kind = None, "consumer"
+        self.distributions = {site.name: self._distribution(site) for site in self.report.sites}
+        self.surgery = Surgery(self.model, self.report.sites, c.backend).apply()
+        self._plan()
+        self.sampler = PatternSampler(self.distributions, self.seed)
+        return self
+
+    def family_for(self, site: Site) -> str:
+        """The family a site uses: the chosen one, except row for LSTM sites under the tile family."""
+        if self.config.pattern == "tile" and site.kind not in ("consumer", "producer+consumer"):
+            return "row"
+        return self.config.pattern
+
+    def _distribution(self, site: Site) -> PatternDistribution:
+        from lightning_ard.search import search_distribution
+
+        family = self.family_for(site)
+        try:
+            if family == "tile":
+                consumer = self.model.get_submodule(site.consumer)
+                return search_distribution(
+                    site.p,
+                    site.width,
+                    "tile",
+                    shape=(consumer.out_features, consumer.in_features),
+                    tile=self.config.tile,
+                    **self.config.search,
+                )
+            return search_distribution(site.p, site.width, family, **self.config.search)
+        except ValueError as err:
+            raise ValueError(f"site {site.name!r} (p={site.p}, width={site.width}): {err}") from err
+
+    def _plan(self) -> None:
+        linears: dict[str, _LinearPlan] = {}
+        lstms: dict[str, _LSTMPlan] = {}
+        for site in self.report.sites:
+            module = self.model.get_submodule(site.consumer)
+            if isinstance(module, ARDLSTM):
+                plan = lstms.setdefault(site.consumer, _LSTMPlan(module, [None] * module.num_layers))
+                plan.layer_sites[site.consumer_layer] = site.name
+                continue
+            lplan = linears.setdefault(site.consumer, _LinearPlan(module))  # type: ignore[arg-type]
+            if self.family_for(site) == "tile":
+                lplan.tile_site = site.name
+                continue
+            lplan.in_site = site.name
+            if site.producer is not None:
+                producer = self.model.get_submodule(site.producer)
+                linears.setdefault(site.producer, _LinearPlan(producer)).out_site = site.name  # type: ignore[arg-type]
+        self._linears, self._lstms = list(linears.values()), list(lstms.values())
+        self._plans: dict[str, _LinearPlan | _LSTMPlan] = {**linears, **lstms}
+        c = self.config
+        lstm_sites = {s for plan in self._lstms for s in plan.layer_sites if s is not None}
+        self._site_groups = {  # patterns per step per site; None = the paper's one pattern (the plain draw)
+            site.name: (c.lstm_groups or c.groups) if site.name in lstm_sites else c.groups
+            for site in self.report.sites
+        }
+        if all(g == 1 for g in self._site_groups.values()):
+            self._site_groups = None
+
+    def step(self) -> dict[str, RowPattern | TilePattern | tuple[RowPattern | TilePattern, ...]]:
+        """Draw this step's pattern for every site (``config.groups`` per site when > 1) and set it on the layers;
+        returns site -> pattern (or tuple of patterns, one per group)."""
+        if self.surgery is None or self.sampler is None:
+            return {}
+        if self._site_groups is None:
+            pats: dict = self.sampler.draw()
+        else:
+            pats = self.sampler.draw_groups(self._site_groups, self.config.pool)
+        self.patterns = pats
+        for plan in self._linears:
+            if plan.tile_site is not None:
+                plan.module.set_patterns(tile_pattern=pats[plan.tile_site])
+            else:
+                plan.module.set_patterns(
+                    in_pattern=pats[plan.in_site] if plan.in_site else None,
+                    out_pattern=pats[plan.out_site] if plan.out_site else None,
+                )
+        for lplan in self._lstms:
+            lplan.module.set_patterns([pats[s] if s else None for s in lplan.layer_sites])
+        for drop in self.surgery.dropouts.values():
+            drop.ard_calls = 0
+        self.surgery.enable(True)
+        return pats
+
+    def keep_fraction(self, site: str) -> float:
+        """Kept share of ``site``'s units in the last step (the mean over groups)."""
+        pats = self.patterns[site]
+        pats = pats if isinstance(pats, tuple) else (pats,)
+        return sum(p.keep_fraction for p in pats) / len(pats)
+
+    def check_calls(self) -> None:
+        """Raise if a swapped dropout ran a different number of times than it has sites (since :meth:`step`)."""
+        if self.surgery is None:
+            return
+        for path, drop in self.surgery.dropouts.items():
+            expected = self.surgery.dropout_uses[path]
+            if drop.ard_calls != expected:
+                raise RuntimeError(
+                    f"dropout {path!r} ran {drop.ard_calls} times in this training step but {expected} site(s) "
+                    f"were proven; an unproven use would lose its dropout. Exclude it with exclude=[{path!r}]"
+                )
+
+    def layer_flops(self) -> dict[str, tuple[int, int]]:
+        """(dense, executed) FLOPs of the last step per ARD layer path (forward + backward products), summed over
+        the pattern groups."""
+        out: dict[str, tuple[int, int]] = {}
+        if self.surgery is None:
+            return out
+        for path, lin in self.surgery.linears.items():
+            grad_in = lin.ard_grad_input
+            dense = linear_step_flops(lin.ard_rows, lin.out_features, lin.in_features, grad_in)
+            executed = 0
+            for g, rows in enumerate(lin.ard_group_rows or [lin.ard_rows]):
+                if lin.ard_tile_patterns is not None:
+                    full = linear_step_flops(rows, lin.out_features, lin.in_features, grad_in)
+                    executed += round(full * lin.ard_tile_patterns[g].keep_fraction)
+                    continue
+                ko = lin.ard_out_patterns[g].num_kept if lin.ard_out_patterns is not None else lin.out_features
+                ki = lin.ard_in_patterns[g].num_kept if lin.ard_in_patterns is not None else lin.in_features
+                executed += linear_step_flops(rows, ko, ki, grad_in)
+            out[path] = (dense, executed)
+        for path, lstm in self.surgery.lstms.items():
+            dirs = 2 if lstm.bidirectional else 1
+            dense = executed = 0
+            for layer, slot in enumerate(lstm.ard_patterns):
+                width = lstm.layer_input_size(layer)
+                grad_in = layer > 0 or lstm.ard_grad_input
+                dense += lstm_layer_step_flops(lstm.ard_rows, width, lstm.hidden_size, dirs, grad_in)
+                if slot is None:
+                    executed += lstm_layer_step_flops(lstm.ard_rows, width, lstm.hidden_size, dirs, grad_in)
+                    continue
+                group_rows = lstm.ard_group_rows if len(slot) > 1 else [lstm.ard_rows]
+                for pat, rows in zip(slot, group_rows, strict=True):
+                    executed += lstm_layer_step_flops(rows, pat.num_kept, lstm.hidden_size, dirs, grad_in)
+            out[path] = (dense, executed)
+        return out
+
+    def expected_site_saving(self, site: Site) -> float:
+        """Expected share of the products of the layers ``site`` touches that ARD removes (every site at its
+        expected keep fraction; for an LSTM, the layer whose input the site is)."""
+        keep = {name: dist.expected_keep_fraction for name, dist in self.distributions.items()}
+        dense = executed = 0.0
+        for path in (site.consumer, site.producer):
+            plan = self._plans.get(path) if path is not None else None
+            if isinstance(plan, _LinearPlan):
+                size = plan.module.in_features * plan.module.out_features
+                frac = 1.0
+                for name in (plan.in_site, plan.out_site, plan.tile_site):
+                    frac *= keep[name] if name is not None else 1.0
+                dense, executed = dense + size, executed + size * frac
+            elif isinstance(plan, _LSTMPlan):
+                lstm, layer = plan.module, site.consumer_layer
+                width, hidden = lstm.layer_input_size(layer), lstm.hidden_size
+                dense += width + hidden
+                executed += width * keep[site.name] + hidden
+        return 1.0 - executed / dense if dense else 0.0
+
+    def site_flops(self, layer_flops: dict[str, tuple[int, int]], site: Site) -> tuple[int, int]:
+        """(dense, executed) FLOPs of the layers a site touches (its consumer and producer)."""
+        layers = [p for p in (site.consumer, site.producer) if p is not None]
+        return sum(layer_flops[p][0] for p in layers), sum(layer_flops[p][1] for p in layers)
+
+    def clear(self) -> None:
+        """Keep the ARD layers but remove patterns: the model acts as the plain one."""
+        if self.surgery is not None:
+            self.surgery.clear()
+
+    def restore(self) -> None:
+        """Give the plain modules back (same Parameters, trained values)."""
+        if self.surgery is not None:
+            self.surgery.restore()
+            self.surgery = None

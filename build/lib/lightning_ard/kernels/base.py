@@ -1,0 +1,197 @@
+"""Backends: the object an ARD layer calls for its compact products, so kernels can change without the layers.
+
+``TorchBackend`` runs the PyTorch ops of :mod:`lightning_ard.kernels.torch_ops` (any device).
+``TritonBackend`` (:mod:`lightning_ard.kernels.triton.backend`) runs Triton kernels on CUDA.
+:func:`get_backend` resolves ``"auto" | "torch" | "triton"`` for a device.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+
+import torch
+
+from lightning_ard._validate import check_choice
+from lightning_ard.patterns.groups import group_bounds
+from lightning_ard.kernels import torch_ops
+from lightning_ard.patterns import RowPattern, TilePattern
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+class Backend(ABC):
+    """Computes ARD Linear products for row and tile patterns."""
+
+    name: str
+
+    @abstractmethod
+    def row_linear(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        in_pattern: RowPattern | None,
+        out_pattern: RowPattern | None,
+        x_compact: bool,
+    ) -> torch.Tensor:
+        """``in_scale · x[:, in] · W[out][:, in]ᵀ + b[out]`` (see :func:`torch_ops.row_linear`)."""
+
+    @abstractmethod
+    def tile_linear(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pattern: TilePattern
+    ) -> torch.Tensor:
+        """``x · (scale · W ⊙ M)ᵀ + b`` (see :func:`torch_ops.tile_linear`)."""
+
+    def row_linear_groups(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        in_patterns: tuple[RowPattern, ...] | None,
+        out_patterns: tuple[RowPattern, ...] | None,
+    ) -> torch.Tensor:
+        """One row pattern per group of rows (:mod:`lightning_ard.patterns.groups`); full-width input and output.
+
+        The output is zero at a group's dropped output units. Groups that drew the same patterns are merged into
+        one row set. This default runs :meth:`row_linear` once per row set (each call makes its own full-size
+        weight gradient, which autograd adds: cheap on a GPU); backends may override it with a single pass.
+        """
+        x2 = x.reshape(-1, x.shape[-1])
+        sets = row_sets(x2.shape[0], in_patterns, out_patterns, x.device)
+        if not sets:  # no rows at all
+            return torch.nn.functional.linear(x, weight, bias)
+        parts, order = [], []
+        for rows, inp, out in sets:
+            y = self.row_linear(torch_ops.take(x2, 0, rows), weight, bias, inp, out, False)
+            parts.append(_scatter_columns(y, out, weight.shape[0]) if out is not None else y)
+            order.append(torch.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows.cpu())
+        y = torch.cat(parts)
+        perm = torch.cat(order)
+        if not torch.equal(perm, torch.arange(perm.numel())):  # back to the input's row order
+            y = y.index_select(0, torch.argsort(perm).to(y.device))
+        return y.reshape(*x.shape[:-1], weight.shape[0])
+
+    def tile_linear_groups(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, patterns: tuple[TilePattern, ...]
+    ) -> torch.Tensor:
+        """One tile pattern per group of rows: :meth:`tile_linear` on each group's rows."""
+        x2 = x.reshape(-1, x.shape[-1])
+        parts = [
+            self.tile_linear(x2[r0:r1], weight, bias, patterns[g])
+            for g, (r0, r1) in enumerate(group_bounds(x2.shape[0], len(patterns)))
+            if r1 > r0
+        ]
+        if not parts:  # no rows at all
+            return torch.nn.functional.linear(x, weight, bias)
+        return torch.cat(parts).reshape(*x.shape[:-1], weight.shape[0])
+
+
+def _scatter_columns(y: torch.Tensor, pattern: RowPattern, width: int) -> torch.Tensor:
+    """Compact ``(rows, K)`` columns placed at the pattern's kept units of a zero ``(rows, width)`` (autograd-safe)."""
+    full = y.new_zeros(y.shape[0], width)
+    return full.index_copy(1, pattern.index(y.device), y)
+
+
+class TorchBackend(Backend):
+    """PyTorch ops: strided views for periodic k = 1 patterns, index gathers otherwise. Runs on any device."""
+
+    name = "torch"
+
+    def row_linear(self, x, weight, bias, in_pattern, out_pattern, x_compact):  # type: ignore[no-untyped-def]
+        scale = in_pattern.scale if in_pattern is not None else 1.0
+        return torch_ops.row_linear(
+            x,
+            weight,
+            bias,
+            in_pattern.selector(x.device) if in_pattern is not None else None,
+            out_pattern.selector(x.device) if out_pattern is not None else None,
+            scale,
+            x_compact,
+        )
+
+    def tile_linear(self, x, weight, bias, pattern):  # type: ignore[no-untyped-def]
+        return torch_ops.tile_linear(x, weight, bias, pattern.kept_tiles, pattern.tile, pattern.scale)
+
+    def row_linear_groups(self, x, weight, bias, in_patterns, out_patterns):  # type: ignore[no-untyped-def]
+        sets = row_sets(x.numel() // max(x.shape[-1], 1), in_patterns, out_patterns, x.device)
+        if not sets:  # no rows at all
+            return torch.nn.functional.linear(x, weight, bias)
+        spec = [
+            (
+                rows,
+                inp.selector(x.device) if inp is not None else None,
+                out.selector(x.device) if out is not None else None,
+                inp.scale if inp is not None else 1.0,
+            )
+            for rows, inp, out in sets
+        ]
+        return torch_ops.grouped_row_linear(x, weight, bias, spec)
+
+
+def row_sets(
+    rows: int,
+    in_patterns: tuple[RowPattern, ...] | None,
+    out_patterns: tuple[RowPattern, ...] | None,
+    device: torch.device,
+) -> list[tuple[torch.Tensor | slice, RowPattern | None, RowPattern | None]]:
+    """Split ``rows`` into the groups' contiguous chunks and merge the chunks whose groups drew the same
+    (input, output) patterns: ``(rows, in_pattern, out_pattern)`` per distinct pair, rows a slice or an index
+    tensor on ``device``. Empty chunks are dropped."""
+    groups = len(in_patterns or out_patterns or ())
+    bounds = group_bounds(rows, groups)
+    merged: dict[object, tuple[list[int], RowPattern | None, RowPattern | None]] = {}
+    for g, (r0, r1) in enumerate(bounds):
+        if r1 == r0:
+            continue
+        inp = in_patterns[g] if in_patterns is not None else None
+        out = out_patterns[g] if out_patterns is not None else None
+        key = (inp.merge_key if inp is not None else None, out.merge_key if out is not None else None)
+        merged.setdefault(key, ([], inp, out))[0].append(g)
+    return [(_row_set(bounds, members, device), inp, out) for members, inp, out in merged.values()]
+
+
+def _row_set(bounds: list[tuple[int, int]], members: list[int], device: torch.device) -> torch.Tensor | slice:
+    """The rows of the groups ``members``: a slice for one group (or adjacent ones), else an index tensor."""
+    spans = [bounds[g] for g in members]
+    if all(a[1] == b[0] for a, b in zip(spans, spans[1:])):
+        return slice(spans[0][0], spans[-1][1])
+    starts = torch.tensor([r0 for r0, _ in spans])
+    sizes = torch.tensor([r1 - r0 for r0, r1 in spans])
+    offsets = torch.arange(int(sizes.sum())) - torch.repeat_interleave(sizes.cumsum(0) - sizes, sizes)
+    return (torch.repeat_interleave(starts, sizes) + offsets).to(device, non_blocking=True)
+
+
+def triton_usable(device: torch.device) -> bool:
+    """Triton kernels can run on ``device``: CUDA with triton installed, or any device under TRITON_INTERPRET=1."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def get_backend(name: str, device: torch.device | str) -> Backend:
+    """Resolve a backend name for tensors on ``device``.
+
+    ``"auto"`` takes Triton for CUDA tensors when the Triton backend is available, the PyTorch path elsewhere;
+    ``"triton"`` and ``"torch"`` force one. Forcing Triton where it cannot run raises.
+    """
+    check_choice("backend", name, BACKENDS)
+    device = torch.device(device)
+    if name == "torch" or (name == "auto" and device.type != "cuda"):
+        return TorchBackend()
+    if not triton_usable(device):
+        if name == "auto":
+            return TorchBackend()
+        raise ValueError(
+            f"backend='triton' cannot run on device {device}: Triton needs a CUDA device "
+            "(or TRITON_INTERPRET=1 set before import for the CPU interpreter); use backend='torch' or 'auto'"
+        )
+    try:
+        from lightning_ard.kernels.triton.backend import TritonBackend
+    except ImportError as err:  # the Triton backend module is optional until it lands
+        if name == "auto":
+            return TorchBackend()
+        raise ValueError(f"backend='triton' is not available: {err}; use backend='torch' or 'auto'") from err
+    return TritonBackend()

@@ -1,0 +1,432 @@
+"""Compact gather GEMM: the Triton kernels of row-pattern (neuron dropout) Linears, forward and backward.
+
+One kernel, :func:`gather_gemm`, computes ``C = scale · A · Bᵀ`` on the kept block only, reading every operand
+through optional index vectors instead of making a gathered copy::
+
+    C[ci(i), cj(j)] (+)= scale · Σ_r A[i, ar(r)] · B[bj(j), br(r)]  (+ bias[bj(j)])
+
+where each of ``ar, bj, br, ci, cj`` is either the identity or a kept-index vector. The three products of a
+row-pattern Linear ``y = scale · x[:, in] · W[out][:, in]ᵀ + b[out]`` are instances of it (transposes are
+stride swaps of views, never copies):
+
+=============  ======  ===================  ==============================================================
+product        A       B                    indices
+=============  ======  ===================  ==============================================================
+forward y      x       W                    ar = in (full-width x only), bj = out, br = in
+grad_x         g       Wᵀ                   bj = in, br = out; cj = in and zero-fill of the dropped
+                                            columns when grad_x is scattered back to full width
+grad_W         gᵀ      xᵀ                   bj = in (full-width x only); ci = out, cj = in into the
+                                            full-size weight gradient (store, or accumulate)
+=============  ======  ===================  ==============================================================
+
+``grad_b`` is a column sum of g scattered to ``out`` (:func:`column_sum`).
+
+Patterns are run-time data: index vectors are tensors and kept counts are integer arguments, so a new pattern
+each step reuses the compiled kernel. Only Triton's own integer specialization (a size equal to 1 or divisible
+by 16) can select another compiled variant, a small bounded set reached in the first steps. On CUDA the block
+shape is autotuned per (power-of-two bucket of M, N, R; index layout; dtypes), see
+:func:`~lightning_ard.kernels.triton.common.tune_bucket`.
+
+Index vectors must hold distinct indices (every pattern does), so no two programs write the same element.
+
+Memory access: gathers of weight *rows* (output units) read contiguous rows; gathers of weight *columns* (input
+units, the forward and grad_x with an input pattern) are element gathers along the contiguous dimension and
+cannot be vectorized. Offline compilation for sm_90 (Triton 3.9, unit strides specialized as at launch) shows
+that with 4-byte operands (float32/TF32, or float32 master weights under bfloat16 autocast, the usual
+mixed-precision setup) all loads, gathered or not, still go through ``cp.async`` and are software-pipelined,
+while with 16-bit *parameters* the gathered weight loads are 2-byte and cannot use ``cp.async`` (4-byte
+minimum), so they are issued as plain loads. What either costs against cuBLAS on a compact copy is what
+``lightning_ard/bench/gpu_kernels.py`` measures.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from lightning_ard.kernels.triton.common import (
+    INTERPRET,
+    Precision,
+    check_offsets,
+    grouped_pid,
+    load_mma,
+    tune_bucket,
+    tuned,
+)
+
+INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_R": 16, "GROUP_M": 2}
+"""The one block configuration used under TRITON_INTERPRET=1 (small, so ragged edges are exercised)."""
+
+
+def _cuda_configs() -> list[triton.Config]:
+    shapes = [  # (BLOCK_M, BLOCK_N, BLOCK_R, stages, warps)
+        (128, 256, 64, 3, 8),
+        (256, 128, 64, 3, 8),
+        (128, 128, 64, 3, 8),
+        (128, 128, 32, 4, 4),
+        (128, 64, 32, 4, 4),
+        (64, 128, 32, 4, 4),
+        (64, 64, 64, 3, 4),
+        (64, 64, 32, 5, 2),
+    ]
+    return [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_R": r, "GROUP_M": 8}, num_stages=s, num_warps=w)
+        for m, n, r, s, w in shapes
+    ]
+
+
+def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
+    """Skip blocks much larger than the problem (e.g. 256 columns for a 10-unit output layer): they cannot win and
+    only cost tuning time. The bound uses the same power-of-two buckets as the tuning key."""
+    m, n = tune_bucket(named_args["M"]), tune_bucket(named_args["N"])
+    fitting = [c for c in configs if c.kwargs["BLOCK_M"] <= max(64, m) and c.kwargs["BLOCK_N"] <= max(64, n)]
+    return fitting or configs
+
+
+@triton.jit
+def _positions(idx_ptr, offs, mask, HAS_IDX: tl.constexpr):
+    """Where block positions ``offs`` fall in the operand: ``idx[offs]`` through an index vector, else ``offs``."""
+    if HAS_IDX:
+        return tl.load(idx_ptr + offs, mask=mask, other=0)
+    return offs
+
+
+@triton.jit
+def _gemm_block(
+    pid, num_pid_m, num_pid_n,
+    a_ptr, b_ptr, c_ptr, bias_ptr,
+    a_red_idx_ptr, b_row_idx_ptr, b_red_idx_ptr, c_row_idx_ptr, c_col_idx_ptr,
+    M, N, R,
+    stride_am, stride_ar, stride_bn, stride_br, stride_cm, stride_cn,
+    scale,
+    A_RED_IDX: tl.constexpr, B_ROW_IDX: tl.constexpr, B_RED_IDX: tl.constexpr,
+    C_ROW_IDX: tl.constexpr, C_COL_IDX: tl.constexpr, HAS_BIAS: tl.constexpr, ACCUMULATE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    """One (BLOCK_M, BLOCK_N) tile of C: loop over R, gathering A's and B's columns through their indices."""
+    pid_m, pid_n = grouped_pid(pid, num_pid_m, num_pid_n, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    b_rows = _positions(b_row_idx_ptr, offs_n, mask_n, B_ROW_IDX)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for r0 in range(0, R, BLOCK_R):
+        offs_r = r0 + tl.arange(0, BLOCK_R)
+        mask_r = offs_r < R
+        a_cols = _positions(a_red_idx_ptr, offs_r, mask_r, A_RED_IDX)
+        b_cols = _positions(b_red_idx_ptr, offs_r, mask_r, B_RED_IDX)
+        acc = load_mma(
+            acc, a_ptr, b_ptr, offs_m, a_cols, b_cols, b_rows, mask_m, mask_r, mask_n,
+            stride_am, stride_ar, stride_br, stride_bn, DOT_DTYPE, INPUT_PRECISION, UPCAST,
+        )  # fmt: skip
+    acc = acc * scale
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + b_rows, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    c_rows = _positions(c_row_idx_ptr, offs_m, mask_m, C_ROW_IDX)
+    c_cols = _positions(c_col_idx_ptr, offs_n, mask_n, C_COL_IDX)
+    c_ptrs = c_ptr + c_rows[:, None] * stride_cm + c_cols[None, :] * stride_cn
+    mask_c = mask_m[:, None] & mask_n[None, :]
+    if ACCUMULATE:
+        acc += tl.load(c_ptrs, mask=mask_c, other=0.0).to(tl.float32)
+    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask_c)
+
+
+@triton.jit
+def _zero_block(
+    zid, num_pid_m,
+    c_ptr, c_row_idx_ptr, zero_idx_ptr,
+    M, n_zero, stride_cm, stride_cn,
+    C_ROW_IDX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """One (BLOCK_M, BLOCK_N) tile of zeros at C's rows × the dropped columns ``zero_idx``."""
+    pid_m = zid % num_pid_m
+    pid_z = zid // num_pid_m
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_z = pid_z * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_z = offs_z < n_zero
+    rows = _positions(c_row_idx_ptr, offs_m, mask_m, C_ROW_IDX)
+    cols = tl.load(zero_idx_ptr + offs_z, mask=mask_z, other=0)
+    zeros = tl.zeros((BLOCK_M, BLOCK_N), dtype=c_ptr.dtype.element_ty)
+    tl.store(
+        c_ptr + rows[:, None] * stride_cm + cols[None, :] * stride_cn, zeros, mask=mask_m[:, None] & mask_z[None, :]
+    )
+
+
+@tuned(
+    configs=_cuda_configs(),
+    key=[
+        "tune_m", "tune_n", "tune_r", "A_RED_IDX", "B_ROW_IDX", "B_RED_IDX", "C_ROW_IDX", "C_COL_IDX",
+        "HAS_BIAS", "ACCUMULATE", "ZERO_FILL", "DOT_DTYPE", "INPUT_PRECISION",
+    ],
+    restore_value=["c_ptr"],
+    prune=_prune_configs,
+)  # fmt: skip
+@triton.jit(do_not_specialize=["tune_m", "tune_n", "tune_r"])
+def _gather_gemm_kernel(
+    a_ptr, b_ptr, c_ptr, bias_ptr,
+    a_red_idx_ptr, b_row_idx_ptr, b_red_idx_ptr, c_row_idx_ptr, c_col_idx_ptr, zero_idx_ptr,
+    M, N, R, n_zero,
+    stride_am, stride_ar, stride_bn, stride_br, stride_cm, stride_cn,
+    scale,
+    tune_m, tune_n, tune_r,
+    A_RED_IDX: tl.constexpr, B_ROW_IDX: tl.constexpr, B_RED_IDX: tl.constexpr,
+    C_ROW_IDX: tl.constexpr, C_COL_IDX: tl.constexpr, HAS_BIAS: tl.constexpr,
+    ACCUMULATE: tl.constexpr, ZERO_FILL: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    """Grid: one program per C tile, then (ZERO_FILL) one per tile of C rows × dropped columns.
+
+    ``tune_*`` are power-of-two buckets of M, N, R: unused by the body, they are the autotuning key.
+    """
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_compute = num_pid_m * num_pid_n
+    if ZERO_FILL:  # compile-time: without it the zero-fill branch is not compiled (its pointers are None)
+        if pid >= num_compute:
+            _zero_block(
+                pid - num_compute, num_pid_m, c_ptr, c_row_idx_ptr, zero_idx_ptr, M, n_zero, stride_cm, stride_cn,
+                C_ROW_IDX, BLOCK_M, BLOCK_N,
+            )  # fmt: skip
+            return
+    _gemm_block(
+        pid, num_pid_m, num_pid_n, a_ptr, b_ptr, c_ptr, bias_ptr,
+        a_red_idx_ptr, b_row_idx_ptr, b_red_idx_ptr, c_row_idx_ptr, c_col_idx_ptr, M, N, R,
+        stride_am, stride_ar, stride_bn, stride_br, stride_cm, stride_cn, scale,
+        A_RED_IDX, B_ROW_IDX, B_RED_IDX, C_ROW_IDX, C_COL_IDX, HAS_BIAS, ACCUMULATE,
+        DOT_DTYPE, INPUT_PRECISION, UPCAST, BLOCK_M, BLOCK_N, BLOCK_R, GROUP_M,
+    )  # fmt: skip
+
+
+def _check_index(name: str, idx: torch.Tensor | None, device: torch.device, bound: int) -> None:
+    if idx is None:
+        return
+    if idx.dim() != 1 or idx.dtype not in (torch.int32, torch.int64) or not idx.is_contiguous():
+        raise ValueError(f"{name} must be a contiguous 1-D int32/int64 tensor, got {idx.dtype} {tuple(idx.shape)}")
+    if idx.device != device:
+        raise ValueError(f"{name} is on {idx.device}, the operands on {device}")
+    if idx.numel() > bound:
+        raise ValueError(f"{name} has {idx.numel()} entries for a dimension of size {bound}")
+
+
+def gather_gemm(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    precision: Precision,
+    *,
+    a_red_idx: torch.Tensor | None = None,
+    b_row_idx: torch.Tensor | None = None,
+    b_red_idx: torch.Tensor | None = None,
+    c_row_idx: torch.Tensor | None = None,
+    c_col_idx: torch.Tensor | None = None,
+    zero_idx: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    scale: float = 1.0,
+    accumulate: bool = False,
+) -> torch.Tensor:
+    """``C[ci, cj] (+)= scale · A[:, ar] · B[bj][:, br]ᵀ (+ bias[bj])`` in place; returns ``c``.
+
+    Args:
+        a: 2-D (M, ·); its rows are taken as they are.
+        b: 2-D (·, ·); rows ``b_row_idx`` (or all) are C's columns, columns ``b_red_idx`` (or all) are reduced.
+        c: 2-D output, written at rows ``c_row_idx`` (or 0..M-1) and columns ``c_col_idx`` (or 0..N-1).
+        precision: operand dtype and TF32 policy (:func:`~lightning_ard.kernels.triton.common.precision_for`).
+        a_red_idx, b_row_idx, b_red_idx, c_row_idx, c_col_idx: optional kept-index vectors (distinct entries).
+        zero_idx: columns of ``c`` to set to zero at the same rows (the dropped units when a gradient is
+            scattered to full width), in the same launch, so every element of ``c`` is written exactly once.
+        bias: 1-D, added at ``b_row_idx`` (the forward's bias of the kept output units).
+        scale: factor on the product (not on the bias or on what is accumulated).
+        accumulate: add to ``c`` instead of overwriting it.
+    """
+    if a.dim() != 2 or b.dim() != 2 or c.dim() != 2:
+        raise ValueError(f"gather_gemm needs 2-D operands, got {a.dim()}-D, {b.dim()}-D, {c.dim()}-D")
+    device = a.device
+    for name, t in (("b", b), ("c", c), ("bias", bias)):
+        if t is not None and t.device != device:
+            raise ValueError(f"{name} is on {t.device}, a on {device}")
+    M = a.shape[0]
+    N = b_row_idx.numel() if b_row_idx is not None else b.shape[0]
+    R = b_red_idx.numel() if b_red_idx is not None else b.shape[1]
+    a_width = a_red_idx.numel() if a_red_idx is not None else a.shape[1]
+    if a_width != R:
+        raise ValueError(f"reduction sizes differ: A gives {a_width}, B gives {R}")
+    _check_index("a_red_idx", a_red_idx, device, a.shape[1])
+    _check_index("b_row_idx", b_row_idx, device, b.shape[0])
+    _check_index("b_red_idx", b_red_idx, device, b.shape[1])
+    _check_index("c_row_idx", c_row_idx, device, c.shape[0])
+    _check_index("c_col_idx", c_col_idx, device, c.shape[1])
+    _check_index("zero_idx", zero_idx, device, c.shape[1])
+    if (c_row_idx.numel() if c_row_idx is not None else c.shape[0]) != M:
+        raise ValueError(f"c has {c.shape[0]} rows (or row indices) for M={M}")
+    if c_col_idx is None and c.shape[1] != N:
+        raise ValueError(f"c has {c.shape[1]} columns for N={N}")
+    if c_col_idx is not None and c_col_idx.numel() != N:
+        raise ValueError(f"c_col_idx has {c_col_idx.numel()} entries for N={N}")
+    n_zero = zero_idx.numel() if zero_idx is not None else 0
+    if n_zero and c_col_idx is None:
+        raise ValueError("zero_idx needs c_col_idx (the zero-filled columns are the complement of the written ones)")
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != b.shape[0]):
+        raise ValueError(f"bias must be 1-D with {b.shape[0]} entries, got {tuple(bias.shape)}")
+    check_offsets(a=a, b=b, c=c)
+    if M == 0 or (N == 0 and n_zero == 0):
+        return c
+
+    def grid(meta: dict) -> tuple[int]:
+        pm = triton.cdiv(M, meta["BLOCK_M"])
+        return (pm * triton.cdiv(N, meta["BLOCK_N"]) + pm * triton.cdiv(n_zero, meta["BLOCK_N"]),)
+
+    _gather_gemm_kernel[grid](
+        a, b, c, bias,
+        a_red_idx, b_row_idx, b_red_idx, c_row_idx, c_col_idx, zero_idx,
+        M, N, R, n_zero,
+        a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
+        float(scale),
+        tune_bucket(M), tune_bucket(N), tune_bucket(R),
+        A_RED_IDX=a_red_idx is not None, B_ROW_IDX=b_row_idx is not None, B_RED_IDX=b_red_idx is not None,
+        C_ROW_IDX=c_row_idx is not None, C_COL_IDX=c_col_idx is not None, HAS_BIAS=bias is not None,
+        ACCUMULATE=bool(accumulate), ZERO_FILL=n_zero > 0,
+        DOT_DTYPE=precision.dtype, INPUT_PRECISION=precision.input_precision, UPCAST=precision.upcast,
+        **(INTERPRETER_CONFIG if INTERPRET else {}),
+    )  # fmt: skip
+    return c
+
+
+# --- column sum (grad_b) -----------------------------------------------------------------------------------------
+
+COLUMN_SUM_BLOCKS = (16, 16) if INTERPRET else (128, 32)
+"""(BLOCK_M, BLOCK_N) of the column sum: narrow column blocks so that even a 4096-wide layer fills the GPU."""
+
+
+@triton.jit
+def _column_sum_kernel(
+    g_ptr, out_ptr, idx_ptr, M, N, stride_gm, stride_gn,
+    HAS_IDX: tl.constexpr, ACCUMULATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """out[idx[j]] (+)= Σ_m g[m, j] for one block of BLOCK_N columns, summed in float32."""
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for m0 in range(0, M, BLOCK_M):
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        tile = tl.load(
+            g_ptr + offs_m[:, None] * stride_gm + offs_n[None, :] * stride_gn,
+            mask=(offs_m < M)[:, None] & mask_n[None, :],
+            other=0.0,
+        )
+        acc += tl.sum(tile.to(tl.float32), axis=0)
+    dst = _positions(idx_ptr, offs_n, mask_n, HAS_IDX)
+    if ACCUMULATE:
+        acc += tl.load(out_ptr + dst, mask=mask_n, other=0.0).to(tl.float32)
+    tl.store(out_ptr + dst, acc.to(out_ptr.dtype.element_ty), mask=mask_n)
+
+
+def column_sum(
+    g: torch.Tensor, out: torch.Tensor, idx: torch.Tensor | None = None, accumulate: bool = False
+) -> torch.Tensor:
+    """``out[idx] (+)= g.sum(0)`` in place (``idx`` None: all of ``out``); returns ``out``. The bias gradient."""
+    if g.dim() != 2 or out.dim() != 1:
+        raise ValueError(f"column_sum needs a 2-D g and a 1-D out, got {g.dim()}-D and {out.dim()}-D")
+    N = g.shape[1]
+    _check_index("idx", idx, g.device, out.shape[0])
+    if (idx.numel() if idx is not None else out.shape[0]) != N:
+        raise ValueError(f"g has {N} columns for {out.shape[0]} outputs (or {idx.numel()} indices)")
+    check_offsets(g=g)
+    if N == 0:
+        return out
+    block_m, block_n = COLUMN_SUM_BLOCKS
+    _column_sum_kernel[(triton.cdiv(N, block_n),)](
+        g, out, idx, g.shape[0], N, g.stride(0), g.stride(1),
+        HAS_IDX=idx is not None, ACCUMULATE=bool(accumulate), BLOCK_M=block_m, BLOCK_N=block_n,
+    )  # fmt: skip
+    return out
+
+
+# --- the three products of a row-pattern Linear ------------------------------------------------------------------
+
+
+def _dtype_of(precision: Precision) -> torch.dtype:
+    return {tl.float32: torch.float32, tl.float16: torch.float16, tl.bfloat16: torch.bfloat16}[precision.dtype]
+
+
+def row_forward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_idx: torch.Tensor | None,
+    out_idx: torch.Tensor | None,
+    scale: float,
+    x_compact: bool,
+    precision: Precision,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``y = scale · x[:, in] · W[out][:, in]ᵀ + b[out]`` for a 2-D ``x`` (already compact when ``x_compact``).
+
+    ``out`` (optional, for tests): the (M, K_out) tensor to write; by default a new one in the compute dtype.
+    """
+    k_in = in_idx.numel() if in_idx is not None else weight.shape[1]
+    expected = k_in if (x_compact or in_idx is None) else weight.shape[1]
+    if x.dim() != 2 or x.shape[1] != expected:
+        raise ValueError(f"x must be (M, {expected}) for this pattern, got {tuple(x.shape)}")
+    n_out = out_idx.numel() if out_idx is not None else weight.shape[0]
+    if out is None:
+        out = torch.empty(x.shape[0], n_out, dtype=_dtype_of(precision), device=x.device)
+    return gather_gemm(
+        x, weight, out, precision,
+        a_red_idx=None if x_compact else in_idx, b_row_idx=out_idx, b_red_idx=in_idx, bias=bias, scale=scale,
+    )  # fmt: skip
+
+
+def row_grad_input(
+    g: torch.Tensor,
+    weight: torch.Tensor,
+    in_idx: torch.Tensor | None,
+    out_idx: torch.Tensor | None,
+    scale: float,
+    out: torch.Tensor,
+    precision: Precision,
+    dropped_idx: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``grad_x = scale · g · W[out][:, in]`` into ``out``: compact (M, K_in) or, when ``out`` is full width
+    (M, in_features) and ``in_idx`` is given, scattered to the kept columns with zeros written at ``dropped_idx``
+    (the complement of ``in_idx``; computed here, with a device sync, when not given)."""
+    scatter = in_idx is not None and out.shape[1] == weight.shape[1] and in_idx.numel() != weight.shape[1]
+    if scatter and dropped_idx is None:
+        dropped_idx = complement(in_idx, weight.shape[1])
+    return gather_gemm(
+        g, weight.t(), out, precision,
+        b_row_idx=in_idx, b_red_idx=out_idx, c_col_idx=in_idx if scatter else None,
+        zero_idx=dropped_idx if scatter else None, scale=scale,
+    )  # fmt: skip
+
+
+def row_grad_weight(
+    g: torch.Tensor,
+    x: torch.Tensor,
+    grad_weight: torch.Tensor,
+    in_idx: torch.Tensor | None,
+    out_idx: torch.Tensor | None,
+    scale: float,
+    x_compact: bool,
+    precision: Precision,
+    accumulate: bool = False,
+) -> torch.Tensor:
+    """``grad_weight[out][:, in] (+)= scale · gᵀ · x[:, in]``: only the kept block of the full-size gradient is
+    written (the caller allocates zeros, or passes an existing gradient with ``accumulate``)."""
+    return gather_gemm(
+        g.t(), x.t(), grad_weight, precision,
+        b_row_idx=None if x_compact else in_idx, c_row_idx=out_idx, c_col_idx=in_idx, scale=scale,
+        accumulate=accumulate,
+    )  # fmt: skip
+
+
+def complement(idx: torch.Tensor, width: int) -> torch.Tensor:
+    """Sorted int64 indices in [0, width) that are not in ``idx`` (on idx's device)."""
+    keep = torch.zeros(width, dtype=torch.bool, device=idx.device)
+    keep[idx] = True
+    return (~keep).nonzero().flatten()

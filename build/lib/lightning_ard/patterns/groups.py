@@ -1,0 +1,65 @@
+"""Pattern groups: several independent patterns in one forward pass, each serving a contiguous share of the rows.
+
+One pattern per mini-batch gives every sample of a step the same mask, so a step sees one mask where
+``nn.Dropout`` sees one per sample. With ``groups = G`` the step's rows are cut into G contiguous chunks of
+(almost) equal size and chunk g uses pattern g: each chunk is still one compact matrix product, so the FLOP saving
+is unchanged while the step sees G masks.
+
+What a "row" is depends on the layer:
+
+* Linear: the rows of the input flattened to 2-D (``x.reshape(-1, in_features)``): samples for ``(B, F)`` input,
+  tokens for sequences. A contiguous group then holds consecutive samples; consecutive tokens of one sequence for
+  batch-first ``(B, T, F)`` input; the same time steps of all sequences for sequence-first ``(T, B, F)`` input.
+* LSTM: time steps (the recurrence carries its state from one chunk to the next), so the batch of each recurrent
+  call stays whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TypeVar
+
+P = TypeVar("P")
+
+
+def group_bounds(n: int, groups: int) -> list[tuple[int, int]]:
+    """``[start, end)`` of each of ``groups`` contiguous chunks of ``range(n)``; sizes differ by at most one and
+    the first ``n % groups`` chunks are the longer ones (``torch.tensor_split``'s rule). Chunks may be empty when
+    ``n < groups``."""
+    if groups < 1:
+        raise ValueError(f"groups must be an integer >= 1, got {groups!r}")
+    size, extra = divmod(n, groups)
+    bounds, start = [], 0
+    for g in range(groups):
+        end = start + size + (1 if g < extra else 0)
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
+def as_groups(value: P | Sequence[P] | None, name: str) -> tuple[P, ...] | None:
+    """Normalize a pattern slot: ``None``, one pattern (one group) or a non-empty sequence (one per group)."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        if len(value) == 0:
+            raise ValueError(f"{name} must be a pattern or a non-empty sequence of patterns (one per group), got []")
+        return tuple(value)
+    return (value,)  # type: ignore[return-value]
+
+
+def common_groups(slots: dict[str, tuple | None]) -> int:
+    """The number of groups shared by the non-empty pattern slots (1 when all are empty); raises on a mismatch."""
+    lengths = {name: len(v) for name, v in slots.items() if v is not None}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"every pattern slot must have the same number of groups, got {lengths}")
+    return next(iter(lengths.values()), 1)
+
+
+def describe(family: str, groups: int = 1, pool: int | None = None, lstm_groups: int | None = None) -> str:
+    """Label of a family with its pattern-group settings, as the benchmark and the report print it
+    (``"row"``, ``"row x700 groups pool 8 lstm 5"``)."""
+    label = family if groups == 1 else f"{family} x{groups} groups"
+    if pool is not None and groups > 1:
+        label += f" pool {pool}"
+    return label + (f" lstm {lstm_groups}" if lstm_groups is not None else "")

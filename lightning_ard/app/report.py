@@ -1,0 +1,371 @@
+"""Sweep report: ``python -m lightning_ard.app.report <multirun dir>`` (console script ``ard-report``).
+
+Reads every run below the folder (a run is a folder with ``.hydra/config.yaml``, as Hydra writes for each job of
+``-m``), its TensorBoard scalars (``time/step_ms*``, ``ard/flops_saved``, ``test/acc`` or ``test/ppl``) and, for what
+the event files lack (``trainer.fast_dev_run`` disables loggers), the ``metrics.json`` the app writes. It writes
+``report.md`` (Markdown table; runs without ``metrics.json``, i.e. failed or unfinished, are marked
+``incomplete``), ``report_summary.md`` (runs folded over seeds: mean ± std of the test metric and its change
+against nn.Dropout at the same p), ``report.csv`` and ``report.png`` (speedup and test metric against p, one line per
+pattern family) into the folder, or ``--out``, and prints the table.
+
+Speedup is the median step time of the ``nn.Dropout`` baseline run (``ard.enabled=false``) of the same model and
+rate divided by the run's median step time; without a baseline at that rate, the baselines of the same model at any
+rate are used (nn.Dropout's cost does not depend on p); without a baseline the column is empty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_ard.patterns.groups import describe
+
+BASELINE = "dropout"
+"""Family name of runs without the ARD callback."""
+
+COLUMNS = ("run", "status", "model", "family", "p", "metric", "value", "step_ms", "speedup", "flops_saved")
+METRIC_NAMES = {"test/acc": "test accuracy", "test/ppl": "test perplexity"}
+
+
+@dataclass
+class RunResult:
+    """One row of the report."""
+
+    run: str
+    status: str
+    model: str
+    family: str
+    p: float | None
+    metric: str
+    value: float | None
+    step_ms: float | None
+    speedup: float | None = None
+    flops_saved: float | None = None
+    scalars: dict[str, list[float]] = field(default_factory=dict, repr=False)
+
+
+def find_runs(root: Path) -> list[Path]:
+    """Run folders (holding ``.hydra/config.yaml``) at or below ``root``, in natural order (job 2 before job 10)."""
+    runs = {p.parent.parent for p in root.rglob(".hydra/config.yaml")}
+
+    def natural(path: Path) -> list[object]:
+        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path.relative_to(root)))]
+
+    return sorted(runs, key=natural)
+
+
+def read_scalars(run_dir: Path) -> dict[str, list[float]]:
+    """All TensorBoard scalar series of a run (every event file below it), tag -> values in step order."""
+    files = sorted(run_dir.rglob("events.out.tfevents.*"))
+    if not files:
+        return {}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    for path in files:
+        acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags().get("scalars", []):
+            series.setdefault(tag, []).extend((e.step, float(e.value)) for e in acc.Scalars(tag))
+    return {tag: [v for _, v in sorted(points, key=lambda sv: sv[0])] for tag, points in series.items()}
+
+
+def read_metrics_json(run_dir: Path) -> dict[str, float]:
+    """The final metrics the app wrote (empty when the run did not finish)."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return {}
+    try:
+        return {k: float(v) for k, v in json.loads(path.read_text()).items()}
+    except (ValueError, TypeError, AttributeError):
+        return {}
+
+
+def describe_model(cfg: DictConfig) -> str:
+    """Short model label: MLP layer widths or LSTM layers x units."""
+    model = cfg.get("model") or {}
+    target = str(model.get("_target_", "?")).rsplit(".", 1)[-1]
+    if "widths" in model:
+        widths = [model.get("input_dim", "?"), *model.widths, model.get("num_classes", "?")]
+        return "mlp " + "-".join(str(w) for w in widths)
+    if "hidden_size" in model:
+        return f"lstm {model.get('num_layers', '?')}x{model.hidden_size}"
+    return target
+
+
+def _last(values: Sequence[float] | None) -> float | None:
+    return float(values[-1]) if values else None
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def load_run(run_dir: Path, root: Path) -> RunResult:
+    """Config, scalars and final metrics of one run, reduced to a report row (speedup filled in later)."""
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    ard = cfg.get("ard") or {}
+    enabled = bool(ard.get("enabled", True)) and bool(ard)
+    family = str(ard.get("pattern", "?")) if enabled else BASELINE
+    if enabled:  # several patterns per step: its own line in the report
+        pool, lstm_groups = ard.get("pool"), ard.get("lstm_groups")
+        family = describe(
+            family,
+            int(ard.get("groups", 1) or 1),
+            None if pool is None else int(pool),
+            None if lstm_groups is None else int(lstm_groups),
+        )
+    p_value = ard.get("p", None)
+    if p_value is None:
+        p_value = (cfg.get("model") or {}).get("dropout", None)
+    p = float(p_value) if isinstance(p_value, (int, float)) else None
+
+    scalars = read_scalars(run_dir)
+    final = read_metrics_json(run_dir)
+
+    def value_of(tag: str) -> float | None:
+        return _finite(_last(scalars.get(tag)) if tag in scalars else final.get(tag))
+
+    metric, value = "", None
+    for tag in ("test/acc", "test/ppl"):
+        if value_of(tag) is not None:
+            metric, value = tag, value_of(tag)
+            break
+
+    if scalars.get("time/step_ms_median"):
+        step_ms = statistics.median(scalars["time/step_ms_median"])
+    elif scalars.get("time/step_ms"):
+        step_ms = statistics.median(scalars["time/step_ms"])
+    else:
+        step_ms = final.get("time/step_ms_median", final.get("time/step_ms"))
+
+    if scalars.get("ard/flops_saved"):
+        flops_saved = statistics.fmean(scalars["ard/flops_saved"])
+    else:
+        flops_saved = final.get("ard/flops_saved", 0.0 if family == BASELINE else None)
+
+    return RunResult(
+        run=str(run_dir.relative_to(root)) or ".",
+        status="ok" if final else "incomplete",
+        model=describe_model(cfg),
+        family=family,
+        p=p,
+        metric=metric,
+        value=value,
+        step_ms=_finite(step_ms),
+        flops_saved=_finite(flops_saved),
+        scalars=scalars,
+    )
+
+
+def fill_speedups(rows: list[RunResult]) -> None:
+    """Speedup of every run over the baseline of the same model (same p preferred), in place."""
+    for row in rows:
+        if row.step_ms is None or row.step_ms <= 0:
+            continue
+        same_model = [b for b in rows if b.family == BASELINE and b.model == row.model and b.step_ms]
+        same_p = [b for b in same_model if b.p == row.p]
+        baselines = same_p or same_model
+        if baselines:
+            row.speedup = statistics.median(b.step_ms for b in baselines) / row.step_ms  # type: ignore[misc]
+
+
+def collect(root: Path) -> list[RunResult]:
+    """Report rows of every run below ``root``, baseline first, then by family and p."""
+    rows = [load_run(run, root) for run in find_runs(root)]
+    fill_speedups(rows)
+    rows.sort(key=lambda r: (r.model, r.family != BASELINE, r.family, r.p if r.p is not None else -1.0, r.run))
+    return rows
+
+
+@dataclass
+class SummaryRow:
+    """Runs of one (model, family, p) folded over seeds: mean and spread of the test metric, and costs."""
+
+    model: str
+    family: str
+    p: float | None
+    metric: str
+    runs: int
+    mean: float | None
+    std: float | None
+    delta: float | None  # accuracy: points over the nn.Dropout mean; perplexity: percent over it
+    step_ms: float | None
+    speedup: float | None
+    flops_saved: float | None
+
+
+def summarize(rows: Sequence[RunResult]) -> list[SummaryRow]:
+    """Fold the runs over seeds: one row per (model, family, p), with the change against nn.Dropout at that p."""
+    groups: dict[tuple[str, str, float | None], list[RunResult]] = {}
+    for r in rows:
+        if r.status == "ok":
+            groups.setdefault((r.model, r.family, r.p), []).append(r)
+    out: list[SummaryRow] = []
+    for (model, family, p), runs in groups.items():
+        values = [r.value for r in runs if r.value is not None]
+        steps = [r.step_ms for r in runs if r.step_ms is not None]
+        flops = [r.flops_saved for r in runs if r.flops_saved is not None]
+        speeds = [r.speedup for r in runs if r.speedup is not None]
+        out.append(SummaryRow(
+            model, family, p, runs[0].metric, len(runs),
+            statistics.fmean(values) if values else None,
+            statistics.stdev(values) if len(values) > 1 else None,
+            None,
+            statistics.median(steps) if steps else None,
+            statistics.median(speeds) if speeds else None,
+            statistics.fmean(flops) if flops else None,
+        ))  # fmt: skip
+    for row in out:
+        base = next((b for b in out if b.family == BASELINE and b.model == row.model and b.p == row.p), None)
+        if base is not None and base.mean and row.mean is not None and row.family != BASELINE:
+            if row.metric == "test/ppl":
+                row.delta = (row.mean / base.mean - 1.0) * 100.0
+            else:
+                row.delta = (row.mean - base.mean) * 100.0
+    out.sort(key=lambda r: (r.model, r.p if r.p is not None else -1.0, r.family != BASELINE, r.family))
+    return out
+
+
+def summary_markdown(summary: Sequence[SummaryRow]) -> str:
+    """The folded table in Markdown: mean ± std over seeds and the change against nn.Dropout."""
+    header = ["model", "p", "family", "runs", "test metric (mean ± std)", "Δ vs nn.Dropout", "median step (ms)",
+              "speedup", "FLOPs saved"]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in summary:
+        name = METRIC_NAMES.get(r.metric, r.metric)
+        scale = 100.0 if r.metric == "test/acc" else 1.0
+        mean = "" if r.mean is None else f"{r.mean * scale:.2f}" + ("" if r.std is None else f" ± {r.std * scale:.2f}")
+        unit = " pt" if r.metric == "test/acc" else " %"
+        delta = "" if r.delta is None else f"{r.delta:+.2f}{unit}"
+        cells = [r.model, _fmt(r.p, 3), r.family, str(r.runs), f"{mean} ({name})" if mean else "", delta,
+                 _fmt(r.step_ms, 4), _fmt(r.speedup, 3), _fmt(r.flops_saved, 3)]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: object, digits: int = 4) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def to_markdown(rows: Sequence[RunResult]) -> str:
+    """The table in Markdown (GitHub flavour)."""
+    header = ["run", "status", "model", "family", "p", "metric", "value", "median step (ms)", "speedup", "FLOPs saved"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in rows:
+        cells = [r.run, r.status, r.model, r.family, _fmt(r.p, 3), r.metric, _fmt(r.value), _fmt(r.step_ms, 4),
+                 _fmt(r.speedup, 3), _fmt(r.flops_saved, 3)]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: Sequence[RunResult], path: Path) -> None:
+    """The table as CSV (empty cells for missing values)."""
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for r in rows:
+            record = {k: v for k, v in asdict(r).items() if k in COLUMNS}
+            writer.writerow({k: "" if v is None else v for k, v in record.items()})
+
+
+def plot(summary: Sequence[SummaryRow], path: Path) -> None:
+    """Two panels against p: speedup over the baseline, and the test metric (mean, ± std over seeds as error bars);
+    one line per (model,) family."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({r.model for r in summary})
+    fig, (ax_speed, ax_metric) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for model in models:
+        for family in sorted({r.family for r in summary if r.model == model}, key=lambda f: (f != BASELINE, f)):
+            points = sorted((r for r in summary if r.model == model and r.family == family and r.p is not None),
+                            key=lambda r: r.p)  # fmt: skip
+            label = family if len(models) == 1 else f"{family} ({model})"
+            style = {"linestyle": "--", "color": "black"} if family == BASELINE else {}
+            speed = [(r.p, r.speedup) for r in points if r.speedup is not None]
+            if speed:
+                ax_speed.plot(*zip(*speed, strict=True), marker="o", label=label, **style)
+            metric = [r for r in points if r.mean is not None]
+            if metric:
+                ax_metric.errorbar([r.p for r in metric], [r.mean for r in metric],
+                                   yerr=[r.std or 0.0 for r in metric], marker="o", capsize=3, label=label,
+                                   **style)  # fmt: skip
+    metric_names = sorted({METRIC_NAMES.get(r.metric, r.metric) for r in summary if r.metric})
+    ax_speed.set(xlabel="dropout rate p", ylabel="speedup over nn.Dropout (step time)", title="Training step speedup")
+    ax_metric.set(xlabel="dropout rate p", ylabel=" / ".join(metric_names), title="Test metric (mean ± std)")
+    for ax in (ax_speed, ax_metric):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(root: Path, out: Path | None = None, name: str = "report") -> tuple[list[RunResult], dict[str, Path]]:
+    """Collect the runs below ``root`` and write ``<name>.md``, ``.csv`` and ``.png`` into ``out`` (default ``root``).
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder, or holds no run.
+    """
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder; pass a Hydra multirun folder such as multirun/<date>/<time>")
+    rows = collect(root)
+    if not rows:
+        raise FileNotFoundError(
+            f"no runs found in {root}: a run is a folder holding .hydra/config.yaml, as written by "
+            f"`python -m lightning_ard.app.train -m ...`; pass a folder such as multirun/<date>/<time>"
+        )
+    out = out or root
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "md": out / f"{name}.md",
+        "summary": out / f"{name}_summary.md",
+        "csv": out / f"{name}.csv",
+        "png": out / f"{name}.png",
+    }
+    summary = summarize(rows)
+    paths["md"].write_text(to_markdown(rows))
+    paths["summary"].write_text(summary_markdown(summary))
+    write_csv(rows, paths["csv"])
+    plot(summary, paths["png"])
+    return rows, paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry; returns the exit status (0: report written, 1: no runs, 2: bad arguments)."""
+    parser = argparse.ArgumentParser(prog="ard-report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep_dir", type=Path, help="Hydra multirun folder (or a single run folder)")
+    parser.add_argument("--out", type=Path, default=None, help="folder for report.{md,csv,png} (default: sweep_dir)")
+    parser.add_argument("--name", default="report", help="base name of the output files (default: report)")
+    args = parser.parse_args(argv)
+    try:
+        rows, paths = write_report(args.sweep_dir, args.out, args.name)
+    except FileNotFoundError as err:
+        print(f"ard-report: {err}", file=sys.stderr)
+        return 1
+    print(to_markdown(rows))
+    print(summary_markdown(summarize(rows)))
+    print("Wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Benchmark of the callback inside a real Lightning fit: step time with and without it, and its own overhead.
+
+``python -m lightning_ard.bench.fit [--steps N] [--p P] [--json FILE]``
+
+Fits the paper's MLP (784-2048-2048-10, batch 256) on random data twice, with plain ``nn.Dropout`` and with
+``ApproximateDropout(pattern=...)``, timing every training step with :class:`~lightning_ard.app.step_timer.StepTimer`
+(first in the callback list, so it includes the callback's batch-start work). The callback's own hooks
+(pattern draw, call check, FLOP accounting, logging) are timed separately: their share of the ARD step is the
+overhead. The first steps (warm-up and the one-off speed calibration) are left out of the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_ard.bench.step import device_name, mlp
+from lightning_ard.callback import ApproximateDropout
+from lightning_ard.app.step_timer import StepTimer
+
+
+class _MLPModule(pl.LightningModule):
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.net = mlp((784, 2048, 2048, 10), p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class _TimedARD(ApproximateDropout):
+    """ApproximateDropout that also measures the time spent in its own per-step hooks."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.hook_ms: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):  # type: ignore[no-untyped-def]
+        t = time.perf_counter()
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        self._start_ms = (time.perf_counter() - t) * 1e3
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # type: ignore[no-untyped-def]
+        t = time.perf_counter()
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self.hook_ms.append(self._start_ms + (time.perf_counter() - t) * 1e3)
+
+
+def _fit(steps: int, p: float, callback: ApproximateDropout | None, logdir: str, device: str) -> list[float]:
+    pl.seed_everything(0, verbose=False)
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(256 * 8, 784, generator=g), torch.randint(0, 10, (256 * 8,), generator=g))
+    timer = StepTimer(warmup_steps=0)
+    times: list[float] = []
+
+    class Collect(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # type: ignore[no-untyped-def]
+            times.append(trainer.callback_metrics["time/step_ms"].item())
+
+    callbacks: list[pl.Callback] = [timer] + ([callback] if callback else []) + [Collect()]
+    trainer = pl.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        devices=1,
+        logger=TensorBoardLogger(logdir),
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=10,
+    )
+    trainer.fit(_MLPModule(p), DataLoader(data, batch_size=256))
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--skip", type=int, default=5, help="first steps left out of the medians")
+    parser.add_argument("--p", type=float, default=0.5)
+    parser.add_argument("--pattern", default="row")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--md", type=Path, default=None, help="write a one-row Markdown table here")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as logdir:
+        dense = _fit(args.steps, args.p, None, logdir, args.device)
+        ard_cb = _TimedARD(pattern=args.pattern, verbose=False)
+        ard = _fit(args.steps, args.p, ard_cb, logdir, args.device)
+    dense_ms = statistics.median(dense[args.skip :])
+    ard_ms = statistics.median(ard[args.skip :])
+    hook_ms = statistics.median(ard_cb.hook_ms[args.skip :])
+    result = {
+        "case": "lightning_fit_mlp784-2048-2048-10_b256",
+        "family": args.pattern,
+        "p": args.p,
+        "device": device_name(torch.device(args.device)),
+        "dense_ms": round(dense_ms, 3),
+        "ard_ms": round(ard_ms, 3),
+        "speedup": round(dense_ms / ard_ms, 3),
+        "callback_hook_ms": round(hook_ms, 3),
+        "callback_overhead": round(hook_ms / ard_ms, 4),
+        "steps_timed": args.steps - args.skip,
+    }
+    print(json.dumps(result, indent=1))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+    if args.md:
+        args.md.parent.mkdir(parents=True, exist_ok=True)
+        args.md.write_text(
+            "| case | family | p | device | nn.Dropout step (ms) | ARD step (ms) | speedup | callback hooks (ms) "
+            "| overhead |\n|---|---|---|---|---|---|---|---|---|\n"
+            f"| {result['case']} | {result['family']} | {result['p']} | {result['device']} | {result['dense_ms']:.1f} "
+            f"| {result['ard_ms']:.1f} | {result['speedup']:.2f}× | {result['callback_hook_ms']:.3f} "
+            f"| {result['callback_overhead']:.2%} |\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
