@@ -4,7 +4,7 @@ Whether the kernels run compiled (CUDA) or in Triton's CPU interpreter is decide
 imported (``@triton.jit`` reads ``TRITON_INTERPRET`` at decoration time), so :data:`INTERPRET` is read once here
 and the kernel modules build either autotuned kernels (CUDA) or plain kernels with one fixed small block
 configuration (interpreter). A test that needs the interpreter must set the variable before these modules are
-imported, or reload them (see ``tests/test_triton_kernels.py``).
+imported, or reload them (see ``tests/kernels/test_triton_kernels.py``).
 """
 
 from __future__ import annotations

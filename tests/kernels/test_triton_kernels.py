@@ -60,7 +60,7 @@ from lightning_ard.kernels import torch_ops  # noqa: E402
 from lightning_ard.kernels.base import TorchBackend, get_backend  # noqa: E402
 from lightning_ard.patterns import BlockRow, PeriodicRow, PeriodicTile, RandomSubsetRow, TilePattern  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 _MODULES = (
     "lightning_ard.kernels.triton.common",
     "lightning_ard.kernels.triton.row",

@@ -22,7 +22,7 @@ from lightning_ard.app.report import read_scalars
 from lightning_ard.app.step_timer import StepTimer
 from lightning_ard.app.train import ard_enabled, build, instantiate_ard, objective, train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONF = Path(lightning_ard.conf.__file__).parent
 GROUPS = ("data", "model", "ard", "ard/search", "trainer", "logger", "callbacks", "experiment")
 # Small, fast settings for runs inside tests (the real experiments are minutes long).

@@ -4,7 +4,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import row_family
+from tests.row_families import row_family
 from torch import nn
 
 from lightning_ard.layers import ARDLSTM, ARDDropout, ARDLinear

@@ -1,4 +1,4 @@
-"""Hypothesis helpers shared by the layer tests (imported by test modules; pytest puts tests/ on sys.path)."""
+"""Hypothesis helpers shared by the layer and group tests (`from tests.row_families import row_family`)."""
 
 from hypothesis import strategies as st
 
