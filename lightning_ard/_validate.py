@@ -43,3 +43,17 @@ def check_tile(name: str, value: Sequence[int]) -> tuple[int, int]:
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a pair of positive integers (rows, cols), got {value!r}")
     return int(rows), int(cols)
+
+
+SEED_MAX = 2**63 - 1 - 2**40
+"""Largest accepted seed: torch generators take signed 64-bit seeds, and the callback adds a per-rank offset."""
+
+
+def check_seed(name: str, value: int | None, allow_none: bool = False) -> int | None:
+    """A generator seed: an integer in [0, SEED_MAX] (``None`` too when ``allow_none``)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+        what = "an integer in [0, 2**63 - 2**40 - 1]" + (" or None" if allow_none else "")
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return int(value)

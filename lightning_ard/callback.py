@@ -1,6 +1,7 @@
 """The ApproximateDropout callback: one line in a Trainer turns a model's dropout sites into ARD.
 
-Hooks, one job each:
+Hooks, one job each (each delegates: the controller does the work, :mod:`lightning_ard.accounting` counts,
+:mod:`lightning_ard.profiling` times):
 
 * ``on_fit_start``: detect sites, search a pattern distribution per site, swap the modules in place, print the
   site table. Swapping here (not in ``setup``) sees layers built in ``configure_model`` and runs after a
@@ -16,98 +17,84 @@ Hooks, one job each:
 from __future__ import annotations
 
 import os
-import statistics
 import time
-from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
-import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch import nn
+from typing_extensions import override
 
+from lightning_ard import accounting, profiling
 from lightning_ard.config import ARDConfig
 from lightning_ard.controller import ARDController
-from lightning_ard.layers import ARDLSTM, ARDLinear
+
+RANK_SEED_STRIDE = 1_000_003
+"""Seed offset per global rank, so that DDP ranks draw different patterns."""
 
 
 class ApproximateDropout(pl.Callback):
     """Replace the model's dropout with Approximate Random Dropout during ``fit``.
 
     Args:
-        pattern: pattern family: ``"row"`` (the paper's periodic neuron pattern), ``"block"`` (contiguous kept
-            block), ``"random"`` (random subset of exactly K units), ``"tile"`` (DropConnect on whole weight tiles
-            of the consumer Linear; LSTM sites use ``"row"``).
-        p: dropout rate for every site; ``None`` keeps each dropout's own rate.
-        search: settings for :func:`lightning_ard.search.search_distribution` (e.g. ``{"method": "exact"}``).
-        include, exclude: glob patterns over dropout module paths (or site names) to serve / leave alone.
-        sites: explicit ``"dropout->consumer"`` module-path pairs for sites detection cannot prove.
-        backend: ``"auto"`` (Triton on CUDA, PyTorch elsewhere), ``"torch"`` or ``"triton"``.
-        seed: seed of the pattern generator; ``None`` takes Lightning's global seed (``seed_everything``) or 0.
-            The rank is added so that DDP ranks draw different patterns.
-        tile: tile shape (rows, cols) for ``pattern="tile"``.
-        groups: independent patterns per training step, each serving a contiguous share of the batch (samples or
-            tokens for a Linear, time steps for an LSTM). More groups = more mask diversity at the same FLOP
-            saving; 1 is the paper's one pattern per mini-batch. Under gradient accumulation every micro-batch
-            draws its own.
-        pool: with ``groups > 1``, draw only ``pool`` distinct patterns per site per step and give each group one
-            of them at random: per-row mask diversity at the cost of at most ``pool`` compact GEMMs per layer.
-            ``None`` draws every group independently.
-        lstm_groups: time chunks per step for sites feeding an LSTM (``None``: ``groups``); each chunk is one
-            fused-LSTM call, so on a CPU keep it small and give the Linear sites the many groups.
+        config: the ARD settings (:class:`~lightning_ard.ARDConfig`); or pass its fields as keyword arguments
+            (``ApproximateDropout(pattern="block", p=0.5, groups=4)``), not both.
         measure_speedup: time each site dense vs ARD after the first step and log measured speedups.
         restore_on_fit_end: give the plain modules back at fit end (False keeps ARD layers, patterns cleared).
         verbose: print the site table at fit start.
+        **settings: any :class:`~lightning_ard.ARDConfig` field: ``pattern``, ``p``, ``search``, ``include``,
+            ``exclude``, ``sites``, ``backend``, ``tile``, ``groups``, ``pool``, ``lstm_groups``, ``seed``.
     """
 
     def __init__(
         self,
-        pattern: str = "row",
-        p: float | None = None,
-        search: dict[str, Any] | None = None,
-        include: list[str] | None = None,
-        exclude: list[str] | None = None,
-        sites: list[str] | None = None,
-        backend: str = "auto",
-        seed: int | None = None,
-        tile: tuple[int, int] = (64, 64),
-        groups: int = 1,
-        pool: int | None = None,
-        lstm_groups: int | None = None,
+        config: ARDConfig | None = None,
+        *,
         measure_speedup: bool = True,
         restore_on_fit_end: bool = True,
         verbose: bool = True,
+        **settings: Any,
     ) -> None:
-        self.config = ARDConfig(
-            pattern, p, search or {}, include, exclude, sites, backend, tile, groups, pool, lstm_groups
-        )
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"seed must be an integer or None, got {seed!r}")
-        self.seed = seed
+        if config is not None and not isinstance(config, ARDConfig):
+            raise ValueError(f"config must be an ARDConfig or None, got {config!r}")
+        if config is not None and settings:
+            raise ValueError(f"pass either config or keyword settings, not both (got {sorted(settings)})")
+        unknown = sorted(set(settings) - set(ARDConfig.names()))
+        if unknown:
+            raise ValueError(f"unknown ApproximateDropout arguments {unknown}; allowed: {list(ARDConfig.names())}")
+        self.config = config if config is not None else ARDConfig(**settings)
         self.measure_speedup = measure_speedup
         self.restore_on_fit_end = restore_on_fit_end
         self.verbose = verbose
 
         self.controller: ARDController | None = None
+        self._pending_state: dict[str, Any] | None = None
+        self._reset_fit_state()
+
+    def _reset_fit_state(self) -> None:
+        """Per-fit figures start from zero in every fit (a resumed fit restores them from the checkpoint)."""
         self.speedups: dict[str, float] = {}
         self.tflops_saved_total = 0.0
-        self._pending_state: dict[str, Any] | None = None
-        self._other_flops: int | None = None
-        self._flop_counter: Any = None
+        self._other_flops = accounting.OtherFlops()
+        self._layer_time: profiling.LayerTimes = {}
         self._step_start = 0.0
         self._steps = 0
-        self._layer_time: dict[str, tuple[float, float]] = {}
 
-    # ------------------------------------------------------------------ setup
+    @property
+    def seed(self) -> int | None:
+        """The configured pattern seed (``None``: Lightning's global seed, or 0)."""
+        return self.config.seed
+
     @property
     def active(self) -> bool:
         """Whether ARD layers are in the model now."""
         return self.controller is not None and self.controller.active
 
+    # ------------------------------------------------------------------ fit start / end
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._reset_fit_state()
         seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
-        self.controller = ARDController(pl_module, self.config, seed=seed + 1_000_003 * trainer.global_rank)
+        self.controller = ARDController(pl_module, self.config, seed=seed + RANK_SEED_STRIDE * trainer.global_rank)
         try:
             self.controller.apply()
         except ValueError as err:
@@ -124,22 +111,99 @@ class ApproximateDropout(pl.Callback):
         if self.verbose:
             rank_zero_info(self.site_table())
 
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._teardown(restore=self.restore_on_fit_end)
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._teardown(restore=True)
+
+    def _teardown(self, restore: bool) -> None:
+        self._other_flops.close()
+        if self.controller is not None:
+            self.controller.restore() if restore else self.controller.clear()
+
+    # ------------------------------------------------------------------ per step
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if not self.active:
+            return
+        if self._other_flops.pending:
+            self._other_flops.start()
+        self.controller.step()  # type: ignore[union-attr]
+        self._step_start = time.perf_counter()
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self.active:
+            return
+        step_time = time.perf_counter() - self._step_start
+        ctl: ARDController = self.controller  # type: ignore[assignment]
+        try:
+            ctl.check_calls()
+        except RuntimeError as err:
+            raise RuntimeError(f"ApproximateDropout: {err}") from err
+        layer_flops = ctl.layer_flops()
+        if self._other_flops.stop(sum(e for _, e in layer_flops.values())) and self.measure_speedup:
+            self._calibrate()
+        self.tflops_saved_total += sum(d - e for d, e in layer_flops.values()) / 1e12
+        self._steps += 1
+        if self._steps == 1 or self._steps % max(trainer.log_every_n_steps, 1) == 0:
+            self._log(trainer, pl_module, self._metrics(layer_flops, step_time))
+
+    def _calibrate(self) -> None:
+        """Time every ARD layer dense vs ARD (forward + backward) at this step's shapes, on the real device."""
+        surgery = self.controller.surgery  # type: ignore[union-attr]
+        self._layer_time = profiling.calibrate(surgery.linears, surgery.lstms)  # type: ignore[union-attr]
+        self.speedups = profiling.site_speedups(self._layer_time, self.controller.report.sites)  # type: ignore[union-attr]
+
+    def _metrics(self, layer_flops: accounting.LayerFlops, step_time: float) -> dict[str, float]:
+        ctl: ARDController = self.controller  # type: ignore[assignment]
+        metrics: dict[str, float] = {}
+        for site in ctl.report.sites:
+            d, e = accounting.site_flops(layer_flops, site)
+            metrics[f"ard/{site.name}/keep_fraction"] = ctl.keep_fraction(site.name)
+            metrics[f"ard/{site.name}/flops_saved"] = (1 - e / d) if d else 0.0
+            if site.name in self.speedups:
+                metrics[f"ard/{site.name}/speedup_measured"] = self.speedups[site.name]
+        saved = sum(d - e for d, e in layer_flops.values())
+        total_dense = sum(d for d, _ in layer_flops.values()) + (self._other_flops.value or 0)
+        metrics["ard/flops_saved"] = saved / total_dense if total_dense else 0.0
+        metrics["ard/tflops_saved_total"] = self.tflops_saved_total
+        if self._layer_time:
+            metrics["ard/speedup_estimate"] = profiling.speedup_estimate(self._layer_time, step_time)
+        return metrics
+
+    @staticmethod
+    def _log(trainer: pl.Trainer, pl_module: pl.LightningModule, metrics: dict[str, float]) -> None:
+        if trainer.loggers and trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+        # also into trainer.callback_metrics (progress bar off, loggers already written above), so the values
+        # are there for other callbacks, after fit, and in runs without a logger (fast_dev_run)
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False, logger=False, batch_size=1)
+
+    # ------------------------------------------------------------------ report and state
     def site_table(self) -> str:
         """The site table printed at fit start: site, kind, width, p, family, expected FLOP saving."""
         rows = [("site", "kind", "width", "p", "family", "E[rate]", "E[FLOPs saved in its layers]")]
         ctl = self.controller
         for site in ctl.report.sites if ctl else []:
             dist = ctl.distributions[site.name]
-            saving = ctl.expected_site_saving(site)
             rows.append(
                 (
                     site.name,
-                    site.kind,
+                    str(site.kind.value if hasattr(site.kind, "value") else site.kind),
                     str(site.width),
                     f"{site.p:.3g}",
                     ctl.family_for(site),
                     f"{dist.expected_rate:.4f}",
-                    f"{saving:.1%}",
+                    f"{ctl.expected_site_saving(site):.1%}",
                 )
             )
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -152,165 +216,13 @@ class ApproximateDropout(pl.Callback):
             lines.append(f"  skipped {skip.name}: {skip.reason}")
         return "\n".join(lines)
 
-    # ------------------------------------------------------------------ per step
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        if not self.active:
-            return
-        if self._other_flops is None and self._flop_counter is None:
-            from torch.utils.flop_counter import FlopCounterMode
-
-            self._flop_counter = FlopCounterMode(display=False)
-            self._flop_counter.__enter__()
-        self.controller.step()  # type: ignore[union-attr]
-        self._step_start = time.perf_counter()
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        if not self.active:
-            return
-        step_time = time.perf_counter() - self._step_start
-        try:
-            self.controller.check_calls()  # type: ignore[union-attr]
-        except RuntimeError as err:
-            raise RuntimeError(f"ApproximateDropout: {err}") from err
-        layer_flops = self.controller.layer_flops()  # type: ignore[union-attr]
-        dense = sum(d for d, _ in layer_flops.values())
-        executed = sum(e for _, e in layer_flops.values())
-        if self._flop_counter is not None:
-            self._flop_counter.__exit__(None, None, None)
-            self._other_flops = max(self._flop_counter.get_total_flops() - executed, 0)
-            self._flop_counter = None
-            if self.measure_speedup:
-                self._calibrate(pl_module)
-        total_dense = dense + (self._other_flops or 0)
-        self.tflops_saved_total += (dense - executed) / 1e12
-        self._steps += 1
-        if self._steps == 1 or self._steps % max(trainer.log_every_n_steps, 1) == 0:
-            metrics = self._metrics(layer_flops, total_dense, step_time)
-            if trainer.loggers and trainer.is_global_zero:
-                for logger in trainer.loggers:
-                    logger.log_metrics(metrics, step=trainer.global_step)
-            # also into trainer.callback_metrics (progress bar off, loggers already written above), so the values
-            # are there for other callbacks, after fit, and in runs without a logger (fast_dev_run)
-            pl_module.log_dict(metrics, on_step=True, on_epoch=False, logger=False, batch_size=1)
-
-    def _metrics(self, layer_flops: dict[str, tuple[int, int]], total_dense: int, step_time: float) -> dict[str, float]:
-        metrics: dict[str, float] = {}
-        ctl = self.controller
-        for site in ctl.report.sites:  # type: ignore[union-attr]
-            d, e = ctl.site_flops(layer_flops, site)  # type: ignore[union-attr]
-            metrics[f"ard/{site.name}/keep_fraction"] = ctl.keep_fraction(site.name)  # type: ignore[union-attr]
-            metrics[f"ard/{site.name}/flops_saved"] = (1 - e / d) if d else 0.0
-            if site.name in self.speedups:
-                metrics[f"ard/{site.name}/speedup_measured"] = self.speedups[site.name]
-        saved = sum(d - e for d, e in layer_flops.values())
-        metrics["ard/flops_saved"] = saved / total_dense if total_dense else 0.0
-        metrics["ard/tflops_saved_total"] = self.tflops_saved_total
-        if self._layer_time:
-            # Amdahl on calibrated layer times: the rest of the step (data, optimizer, other layers) is shared
-            dense_layers = sum(d for d, _ in self._layer_time.values())
-            ard_layers = sum(a for _, a in self._layer_time.values())
-            rest = max(step_time - ard_layers, 0.0)
-            metrics["ard/speedup_estimate"] = (rest + dense_layers) / (rest + ard_layers)
-        return metrics
-
-    # ------------------------------------------------------------------ speed calibration
-    def _calibrate(self, model: nn.Module) -> None:
-        """Time every ARD layer dense vs ARD (forward + backward) at this step's shapes, on the real device."""
-        surgery = self.controller.surgery  # type: ignore[union-attr]
-        self._layer_time = {}
-        for path, lin in surgery.linears.items():  # type: ignore[union-attr]
-            self._layer_time[path] = self._time_linear(lin)
-        for path, lstm in surgery.lstms.items():  # type: ignore[union-attr]
-            self._layer_time[path] = self._time_lstm(lstm)
-        self.speedups = {}
-        for site in self.controller.report.sites:  # type: ignore[union-attr]
-            layers = [p for p in (site.consumer, site.producer) if p is not None]
-            dense = sum(self._layer_time[p][0] for p in layers)
-            ard = sum(self._layer_time[p][1] for p in layers)
-            self.speedups[site.name] = dense / ard if ard > 0 else float("nan")
-
-    @staticmethod
-    def _median_time(fn: Callable[[], None], device: torch.device, reps: int = 5) -> float:
-        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        times = []
-        for i in range(reps + 2):
-            sync()
-            t = time.perf_counter()
-            fn()
-            sync()
-            if i >= 2:
-                times.append(time.perf_counter() - t)
-        return statistics.median(times)
-
-    def _time_linear(self, lin: ARDLinear) -> tuple[float, float]:
-        device = lin.weight.device
-        rows = max(lin.ard_rows, 1)
-        w = lin.weight.detach().clone().requires_grad_(True)
-        b = lin.bias.detach().clone().requires_grad_(True) if lin.bias is not None else None
-        x = torch.randn(rows, lin.in_features, device=device, dtype=w.dtype, requires_grad=lin.ard_grad_input)
-
-        def dense() -> None:
-            F.linear(x, w, b).sum().backward()
-
-        def ard() -> None:
-            lin.ard_product(x, w, b).sum().backward()
-
-        return self._median_time(dense, device), self._median_time(ard, device)
-
-    def _time_lstm(self, lstm: ARDLSTM) -> tuple[float, float]:
-        device = lstm.weight_hh_l0.device
-        copy = nn.LSTM(
-            lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.bias, True, lstm.dropout, lstm.bidirectional
-        ).to(device)
-        tokens = max(lstm.ard_rows, 1)
-        batch = max(min(tokens, 32), 1)
-        x = torch.randn(batch, max(tokens // batch, 1), lstm.input_size, device=device)
-        ard_copy = ARDLSTM.from_lstm(
-            nn.LSTM(
-                lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.bias, True, lstm.dropout, lstm.bidirectional
-            ).to(device)
-        )
-        ard_copy.set_patterns(list(lstm.ard_patterns))
-
-        def dense() -> None:
-            copy(x)[0].sum().backward()
-
-        def ard() -> None:
-            ard_copy(x)[0].sum().backward()
-
-        return self._median_time(dense, device), self._median_time(ard, device)
-
-    # ------------------------------------------------------------------ teardown and state
-    def _teardown(self) -> None:
-        if self._flop_counter is not None:
-            self._flop_counter.__exit__(None, None, None)
-            self._flop_counter = None
-        if self.controller is None:
-            return
-        if self.restore_on_fit_end:
-            self.controller.restore()
-        else:
-            self.controller.clear()
-
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._teardown()
-
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if self._flop_counter is not None:
-            self._flop_counter.__exit__(None, None, None)
-            self._flop_counter = None
-        if self.controller is not None:
-            self.controller.restore()
-
+    @override
     def state_dict(self) -> dict[str, Any]:
         if self.controller is None or self.controller.sampler is None:
             return {}
         return {"sampler": self.controller.sampler.state_dict(), "tflops_saved_total": self.tflops_saved_total}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict:
             self._pending_state = dict(state_dict)

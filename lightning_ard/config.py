@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from lightning_ard._validate import check_choice, check_positive_int, check_rate, check_tile
-from lightning_ard.kernels.base import BACKENDS
+from lightning_ard._validate import check_choice, check_positive_int, check_rate, check_seed, check_tile
+from lightning_ard.search import FAMILIES, SearchSettings
 
-FAMILIES = ("row", "block", "random", "tile")
+BACKENDS = ("auto", "torch", "triton")
+"""``backend`` choices: Triton on CUDA and PyTorch elsewhere (``auto``), or one forced."""
 
 
 def _check_strings(name: str, value: Any) -> tuple[str, ...] | None:
@@ -26,8 +27,6 @@ def check_search(search: dict[str, Any] | None) -> dict[str, Any]:
     search = dict(search or {})
     if "family" in search:
         raise ValueError("search must not set 'family'; choose the family with pattern=...")
-    from lightning_ard.search.settings import SearchSettings
-
     unknown = set(search) - set(SearchSettings.names()) - {"method"}
     if unknown:
         raise ValueError(f"unknown search settings {sorted(unknown)}; allowed: {['method', *SearchSettings.names()]}")
@@ -50,13 +49,16 @@ class ARDConfig:
         backend: ``"auto"`` (Triton on CUDA, PyTorch elsewhere), ``"torch"`` or ``"triton"``.
         tile: tile shape (rows, cols) of the weight for ``pattern="tile"``.
         groups: independent patterns per forward pass, each serving a contiguous share of the rows (samples or
-            tokens of a Linear's input, time steps of an LSTM; :mod:`lightning_ard.patterns.groups`). 1 is the paper's one
-            pattern per mini-batch; more groups give more mask diversity per step at the same FLOP saving.
+            tokens of a Linear's input, time steps of an LSTM; :mod:`lightning_ard.patterns.groups`). 1 is the
+            paper's one pattern per mini-batch; more groups give more mask diversity per step at the same FLOP
+            saving.
         pool: distinct patterns per site per step when ``groups > 1``: each group takes one of ``pool`` drawn
             patterns at random, so a layer runs at most ``pool`` compact GEMMs however many groups there are.
             ``None`` draws every group independently.
         lstm_groups: time chunks (patterns per step) for sites whose consumer is an LSTM; ``None`` uses
             ``groups``. Each chunk is one fused-LSTM call, whose fixed cost (large on the CPU) is what limits it.
+        seed: seed of the pattern generator; ``None`` takes Lightning's global seed (``seed_everything``) or 0.
+            The Lightning callback adds an offset per rank so that DDP ranks draw different patterns.
     """
 
     pattern: str = "row"
@@ -70,6 +72,7 @@ class ARDConfig:
     groups: int = 1
     pool: int | None = None
     lstm_groups: int | None = None
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         check_choice("pattern", self.pattern, FAMILIES)
@@ -84,3 +87,9 @@ class ARDConfig:
         for name in ("pool", "lstm_groups"):
             if getattr(self, name) is not None:
                 check_positive_int(name, getattr(self, name))
+        check_seed("seed", self.seed, allow_none=True)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """Every setting's name, in declaration order (what the callback, the controller and the YAML accept)."""
+        return tuple(f.name for f in fields(cls))

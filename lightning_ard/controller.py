@@ -17,8 +17,10 @@ from typing import Any
 
 from torch import nn
 
+from lightning_ard import accounting
+from lightning_ard._validate import check_seed
 from lightning_ard.config import ARDConfig
-from lightning_ard.accounting import linear_step_flops, lstm_layer_step_flops
+from lightning_ard.kernels import get_backend
 from lightning_ard.layers import ARDLSTM, ARDLinear
 from lightning_ard.patterns import PatternDistribution, PatternSampler, RowPattern, TilePattern
 from lightning_ard.sites import Site, SiteReport, Surgery, find_sites
@@ -26,6 +28,8 @@ from lightning_ard.sites import Site, SiteReport, Surgery, find_sites
 
 @dataclass
 class _LinearPlan:
+    """Which sites set an ARD Linear's input, output and tile patterns each step."""
+
     module: ARDLinear
     in_site: str | None = None
     out_site: str | None = None
@@ -34,6 +38,8 @@ class _LinearPlan:
 
 @dataclass
 class _LSTMPlan:
+    """Which site (or none) sets each layer's input pattern of an ARD LSTM each step."""
+
     module: ARDLSTM
     layer_sites: list[str | None] = field(default_factory=list)
 
@@ -43,17 +49,20 @@ class ARDController:
 
     Args:
         model: the model to rewrite (in place, on :meth:`apply`).
-        config: what to rewrite and how; ``None`` builds one from ``config_kwargs`` (``pattern="tile"``, ...).
-        seed: seed of the pattern generator (the Lightning callback adds the rank).
+        config: what to rewrite and how; ``None`` builds one from ``settings`` (``pattern="tile"``, ...).
+        seed: seed of the pattern generator, overriding ``config.seed`` (the Lightning callback passes its seed
+            plus a per-rank offset); ``None`` uses ``config.seed``, or 0 when that is ``None`` too.
     """
 
-    def __init__(self, model: nn.Module, config: ARDConfig | None = None, *, seed: int = 0, **config_kwargs: Any):
+    def __init__(
+        self, model: nn.Module, config: ARDConfig | None = None, *, seed: int | None = None, **settings: Any
+    ) -> None:
         if config is None:
-            config = ARDConfig(**config_kwargs)
-        elif config_kwargs:
-            raise ValueError(f"pass either config or keyword settings, not both (got {sorted(config_kwargs)})")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
+            config = ARDConfig(**settings)
+        elif settings:
+            raise ValueError(f"pass either config or keyword settings, not both (got {sorted(settings)})")
+        check_seed("seed", seed, allow_none=True)
+        seed = seed if seed is not None else (config.seed if config.seed is not None else 0)
         self.model, self.config, self.seed = model, config, seed
         self.report: SiteReport = SiteReport()
         self.distributions: dict[str, PatternDistribution] = {}
@@ -63,6 +72,7 @@ class ARDController:
         self._linears: list[_LinearPlan] = []
         self._lstms: list[_LSTMPlan] = []
         self._site_groups: dict[str, int] | None = None
+        self._plans: dict[str, _LinearPlan | _LSTMPlan] = {}
 
     @property
     def active(self) -> bool:
@@ -70,17 +80,32 @@ class ARDController:
         return self.surgery is not None
 
     def apply(self) -> "ARDController":
-        """Detect sites, search each site's distribution and swap the modules (no-op when there is no site)."""
+        """Detect sites, search each site's distribution and swap the modules (no-op when there is no site).
+
+        Transactional: everything that can fail (backend, search) is checked before the first module changes, and
+        a failure during the swap undoes every change made, so on error the model is exactly as it was.
+        """
         c = self.config
-        self.report = find_sites(self.model, c.p, c.include, c.exclude, c.sites)
-        if not self.report.sites:
+        report = find_sites(self.model, c.p, c.include, c.exclude, c.sites)
+        if not report.sites:
+            self.report = report
             return self
-        for site in self.report.sites:
+        for site in report.sites:
             if self.family_for(site) == "tile" and site.producer is not None:
                 # a tile consumer needs all its input units, so the producer keeps computing all of them
                 site.producer, site.kind = None, "consumer"
-        self.distributions = {site.name: self._distribution(site) for site in self.report.sites}
-        self.surgery = Surgery(self.model, self.report.sites, c.backend).apply()
+        for site in report.sites:
+            device = next(self.model.get_submodule(site.consumer).parameters()).device
+            get_backend(c.backend, device)  # raises for a backend that cannot run there, before any swap
+        self.report = report
+        self.distributions = {site.name: self._distribution(site) for site in report.sites}
+        surgery = Surgery(self.model, report.sites, c.backend)
+        try:
+            surgery.apply()
+        except BaseException:
+            surgery.restore()
+            raise
+        self.surgery = surgery
         self._plan()
         self.sampler = PatternSampler(self.distributions, self.seed)
         return self
@@ -181,65 +206,29 @@ class ARDController:
                     f"were proven; an unproven use would lose its dropout. Exclude it with exclude=[{path!r}]"
                 )
 
-    def layer_flops(self) -> dict[str, tuple[int, int]]:
+    def layer_flops(self) -> accounting.LayerFlops:
         """(dense, executed) FLOPs of the last step per ARD layer path (forward + backward products), summed over
         the pattern groups."""
-        out: dict[str, tuple[int, int]] = {}
         if self.surgery is None:
-            return out
-        for path, lin in self.surgery.linears.items():
-            grad_in = lin.ard_grad_input
-            dense = linear_step_flops(lin.ard_rows, lin.out_features, lin.in_features, grad_in)
-            executed = 0
-            for g, rows in enumerate(lin.ard_group_rows or [lin.ard_rows]):
-                if lin.ard_tile_patterns is not None:
-                    full = linear_step_flops(rows, lin.out_features, lin.in_features, grad_in)
-                    executed += round(full * lin.ard_tile_patterns[g].keep_fraction)
-                    continue
-                ko = lin.ard_out_patterns[g].num_kept if lin.ard_out_patterns is not None else lin.out_features
-                ki = lin.ard_in_patterns[g].num_kept if lin.ard_in_patterns is not None else lin.in_features
-                executed += linear_step_flops(rows, ko, ki, grad_in)
-            out[path] = (dense, executed)
-        for path, lstm in self.surgery.lstms.items():
-            dirs = 2 if lstm.bidirectional else 1
-            dense = executed = 0
-            for layer, slot in enumerate(lstm.ard_patterns):
-                width = lstm.layer_input_size(layer)
-                grad_in = layer > 0 or lstm.ard_grad_input
-                dense += lstm_layer_step_flops(lstm.ard_rows, width, lstm.hidden_size, dirs, grad_in)
-                if slot is None:
-                    executed += lstm_layer_step_flops(lstm.ard_rows, width, lstm.hidden_size, dirs, grad_in)
-                    continue
-                group_rows = lstm.ard_group_rows if len(slot) > 1 else [lstm.ard_rows]
-                for pat, rows in zip(slot, group_rows, strict=True):
-                    executed += lstm_layer_step_flops(rows, pat.num_kept, lstm.hidden_size, dirs, grad_in)
-            out[path] = (dense, executed)
-        return out
+            return {}
+        return accounting.step_flops(self.surgery.linears, self.surgery.lstms)
 
     def expected_site_saving(self, site: Site) -> float:
         """Expected share of the products of the layers ``site`` touches that ARD removes (every site at its
         expected keep fraction; for an LSTM, the layer whose input the site is)."""
         keep = {name: dist.expected_keep_fraction for name, dist in self.distributions.items()}
-        dense = executed = 0.0
+        layers: list[tuple[float, float]] = []
         for path in (site.consumer, site.producer):
             plan = self._plans.get(path) if path is not None else None
             if isinstance(plan, _LinearPlan):
-                size = plan.module.in_features * plan.module.out_features
-                frac = 1.0
+                kept = 1.0
                 for name in (plan.in_site, plan.out_site, plan.tile_site):
-                    frac *= keep[name] if name is not None else 1.0
-                dense, executed = dense + size, executed + size * frac
+                    kept *= keep[name] if name is not None else 1.0
+                layers.append((plan.module.in_features * plan.module.out_features, kept))
             elif isinstance(plan, _LSTMPlan):
-                lstm, layer = plan.module, site.consumer_layer
-                width, hidden = lstm.layer_input_size(layer), lstm.hidden_size
-                dense += width + hidden
-                executed += width * keep[site.name] + hidden
-        return 1.0 - executed / dense if dense else 0.0
-
-    def site_flops(self, layer_flops: dict[str, tuple[int, int]], site: Site) -> tuple[int, int]:
-        """(dense, executed) FLOPs of the layers a site touches (its consumer and producer)."""
-        layers = [p for p in (site.consumer, site.producer) if p is not None]
-        return sum(layer_flops[p][0] for p in layers), sum(layer_flops[p][1] for p in layers)
+                width, hidden = plan.module.layer_input_size(site.consumer_layer), plan.module.hidden_size
+                layers.append((width + hidden, (width * keep[site.name] + hidden) / (width + hidden)))
+        return accounting.expected_saving(layers)
 
     def clear(self) -> None:
         """Keep the ARD layers but remove patterns: the model acts as the plain one."""

@@ -14,17 +14,8 @@ import time
 from typing import Any
 
 import lightning as L
-import torch
 
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the queued work of ``device`` (no-op on the CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-    elif device.type == "xpu":
-        torch.xpu.synchronize(device)
+from lightning_ard.profiling import synchronize
 
 
 class StepTimer(L.Callback):

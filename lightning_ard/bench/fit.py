@@ -21,29 +21,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_ard.bench.step import device_name, mlp
-from lightning_ard.callback import ApproximateDropout
+from lightning_ard.app.models import MLPClassifier
 from lightning_ard.app.step_timer import StepTimer
-
-
-class _MLPModule(pl.LightningModule):
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.net = mlp((784, 2048, 2048, 10), p)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        return F.cross_entropy(self(x), y)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.01)
+from lightning_ard.bench.step import device_name
+from lightning_ard.callback import ApproximateDropout
 
 
 class _TimedARD(ApproximateDropout):
@@ -87,7 +71,8 @@ def _fit(steps: int, p: float, callback: ApproximateDropout | None, logdir: str,
         enable_model_summary=False,
         log_every_n_steps=10,
     )
-    trainer.fit(_MLPModule(p), DataLoader(data, batch_size=256))
+    model = MLPClassifier(784, (2048, 2048), 10, "relu", p, optimizer="sgd", lr=0.01, momentum=0.9)
+    trainer.fit(model, DataLoader(data, batch_size=256))
     return times
 
 

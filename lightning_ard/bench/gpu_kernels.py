@@ -163,7 +163,7 @@ class Bench:
     # --- 1. correctness ------------------------------------------------------------------------------------------
 
     def correctness(self, mode: str) -> bool:
-        from lightning_ard.kernels.base import TorchBackend
+        from lightning_ard.kernels.torch_backend import TorchBackend
         from lightning_ard.kernels.triton.backend import TritonBackend
         from lightning_ard.patterns import PeriodicRow, PeriodicTile, RandomSubsetRow
 

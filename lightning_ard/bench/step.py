@@ -22,7 +22,6 @@ import json
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,9 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_ard.config import FAMILIES
+from lightning_ard.app.models.lstm_lm import LSTMLanguageModel
+from lightning_ard.app.models.mlp import build_mlp
 from lightning_ard.controller import ARDController
 from lightning_ard.patterns.groups import describe
+from lightning_ard.profiling import time_calls
+from lightning_ard.search import FAMILIES
 
 RATES = (0.3, 0.4, 0.5, 0.6, 0.7)
 
@@ -64,19 +66,20 @@ class Record:
         return describe(self.family, self.groups, self.pool, self.lstm_groups)
 
 
-class LSTMLM(nn.Module):
-    """Zaremba-style LM: embedding → dropout → nn.LSTM(dropout=p) → dropout → decoder."""
+class LogitsOnly(nn.Module):
+    """The app's LSTM LM returning only its logits (the benchmark's loss reads logits)."""
 
-    def __init__(self, vocab: int, hidden: int, layers: int, p: float) -> None:
+    def __init__(self, lm: LSTMLanguageModel) -> None:
         super().__init__()
-        self.embedding = nn.Embedding(vocab, hidden)
-        self.drop = nn.Dropout(p)
-        self.lstm = nn.LSTM(hidden, hidden, layers, dropout=p, batch_first=True)
-        self.decoder = nn.Linear(hidden, vocab)
+        self.lm = lm
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        out, _ = self.lstm(self.drop(self.embedding(tokens)))
-        return self.decoder(self.drop(out))
+        return self.lm(tokens)[0]
+
+
+def lstm_lm(vocab: int, hidden: int, layers: int, p: float) -> nn.Module:
+    """The app's Zaremba-style LM (embedding → dropout → nn.LSTM(dropout=p) → dropout → decoder), logits out."""
+    return LogitsOnly(LSTMLanguageModel(vocab, hidden, hidden, layers, p))
 
 
 class CompactLSTMLM(nn.Module):
@@ -97,14 +100,8 @@ class CompactLSTMLM(nn.Module):
 
 
 def mlp(widths: tuple[int, ...], p: float | None) -> nn.Sequential:
-    """Linear → ReLU → Dropout(p) per hidden layer (no dropout when p is None), then the output Linear."""
-    layers: list[nn.Module] = []
-    for i in range(len(widths) - 2):
-        layers += [nn.Linear(widths[i], widths[i + 1]), nn.ReLU()]
-        if p is not None:
-            layers.append(nn.Dropout(p))
-    layers.append(nn.Linear(widths[-2], widths[-1]))
-    return nn.Sequential(*layers)
+    """The app's MLP: Linear → ReLU → Dropout(p) per hidden layer (no dropout when p is None), output Linear."""
+    return build_mlp(widths[0], widths[1:-1], widths[-1], "relu", [p or 0.0] * (len(widths) - 2))
 
 
 @dataclass
@@ -142,7 +139,7 @@ def paper_cases() -> list[Case]:
         ),
         Case(
             "lstm2x650_v10k_t35_b20",
-            lambda p: LSTMLM(10_000, 650, 2, p),
+            lambda p: lstm_lm(10_000, 650, 2, p),
             lambda p: CompactLSTMLM(10_000, 650, 2, kept(650, p)),
             lstm_batch,
         ),
@@ -176,16 +173,7 @@ class _Runner:
 
 
 def _time(runner: _Runner, device: torch.device, steps: int) -> list[float]:
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    out = []
-    for _ in range(steps):
-        sync()
-        t = time.perf_counter()
-        runner.step()
-        sync()
-        out.append((time.perf_counter() - t) * 1e3)
-        runner.record_flops()
-    return out
+    return time_calls(runner.step, device, steps, after=runner.record_flops)
 
 
 def device_name(device: torch.device) -> str:

@@ -1,23 +1,19 @@
-"""Backends: the object an ARD layer calls for its compact products, so kernels can change without the layers.
+"""The backend interface: what an ARD layer calls for its compact products, so kernels can change without the layers.
 
-``TorchBackend`` runs the PyTorch ops of :mod:`lightning_ard.kernels.torch_ops` (any device).
-``TritonBackend`` (:mod:`lightning_ard.kernels.triton.backend`) runs Triton kernels on CUDA.
-:func:`get_backend` resolves ``"auto" | "torch" | "triton"`` for a device.
+Implementations: :class:`~lightning_ard.kernels.torch_backend.TorchBackend` (PyTorch ops, any device) and
+:class:`~lightning_ard.kernels.triton.backend.TritonBackend` (Triton kernels on CUDA);
+:func:`~lightning_ard.kernels.select.get_backend` picks one for a device.
 """
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 
 import torch
 
-from lightning_ard._validate import check_choice
-from lightning_ard.patterns.groups import group_bounds
 from lightning_ard.kernels import torch_ops
 from lightning_ard.patterns import RowPattern, TilePattern
-
-BACKENDS = ("auto", "torch", "triton")
+from lightning_ard.patterns.groups import group_bounds
 
 
 class Backend(ABC):
@@ -93,42 +89,6 @@ def _scatter_columns(y: torch.Tensor, pattern: RowPattern, width: int) -> torch.
     return full.index_copy(1, pattern.index(y.device), y)
 
 
-class TorchBackend(Backend):
-    """PyTorch ops: strided views for periodic k = 1 patterns, index gathers otherwise. Runs on any device."""
-
-    name = "torch"
-
-    def row_linear(self, x, weight, bias, in_pattern, out_pattern, x_compact):  # type: ignore[no-untyped-def]
-        scale = in_pattern.scale if in_pattern is not None else 1.0
-        return torch_ops.row_linear(
-            x,
-            weight,
-            bias,
-            in_pattern.selector(x.device) if in_pattern is not None else None,
-            out_pattern.selector(x.device) if out_pattern is not None else None,
-            scale,
-            x_compact,
-        )
-
-    def tile_linear(self, x, weight, bias, pattern):  # type: ignore[no-untyped-def]
-        return torch_ops.tile_linear(x, weight, bias, pattern.kept_tiles, pattern.tile, pattern.scale)
-
-    def row_linear_groups(self, x, weight, bias, in_patterns, out_patterns):  # type: ignore[no-untyped-def]
-        sets = row_sets(x.numel() // max(x.shape[-1], 1), in_patterns, out_patterns, x.device)
-        if not sets:  # no rows at all
-            return torch.nn.functional.linear(x, weight, bias)
-        spec = [
-            (
-                rows,
-                inp.selector(x.device) if inp is not None else None,
-                out.selector(x.device) if out is not None else None,
-                inp.scale if inp is not None else 1.0,
-            )
-            for rows, inp, out in sets
-        ]
-        return torch_ops.grouped_row_linear(x, weight, bias, spec)
-
-
 def row_sets(
     rows: int,
     in_patterns: tuple[RowPattern, ...] | None,
@@ -160,38 +120,3 @@ def _row_set(bounds: list[tuple[int, int]], members: list[int], device: torch.de
     sizes = torch.tensor([r1 - r0 for r0, r1 in spans])
     offsets = torch.arange(int(sizes.sum())) - torch.repeat_interleave(sizes.cumsum(0) - sizes, sizes)
     return (torch.repeat_interleave(starts, sizes) + offsets).to(device, non_blocking=True)
-
-
-def triton_usable(device: torch.device) -> bool:
-    """Triton kernels can run on ``device``: CUDA with triton installed, or any device under TRITON_INTERPRET=1."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def get_backend(name: str, device: torch.device | str) -> Backend:
-    """Resolve a backend name for tensors on ``device``.
-
-    ``"auto"`` takes Triton for CUDA tensors when the Triton backend is available, the PyTorch path elsewhere;
-    ``"triton"`` and ``"torch"`` force one. Forcing Triton where it cannot run raises.
-    """
-    check_choice("backend", name, BACKENDS)
-    device = torch.device(device)
-    if name == "torch" or (name == "auto" and device.type != "cuda"):
-        return TorchBackend()
-    if not triton_usable(device):
-        if name == "auto":
-            return TorchBackend()
-        raise ValueError(
-            f"backend='triton' cannot run on device {device}: Triton needs a CUDA device "
-            "(or TRITON_INTERPRET=1 set before import for the CPU interpreter); use backend='torch' or 'auto'"
-        )
-    try:
-        from lightning_ard.kernels.triton.backend import TritonBackend
-    except ImportError as err:  # the Triton backend module is optional until it lands
-        if name == "auto":
-            return TorchBackend()
-        raise ValueError(f"backend='triton' is not available: {err}; use backend='torch' or 'auto'") from err
-    return TritonBackend()

@@ -56,10 +56,11 @@ def scaled_mm(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
     return torch.addmm(a.new_zeros(()), a, b, beta=0, alpha=scale)
 
 
-def _compute_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
-    if torch.is_autocast_enabled(device.type):
-        return torch.get_autocast_dtype(device.type)
-    return dtype
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a Linear on ``x`` computes in: the autocast dtype when autocast is on for x's device, else x's."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
 
 
 class _RowLinear(torch.autograd.Function):
@@ -133,7 +134,7 @@ def row_linear(
         ``(..., K_out)`` (or ``(..., out_features)`` when ``out_index`` is None). Gradients: ``x`` in its own layout
         (zeros at dropped units), ``weight``/``bias`` full size, zero outside the kept block.
     """
-    dtype = _compute_dtype(x.device, x.dtype)
+    dtype = compute_dtype(x)
     with torch.autocast(x.device.type, enabled=False):
         return _RowLinear.apply(x, weight, bias, in_index, out_index, float(scale), x_compact, dtype)
 
@@ -218,7 +219,7 @@ def grouped_row_linear(
         ``(..., out_features)``: each set's kept outputs, zeros at its dropped output units. Gradients as for
         :func:`row_linear`, with one full-size weight gradient that every set adds its kept block into.
     """
-    dtype = _compute_dtype(x.device, x.dtype)
+    dtype = compute_dtype(x)
     clean = [(rows, i, o, float(s)) for rows, i, o, s in groups]
     with torch.autocast(x.device.type, enabled=False):
         return _GroupedRowLinear.apply(x, weight, bias, clean, dtype)
@@ -309,7 +310,7 @@ def tile_linear(
     Returns:
         ``(..., out_features)``; gradients of ``weight`` are zero on dropped tiles.
     """
-    dtype = _compute_dtype(x.device, x.dtype)
+    dtype = compute_dtype(x)
     groups = tile_groups(kept_tiles, tile, weight.shape[0], weight.shape[1], x.device)
     with torch.autocast(x.device.type, enabled=False):
         return _TileLinear.apply(x, weight, bias, groups, float(scale), dtype)

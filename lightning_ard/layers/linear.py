@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Union
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_ard.patterns.groups import as_groups, common_groups, group_bounds
-from lightning_ard.kernels.base import Backend, get_backend
+from lightning_ard.kernels import Backend, get_backend
 from lightning_ard.layers._swap import revert_class, swap_class
 from lightning_ard.patterns import RowPattern, TilePattern
+from lightning_ard.patterns.groups import RowSlot, TileSlot, as_groups, common_groups, group_bounds
 
 _ATTRIBUTES = (
     "ard_in_patterns",
@@ -25,9 +22,6 @@ _ATTRIBUTES = (
     "ard_group_rows",
     "ard_grad_input",
 )
-
-RowSlot = Union[RowPattern, Sequence[RowPattern], None]
-TileSlot = Union[TilePattern, Sequence[TilePattern], None]
 
 
 class ARDLinear(nn.Linear):
@@ -56,9 +50,9 @@ class ARDLinear(nn.Linear):
     @classmethod
     def from_linear(cls, linear: nn.Linear, backend: str = "auto") -> "ARDLinear":
         """Convert ``linear`` in place (same object, same Parameters) and return it."""
+        get_backend(backend, linear.weight.device)  # validates the name (and a forced Triton) before any change
         swap_class(linear, nn.Linear, cls)
         layer: ARDLinear = linear  # type: ignore[assignment]
-        get_backend(backend, layer.weight.device)  # validates the name (and a forced Triton) now
         layer.ard_backend_name = backend
         layer._ard_backends: dict[torch.device, Backend] = {}
         layer.ard_rows, layer.ard_group_rows, layer.ard_grad_input = 0, [], False

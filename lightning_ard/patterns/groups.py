@@ -17,9 +17,16 @@ What a "row" is depends on the layer:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import TypeVar, Union
+
+from lightning_ard.patterns.row import RowPattern
+from lightning_ard.patterns.tile import TilePattern
 
 P = TypeVar("P")
+RowSlot = Union[RowPattern, Sequence[RowPattern], None]
+"""What a layer's row-pattern slot takes: nothing, one pattern, or one pattern per group."""
+TileSlot = Union[TilePattern, Sequence[TilePattern], None]
+"""What a layer's tile-pattern slot takes: nothing, one pattern, or one pattern per group."""
 
 
 def group_bounds(n: int, groups: int) -> list[tuple[int, int]]:

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from lightning_ard._validate import check_seed
 from lightning_ard.patterns.distribution import Pattern, PatternDistribution
 
 
@@ -18,8 +19,7 @@ class PatternSampler:
     """
 
     def __init__(self, distributions: dict[str, PatternDistribution], seed: int = 0) -> None:
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
+        check_seed("seed", seed)
         self.distributions = dict(distributions)
         self.seed = seed
         self.generator = torch.Generator(device="cpu")
@@ -32,7 +32,8 @@ class PatternSampler:
         return {name: dist.sample(self.generator) for name, dist in self.distributions.items()}
 
     def draw_groups(self, groups: int | dict[str, int], pool: int | None = None) -> dict[str, tuple[Pattern, ...]]:
-        """This step's ``groups`` patterns for every site (or ``groups[site]`` per site; :mod:`lightning_ard.patterns.groups`).
+        """This step's ``groups`` patterns for every site (or ``groups[site]`` per site; see
+        :mod:`lightning_ard.patterns.groups`).
 
         With ``pool`` set, each site draws only ``pool`` distinct patterns and every group takes one of them
         uniformly at random: as many masks per row as with independent draws, but at most ``pool`` compact GEMMs

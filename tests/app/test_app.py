@@ -17,6 +17,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig
 
 import lightning_ard.conf
+from lightning_ard import ARDConfig
 from lightning_ard.app.report import main as report_main
 from lightning_ard.app.report import read_scalars
 from lightning_ard.app.step_timer import StepTimer
@@ -47,7 +48,7 @@ def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
 
 
 def test_every_group_has_the_documented_options() -> None:
-    assert set(options("ard")) == {"row", "block", "random", "tile", "dropout"}
+    assert set(options("ard")) == {"default", "row", "block", "random", "tile", "dropout"}
     assert set(options("ard/search")) == {"sgd", "exact"}
     assert {"mlp", "lstm_lm"} <= set(options("model")) and {"fashion_mnist", "ptb"} <= set(options("data"))
     assert {"cpu", "gpu", "ddp"} <= set(options("trainer")) and "tensorboard" in options("logger")
@@ -72,7 +73,8 @@ def test_every_config_composes_and_instantiates(group: str, option: str, tmp_pat
     names = [type(c).__name__ for c in run.callbacks]
     assert ("ApproximateDropout" in names) == ard_enabled(cfg)
     if group == "ard":
-        assert cfg.ard.pattern == option or (option == "dropout" and not ard_enabled(cfg))
+        want = ARDConfig().pattern if option == "default" else option  # ard=default: the library's defaults
+        assert cfg.ard.pattern == want or (option == "dropout" and not ard_enabled(cfg))
     dropout = [m.p for m in run.model.modules() if isinstance(m, torch.nn.Dropout)]
     assert dropout and all(p == cfg.ard.p for p in dropout)  # the model's rate follows ard.p
     assert run.trainer.callbacks[0] is run.callbacks[0]

@@ -282,7 +282,9 @@ def test_keep_ard_layers_and_restore_on_exception(tmp_path) -> None:
         (dict(pattern="diagonal"), r"pattern must be one of \['row', 'block', 'random', 'tile'\], got 'diagonal'"),
         (dict(p=1.2), r"p must be in \[0, 1\), got 1.2"),
         (dict(backend="cuda"), "backend must be one of"),
-        (dict(seed="x"), "seed must be an integer or None"),
+        (dict(seed="x"), r"seed must be an integer in \[0, 2\*\*63 - 2\*\*40 - 1\] or None, got 'x'"),
+        (dict(seed=2**70), r"seed must be an integer in .* or None, got 1180591620717411303424"),
+        (dict(patern="row"), r"unknown ApproximateDropout arguments \['patern'\]"),
         (dict(include="net.*"), "include must be a list of strings"),
         (dict(search={"dp_maxx": 3}), r"unknown search settings \['dp_maxx'\]"),
         (dict(tile=(0, 4)), "tile must be a pair of positive integers"),
@@ -337,7 +339,10 @@ def test_config_and_controller_arguments() -> None:
     with pytest.raises(ValueError, match="pass either config or keyword settings"):
         ARDController(nn.Linear(2, 2), cfg, pattern="row")
     with pytest.raises(ValueError, match="seed must be an integer"):
-        ARDController(nn.Linear(2, 2), cfg, seed=None)
+        ARDController(nn.Linear(2, 2), cfg, seed="1")
+    assert ARDController(nn.Linear(2, 2), cfg).seed == 0  # config.seed None -> 0
+    assert ARDController(nn.Linear(2, 2), ARDConfig(seed=5)).seed == 5
+    assert ARDController(nn.Linear(2, 2), ARDConfig(seed=5), seed=9).seed == 9  # the callback's rank-offset seed
     ctl = ARDController(MLP(), cfg).apply()
     assert [s.p for s in ctl.report.sites] == [0.3]
     ctl.restore()

@@ -57,7 +57,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from lightning_ard.kernels import torch_ops  # noqa: E402
-from lightning_ard.kernels.base import TorchBackend, get_backend  # noqa: E402
+from lightning_ard.kernels import TorchBackend, get_backend  # noqa: E402
 from lightning_ard.patterns import BlockRow, PeriodicRow, PeriodicTile, RandomSubsetRow, TilePattern  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lightning_ard import ARDController
 from lightning_ard.patterns.groups import as_groups, common_groups, group_bounds
-from lightning_ard.kernels.base import Backend, TorchBackend
+from lightning_ard.kernels.base import Backend
+from lightning_ard.kernels.torch_backend import TorchBackend
 from lightning_ard.layers import ARDLSTM, ARDLinear
 from lightning_ard.patterns import PeriodicRow, PeriodicTile, RandomSubsetRow
 

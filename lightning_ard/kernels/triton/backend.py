@@ -18,9 +18,11 @@ import weakref
 
 import torch
 
-from lightning_ard.kernels.base import Backend, TorchBackend
-from lightning_ard.kernels.triton.common import INTERPRET, compute_dtype, precision_for
-from lightning_ard.kernels.triton.row import column_sum, row_forward, row_grad_input, row_grad_weight
+from lightning_ard.kernels.base import Backend
+from lightning_ard.kernels.torch_backend import TorchBackend
+from lightning_ard.kernels.torch_ops import compute_dtype
+from lightning_ard.kernels.triton.common import INTERPRET, precision_for
+from lightning_ard.kernels.triton.row import column_sum, complement, row_forward, row_grad_input, row_grad_weight
 from lightning_ard.kernels.triton.tile import TileTables, tile_forward, tile_grad_input, tile_grad_weight, tile_tables
 from lightning_ard.patterns import RowPattern
 
@@ -133,9 +135,7 @@ def dropped_index(pattern: RowPattern, device: torch.device) -> torch.Tensor:
     """The pattern's dropped units, int32 on ``device`` (built on the CPU, no device sync; cached per pattern)."""
 
     def build() -> torch.Tensor:
-        keep = torch.zeros(pattern.width, dtype=torch.bool)
-        keep[pattern.kept] = True
-        return (~keep).nonzero().flatten().to(torch.int32).to(device, non_blocking=True)
+        return complement(pattern.kept, pattern.width).to(torch.int32).to(device, non_blocking=True)
 
     return _cached(pattern, ("dropped", device), build)
 
