@@ -198,7 +198,7 @@ class ApproximateDropout(pl.Callback):
             rows.append(
                 (
                     site.name,
-                    str(site.kind.value if hasattr(site.kind, "value") else site.kind),
+                    str(site.kind),
                     str(site.width),
                     f"{site.p:.3g}",
                     ctl.family_for(site),

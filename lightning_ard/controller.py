@@ -23,7 +23,7 @@ from lightning_ard.config import ARDConfig
 from lightning_ard.kernels import get_backend
 from lightning_ard.layers import ARDLSTM, ARDLinear
 from lightning_ard.patterns import PatternDistribution, PatternSampler, RowPattern, TilePattern
-from lightning_ard.sites import Site, SiteReport, Surgery, find_sites
+from lightning_ard.sites import Site, SiteKind, SiteReport, Surgery, find_sites
 
 
 @dataclass
@@ -93,7 +93,7 @@ class ARDController:
         for site in report.sites:
             if self.family_for(site) == "tile" and site.producer is not None:
                 # a tile consumer needs all its input units, so the producer keeps computing all of them
-                site.producer, site.kind = None, "consumer"
+                site.producer, site.kind = None, SiteKind.CONSUMER
         for site in report.sites:
             device = next(self.model.get_submodule(site.consumer).parameters()).device
             get_backend(c.backend, device)  # raises for a backend that cannot run there, before any swap
@@ -112,7 +112,7 @@ class ARDController:
 
     def family_for(self, site: Site) -> str:
         """The family a site uses: the chosen one, except row for LSTM sites under the tile family."""
-        if self.config.pattern == "tile" and site.kind not in ("consumer", "producer+consumer"):
+        if self.config.pattern == "tile" and not site.kind.feeds_linear:
             return "row"
         return self.config.pattern
 

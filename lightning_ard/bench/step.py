@@ -59,6 +59,9 @@ class Record:
     groups: int = 1
     pool: int | None = None
     lstm_groups: int | None = None
+    grouped_limit_ms: float | None = None
+    grouped_limit: float | None = None
+    of_grouped_limit: float | None = None
 
     @property
     def label(self) -> str:
@@ -99,6 +102,20 @@ class CompactLSTMLM(nn.Module):
         return self.decoder(x)
 
 
+class GroupedLimit(nn.Module):
+    """The grouped compact limit (METHOD.md): G plain compact models, model g stepping on the g-th contiguous share
+    of the batch (``torch.tensor_split`` of dim 0), outputs concatenated; one optimizer over all of them. The least
+    work G pattern groups can do: the same FLOPs as one compact model, in products of B/G rows."""
+
+    def __init__(self, models: list[nn.Module]) -> None:
+        super().__init__()
+        self.models = nn.ModuleList(models)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        chunks = torch.tensor_split(x, len(self.models))
+        return torch.cat([m(c) for m, c in zip(self.models, chunks, strict=True) if c.shape[0]])
+
+
 def mlp(widths: tuple[int, ...], p: float | None) -> nn.Sequential:
     """The app's MLP: Linear → ReLU → Dropout(p) per hidden layer (no dropout when p is None), output Linear."""
     return build_mlp(widths[0], widths[1:-1], widths[-1], "relu", [p or 0.0] * (len(widths) - 2))
@@ -115,12 +132,15 @@ class Case:
 
 
 def paper_cases() -> list[Case]:
-    """The paper's MLP (784-2048-2048-10, batch 256) and LSTM LM (2×650, vocab 10k, 35 steps, batch 20)."""
+    """The paper's MLP (784-2048-2048-10) at batch 256 and 1024, and LSTM LM (2×650, vocab 10k, 35 steps, batch 20)."""
     widths = (784, 2048, 2048, 10)
 
-    def mlp_batch(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        g = torch.Generator().manual_seed(0)
-        return torch.randn(256, 784, generator=g).to(device), torch.randint(0, 10, (256,), generator=g).to(device)
+    def mlp_batch(rows: int) -> Callable[[torch.device], tuple[torch.Tensor, torch.Tensor]]:
+        def batch(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+            g = torch.Generator().manual_seed(0)
+            return torch.randn(rows, 784, generator=g).to(device), torch.randint(0, 10, (rows,), generator=g).to(device)
+
+        return batch
 
     def lstm_batch(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed(0)
@@ -130,13 +150,17 @@ def paper_cases() -> list[Case]:
     def kept(width: int, p: float) -> int:
         return max(round(width * (1 - p)), 1)
 
-    return [
+    mlp_cases = [
         Case(
-            "mlp784-2048-2048-10_b256",
+            f"mlp784-2048-2048-10_b{rows}",
             lambda p: mlp(widths, p),
             lambda p: mlp((784, kept(2048, p), kept(2048, p), 10), None),
-            mlp_batch,
-        ),
+            mlp_batch(rows),
+        )
+        for rows in (256, 1024)
+    ]
+    return [
+        *mlp_cases,
         Case(
             "lstm2x650_v10k_t35_b20",
             lambda p: lstm_lm(10_000, 650, 2, p),

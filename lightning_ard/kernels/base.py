@@ -46,12 +46,16 @@ class Backend(ABC):
         bias: torch.Tensor | None,
         in_patterns: tuple[RowPattern, ...] | None,
         out_patterns: tuple[RowPattern, ...] | None,
+        x_compact: bool = False,
+        out_compact: bool = False,
     ) -> torch.Tensor:
-        """One row pattern per group of rows (:mod:`lightning_ard.patterns.groups`); full-width input and output.
+        """One row pattern per group of rows (:mod:`lightning_ard.patterns.groups`).
 
-        The output is zero at a group's dropped output units. Groups that drew the same patterns are merged into
-        one row set. This default runs :meth:`row_linear` once per row set (each call makes its own full-size
-        weight gradient, which autograd adds: cheap on a GPU); backends may override it with a single pass.
+        ``x`` is full width, or compact per group (``x_compact``: every group keeps K input units and row r holds
+        its group's kept units). The output is full width with zeros at a group's dropped output units, or
+        compact per group (``out_compact``, every group keeping the same number of output units). Groups that
+        drew the same patterns are merged into one row set. This default runs :meth:`row_linear` once per row set
+        (each call makes its own full-size weight gradient, which autograd adds: cheap on a GPU).
         """
         x2 = x.reshape(-1, x.shape[-1])
         sets = row_sets(x2.shape[0], in_patterns, out_patterns, x.device)
@@ -59,14 +63,14 @@ class Backend(ABC):
             return torch.nn.functional.linear(x, weight, bias)
         parts, order = [], []
         for rows, inp, out in sets:
-            y = self.row_linear(torch_ops.take(x2, 0, rows), weight, bias, inp, out, False)
-            parts.append(_scatter_columns(y, out, weight.shape[0]) if out is not None else y)
+            y = self.row_linear(torch_ops.take(x2, 0, rows), weight, bias, inp, out, x_compact and inp is not None)
+            parts.append(_scatter_columns(y, out, weight.shape[0]) if out is not None and not out_compact else y)
             order.append(torch.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows.cpu())
         y = torch.cat(parts)
         perm = torch.cat(order)
         if not torch.equal(perm, torch.arange(perm.numel())):  # back to the input's row order
             y = y.index_select(0, torch.argsort(perm).to(y.device))
-        return y.reshape(*x.shape[:-1], weight.shape[0])
+        return y.reshape(*x.shape[:-1], y.shape[-1])
 
     def tile_linear_groups(
         self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, patterns: tuple[TilePattern, ...]

@@ -113,20 +113,30 @@ class ARDLinear(nn.Linear):
         self.ard_grad_input = input.requires_grad
         return self.ard_product(input, self.weight, self.bias)
 
+    def _grouped_input_is_compact(self, input: torch.Tensor, ins: tuple[RowPattern, ...] | None) -> bool:
+        """Whether a grouped layer's input holds only its groups' kept units (a grouped producer's compact output)."""
+        width = input.shape[-1]
+        if width == self.in_features:
+            return False
+        counts = {p.num_kept for p in ins or ()}
+        if ins is None or counts != {width}:
+            raise ValueError(
+                f"ARDLinear with {self.ard_groups} pattern groups got input width {width}: expected "
+                f"in_features={self.in_features}, or the kept count its groups share ({sorted(counts)})"
+            )
+        return True
+
     def ard_product(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """This step's ARD product of ``input`` with ``weight`` and ``bias`` (the layer's own in :meth:`forward`;
         stand-ins of the same shape when the callback times the layer). Needs patterns set."""
         ins, outs, tiles = self.ard_in_patterns, self.ard_out_patterns, self.ard_tile_patterns
         backend = self.backend_for(input.device)
         if self.ard_groups > 1:
-            if input.shape[-1] != self.in_features:
-                raise ValueError(
-                    f"ARDLinear with {self.ard_groups} pattern groups got input width {input.shape[-1]}: grouped "
-                    f"layers take full-width input (in_features={self.in_features})"
-                )
             if tiles is not None:
                 return backend.tile_linear_groups(input, weight, bias, tiles)
-            return backend.row_linear_groups(input, weight, bias, ins, outs)
+            x_compact = self._grouped_input_is_compact(input, ins)
+            out_compact = outs is not None and len({p.num_kept for p in outs}) == 1
+            return backend.row_linear_groups(input, weight, bias, ins, outs, x_compact, out_compact)
         inp, out = (ins[0] if ins else None), (outs[0] if outs else None)
         if tiles is not None:
             return backend.tile_linear(input, weight, bias, tiles[0])

@@ -66,9 +66,7 @@ class PatternDistribution:
 
     def sample(self, generator: torch.Generator | None = None) -> Pattern:
         """Draw one step's pattern: a candidate by its probability, then its offset, both from ``generator``."""
-        u = torch.rand((), generator=generator, dtype=torch.float64)
-        i = min(int(torch.searchsorted(self._cdf, u, right=True)), len(self.candidates) - 1)  # type: ignore[attr-defined]
-        return self.candidates[i].sample(generator)
+        return self._candidate(generator).sample(generator)
 
     def sample_many(self, n: int, generator: torch.Generator | None = None) -> list[Pattern]:
         """``n`` independent draws (one per pattern group), drawn candidate by candidate in one batch each."""
@@ -80,6 +78,18 @@ class PatternDistribution:
             for pos, pattern in zip(where, self.candidates[i].sample_many(len(where), generator), strict=True):
                 out[pos] = pattern
         return out  # type: ignore[return-value]
+
+    def sample_group(self, n: int, generator: torch.Generator | None = None) -> list[Pattern]:
+        """``n`` patterns of one candidate drawn for the step (independent offsets): the pattern groups of a step
+        then keep the same number of units, so their compact activations stack into one ``(rows, K)`` tensor.
+        Each unit is still kept with the candidate's probability in every group, and the candidate (hence the
+        kept count) follows the distribution from step to step."""
+        return list(self._candidate(generator).sample_many(n, generator))
+
+    def _candidate(self, generator: torch.Generator | None) -> Family:
+        u = torch.rand((), generator=generator, dtype=torch.float64)
+        i = min(int(torch.searchsorted(self._cdf, u, right=True)), len(self.candidates) - 1)  # type: ignore[attr-defined]
+        return self.candidates[i]
 
     def support(self) -> list[tuple[Family, float]]:
         """Candidates with non-zero probability, with their probability."""

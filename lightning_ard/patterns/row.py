@@ -58,6 +58,26 @@ class RowPattern:
         weight gather and one product; a pattern without a :attr:`key` only equals itself."""
         return (self.key, self.scale) if self.key is not None else id(self)
 
+    @property
+    def ranges(self) -> tuple[tuple[int, int], ...] | None:
+        """The kept units as sorted contiguous ``(start, stop)`` ranges when there are at most two (a block, or a
+        block that wraps around the end): products then run on weight views. ``None`` otherwise (gather)."""
+        if self.stride is not None:
+            start, step = self.stride
+            return ((start, self.width),) if step == 1 else None
+        if self.span is not None:
+            return (self.span,)
+        kept = self.kept
+        if kept.numel() == 0:
+            return None
+        breaks = (kept[1:] - kept[:-1] != 1).nonzero().flatten()
+        if breaks.numel() > 1:
+            return None
+        if breaks.numel() == 0:
+            return ((int(kept[0]), int(kept[-1]) + 1),)
+        cut = int(breaks[0]) + 1
+        return ((int(kept[0]), int(kept[cut - 1]) + 1), (int(kept[cut]), int(kept[-1]) + 1))
+
     def selector(self, device: torch.device | str) -> torch.Tensor | slice | None:
         """The cheapest way to pick the kept units: ``None`` (all kept), a ``slice`` (strided, or a contiguous
         span), or :meth:`index`."""

@@ -35,7 +35,8 @@ class PatternSampler:
         """This step's ``groups`` patterns for every site (or ``groups[site]`` per site; see
         :mod:`lightning_ard.patterns.groups`).
 
-        With ``pool`` set, each site draws only ``pool`` distinct patterns and every group takes one of them
+        A step's groups share one candidate of the site's distribution (so one kept count) and draw their offsets
+        independently (:meth:`PatternDistribution.sample_group`). With ``pool`` set, each site draws only ``pool`` distinct patterns and every group takes one of them
         uniformly at random: as many masks per row as with independent draws, but at most ``pool`` compact GEMMs
         (and weight gathers) per layer.
         """
@@ -44,9 +45,9 @@ class PatternSampler:
         for name, dist in self.distributions.items():
             n = groups[name] if isinstance(groups, dict) else groups
             if pool is None or pool >= n:
-                out[name] = tuple(dist.sample_many(n, self.generator))
+                out[name] = tuple(dist.sample_group(n, self.generator))
                 continue
-            drawn = dist.sample_many(pool, self.generator)
+            drawn = dist.sample_group(pool, self.generator)
             out[name] = tuple(drawn[i] for i in torch.randint(pool, (n,), generator=self.generator).tolist())
         return out
 

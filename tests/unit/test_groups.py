@@ -55,8 +55,9 @@ def test_group_helpers_reject_bad_values() -> None:
     with pytest.raises(ValueError, match=r"same number of groups, got \{'in_pattern': 2, 'out_pattern': 3\}"):
         lin.set_patterns(in_pattern=[PeriodicRow(8, 2).sample()] * 2, out_pattern=[PeriodicRow(6, 2).sample()] * 3)
     lin.set_patterns(in_pattern=[PeriodicRow(8, 2).pattern(0), PeriodicRow(8, 2).pattern(1)])
-    with pytest.raises(ValueError, match="grouped layers take full-width input"):
-        lin(torch.randn(4, 4))
+    with pytest.raises(ValueError, match=r"got input width 5: expected in_features=8, or the kept count its groups "
+                       r"share \(\[4\]\)"):
+        lin(torch.randn(4, 5))
 
 
 @given(

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Accuracy of pattern groups vs nn.Dropout: MLP 784-1024-1024-10 on Fashion-MNIST (the app's mlp_fashion experiment),
+# 4 epochs. Usage: docs/results/defaults_study.sh <out_root> <stage>; then `ard-report <out_root>/<stage>`.
+#   groups:  SGD lr 0.05 momentum 0.9, batch 128, p = 0.5: block family with G = 1, 2, 4, 8 and nn.Dropout, 2 seeds
+#   sgd:     the defaults (ApproximateDropout()) vs nn.Dropout, SGD lr 0.05 momentum 0.9, batch 128, p = 0.3/0.5/0.7, 3 seeds
+#   adam:    the defaults vs nn.Dropout, Adam lr 1e-3, batch 256, p = 0.3/0.5/0.7, 3 seeds
+#   batch:   the defaults vs nn.Dropout, SGD momentum 0.9, p = 0.5, batch 32 (lr 0.01) and 1024 (lr 0.1), 2 seeds
+set -euo pipefail
+out=${1:?out root}; stage=${2:?stage}
+common=(experiment=mlp_fashion trainer.max_epochs=4 trainer.enable_progress_bar=false trainer.enable_model_summary=false)
+sgd=(model.optimizer=sgd model.lr=0.05 model.momentum=0.9 data.batch_size=128)
+run() { python -m lightning_ard.app.train -m "${common[@]}" "hydra.sweep.dir=$out/$stage/$1" "${@:2}"; }
+case $stage in
+  groups)
+    run dropout "${sgd[@]}" ard=dropout ard.p=0.5 seed=0,1
+    run block "${sgd[@]}" ard=block ard.groups=1,2,4,8 ard.p=0.5 seed=0,1 ;;
+  sgd)
+    run dropout "${sgd[@]}" ard=dropout ard.p=0.3,0.5,0.7 seed=0,1,2
+    run default "${sgd[@]}" ard=default ard.p=0.3,0.5,0.7 seed=0,1,2 ;;
+  adam)
+    adam=(model.optimizer=adam model.lr=0.001 data.batch_size=256)
+    run dropout "${adam[@]}" ard=dropout ard.p=0.3,0.5,0.7 seed=0,1,2
+    run default "${adam[@]}" ard=default ard.p=0.3,0.5,0.7 seed=0,1,2 ;;
+  batch)
+    for b in "32 0.01" "1024 0.1"; do set -- $b
+      bs=(model.optimizer=sgd model.momentum=0.9 data.batch_size=$1 model.lr=$2)
+      run dropout_b$1 "${bs[@]}" ard=dropout ard.p=0.5 seed=0,1
+      run default_b$1 "${bs[@]}" ard=default ard.p=0.5 seed=0,1
+    done ;;
+  *) echo "unknown stage $stage" >&2; exit 2 ;;
+esac

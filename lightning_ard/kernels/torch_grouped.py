@@ -1,0 +1,190 @@
+"""Grouped compact Linear on the PyTorch path: every pattern group is its own small dense product.
+
+Group g owns a set of rows of the (flattened) input and its own kept input units and output units. Its product
+``y_g = scale_g · x_g[:, in_g] · W[out_g][:, in_g]ᵀ + b[out_g]`` is computed on weight *views* where the kept
+units are contiguous ranges (block patterns: one range, or two where the block wraps around the end), with the
+result written straight into its place in the output (``addmm(..., out=view)``, no per-group temporaries), and the
+backward adds each group's block of the weight gradient into one full-size gradient in place.
+
+Compact layouts: when every group keeps the same number K of input (output) units, the input (output) may be a
+dense ``(rows, K)`` tensor whose row r holds the kept units of r's group, in sorted unit order ("compact per
+group"). A producer then hands its compact output through the activation to its consumer, as with one pattern.
+
+A unit selection is ``None`` (all units), a tuple of ``(start, stop)`` ranges in sorted order, or an int64 index
+tensor (random or strided patterns: gathered).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+
+from lightning_ard.kernels.torch_ops import Index, compute_dtype, put, take
+
+Selection = Union[tuple[tuple[int, int], ...], slice, torch.Tensor, None]
+"""Kept units of one side of one group: all (None), sorted contiguous ranges, a strided slice, or an index."""
+
+
+@dataclass(frozen=True)
+class Group:
+    """One pattern group of a grouped Linear: its rows, kept input and output units and scale."""
+
+    rows: slice | torch.Tensor
+    in_units: Selection
+    out_units: Selection
+    scale: float
+
+
+def _parts(units: Selection, width: int) -> list[tuple[Index, slice]]:
+    """``(units, compact columns)`` pieces of a selection: unit ranges (or one index) and where they sit compact."""
+    if units is None:
+        return [(slice(0, width), slice(0, width))]
+    if isinstance(units, (torch.Tensor, slice)):
+        return [(units, slice(0, selection_size(units, width)))]
+    parts, at = [], 0
+    for start, stop in units:
+        parts.append((slice(start, stop), slice(at, at + stop - start)))
+        at += stop - start
+    return parts
+
+
+def selection_size(units: Selection, width: int) -> int:
+    """Number of kept units of a selection."""
+    if units is None:
+        return width
+    if isinstance(units, torch.Tensor):
+        return int(units.numel())
+    if isinstance(units, slice):
+        return len(range(*units.indices(width)))
+    return sum(stop - start for start, stop in units)
+
+
+def _rows(t: torch.Tensor, rows: slice | torch.Tensor) -> torch.Tensor:
+    return t[rows] if isinstance(rows, slice) else t.index_select(0, rows)
+
+
+def _write(dst: torch.Tensor, rows: slice | torch.Tensor, cols: Index, src: torch.Tensor, accumulate: bool) -> None:
+    """``dst[rows][:, cols] (+)= src`` in place, for slices (views) and index tensors."""
+    put(dst, rows, cols, src, accumulate=accumulate)
+
+
+class _GroupedLinear(torch.autograd.Function):
+    """y[rows_g] = scale_g · x[rows_g][:, in_g] · W[out_g][:, in_g]ᵀ + b[out_g] per group, all on the kept blocks."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups, x_compact, out_compact, dtype):  # type: ignore[override]
+        x2 = x.reshape(-1, x.shape[-1])
+        n_out, n_in = weight.shape
+        out_width = selection_size(groups[0].out_units, n_out) if out_compact else n_out
+        covered = out_compact or all(g.out_units is None for g in groups)
+        y = (torch.empty if covered else torch.zeros)(x2.shape[0], out_width, dtype=dtype, device=x.device)
+        for g in groups:
+            xg = _rows(x2, g.rows)
+            view_rows = isinstance(g.rows, slice)
+            for o_units, o_cols in _parts(g.out_units, n_out):
+                dst_cols = o_cols if out_compact else o_units
+                w_rows = take(weight, 0, o_units)
+                direct = view_rows and isinstance(dst_cols, slice)
+                acc = y[g.rows][:, dst_cols] if direct else None
+                for i, (i_units, i_cols) in enumerate(_parts(g.in_units, n_in)):
+                    a = take(xg, 1, i_cols if x_compact else i_units).to(dtype)
+                    w = take(w_rows, 1, i_units).to(dtype)
+                    if i == 0:
+                        if acc is None:
+                            acc = torch.mm(a, w.t()).mul_(g.scale) if g.scale != 1.0 else torch.mm(a, w.t())
+                        else:
+                            torch.addmm(acc, a, w.t(), beta=0, alpha=g.scale, out=acc)
+                        if bias is not None:
+                            acc.add_(take(bias, 0, o_units).to(dtype))
+                    else:
+                        torch.addmm(acc, a, w.t(), alpha=g.scale, out=acc)
+                if not direct:
+                    _write(y, g.rows, dst_cols, acc, accumulate=False)  # type: ignore[arg-type]
+        ctx.save_for_backward(x2, weight)
+        ctx.meta = (x.shape, x.dtype, groups, x_compact, out_compact, bias is not None, dtype)
+        return y.reshape(*x.shape[:-1], out_width)
+
+    @staticmethod
+    def backward(ctx, grad_y):  # type: ignore[override]
+        x2, weight = ctx.saved_tensors
+        x_shape, x_dtype, groups, x_compact, out_compact, has_bias, dtype = ctx.meta
+        n_out, n_in = weight.shape
+        gy = grad_y.reshape(-1, grad_y.shape[-1]).to(dtype)
+        want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        want_b = has_bias and ctx.needs_input_grad[2]
+        grad_x = grad_w = grad_b = None
+        if want_x:
+            covered = x_compact or all(g.in_units is None for g in groups)
+            grad_x = (torch.empty if covered else torch.zeros)(x2.shape[0], x_shape[-1], dtype=dtype, device=gy.device)
+        if want_w:
+            grad_w = torch.zeros(n_out, n_in, dtype=weight.dtype, device=gy.device)
+        if want_b:
+            grad_b = torch.zeros(n_out, dtype=weight.dtype, device=gy.device)
+        for g in groups:
+            xg, gyg = _rows(x2, g.rows), _rows(gy, g.rows)
+            for o, (o_units, o_cols) in enumerate(_parts(g.out_units, n_out)):
+                go = take(gyg, 1, o_cols if out_compact else o_units)
+                w_rows = take(weight, 0, o_units)
+                if want_b:
+                    _write(grad_b[:, None], o_units, None, go.sum(0).to(weight.dtype)[:, None], accumulate=True)
+                for i_units, i_cols in _parts(g.in_units, n_in):
+                    w = take(w_rows, 1, i_units).to(dtype)
+                    if want_x:
+                        gx = torch.mm(go, w)
+                        if g.scale != 1.0:
+                            gx.mul_(g.scale)
+                        _write(grad_x, g.rows, i_cols if x_compact else i_units, gx.to(dtype), accumulate=o > 0)
+                    if want_w:
+                        a = take(xg, 1, i_cols if x_compact else i_units).to(dtype)
+                        _accumulate_weight(grad_w, o_units, i_units, go, a, g.scale)
+        if want_x:
+            grad_x = grad_x.to(x_dtype).reshape(x_shape)
+        return grad_x, grad_w, grad_b, None, None, None, None
+
+
+def _accumulate_weight(grad_w: torch.Tensor, rows: Index, cols: Index, go: torch.Tensor, a: torch.Tensor,
+                       scale: float) -> None:  # fmt: skip
+    """``grad_w[rows][:, cols] += scale · goᵀ a``, in place on a view when both are ranges."""
+    if _unit_stride(rows) and _unit_stride(cols) and grad_w.dtype == go.dtype:
+        block = grad_w[rows, cols]
+        torch.addmm(block, go.t(), a, alpha=scale, out=block)  # out= (not addmm_): FlopCounterMode counts it
+        return
+    block = torch.mm(go.t(), a)
+    if scale != 1.0:
+        block.mul_(scale)
+    put(grad_w, rows, cols, block.to(grad_w.dtype), accumulate=True)
+
+
+def _unit_stride(index: Index) -> bool:
+    return isinstance(index, slice) and index.step in (None, 1)
+
+
+def grouped_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    groups: Sequence[Group],
+    x_compact: bool = False,
+    out_compact: bool = False,
+) -> torch.Tensor:
+    """Linear with one row pattern per group of rows, each group a compact product on weight views.
+
+    Args:
+        x: input ``(..., in_features)``, or ``(..., K_in)`` compact per group when ``x_compact`` (every group
+            keeps K_in input units).
+        weight, bias: the full parameters of the Linear (never copied whole).
+        groups: the groups; their rows must partition the flattened rows of ``x``.
+        x_compact: whether ``x`` holds each row's group's kept input units only.
+        out_compact: return ``(..., K_out)`` compact per group (every group keeps K_out output units) instead of
+            full width with zeros at each group's dropped output units.
+
+    Returns:
+        The output; gradients: ``x`` in its own layout (zeros at dropped units when full width), ``weight`` and
+        ``bias`` full size, each group's kept block added in.
+    """
+    dtype = compute_dtype(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return _GroupedLinear.apply(x, weight, bias, tuple(groups), bool(x_compact), bool(out_compact), dtype)
