@@ -19,10 +19,10 @@ def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
     return value
 
 
-def check_in_range(name: str, value: int, low: int, high: int) -> int:
-    """An integer in [low, high]."""
+def check_in_range(name: str, value: int, low: int, high: int, hint: str = "") -> int:
+    """An integer in [low, high] (``hint`` names other accepted values in the message)."""
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+        raise ValueError(f"{name} must be an integer in [{low}, {high}]{hint}, got {value!r}")
     return value
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from lightning_ard._validate import check_choice, check_positive_int, check_rate, check_seed, check_tile
+from lightning_ard._validate import check_choice, check_in_range, check_positive_int, check_rate, check_seed, check_tile
+from lightning_ard.patterns.groups import MAX_GROUPS
 from lightning_ard.search import FAMILIES, SearchSettings
 
 BACKENDS = ("auto", "torch", "triton")
@@ -49,19 +50,21 @@ class ARDConfig:
         backend: ``"auto"`` (Triton on CUDA, PyTorch elsewhere), ``"torch"`` or ``"triton"``.
         tile: tile shape (rows, cols) of the weight for ``pattern="tile"``.
         groups: independent patterns per forward pass, each serving a contiguous share of the rows (samples or
-            tokens of a Linear's input, time steps of an LSTM; :mod:`lightning_ard.patterns.groups`). 1 is the
-            paper's one pattern per mini-batch; more groups give more mask diversity per step at the same FLOP
-            saving.
+            tokens of a Linear's input, time steps of an LSTM; :mod:`lightning_ard.patterns.groups`). ``"auto"``
+            (default) takes the measured safe count (:data:`~lightning_ard.patterns.groups.AUTO_GROUPS`) for Linear
+            sites and leaves LSTM sites as ``nn.Dropout`` unless ``lstm_groups`` is set. 1 is the paper's one
+            pattern per mini-batch: fastest, but with SGD + momentum it can break training (docs/results.md).
         pool: distinct patterns per site per step when ``groups > 1``: each group takes one of ``pool`` drawn
             patterns at random, so a layer runs at most ``pool`` compact GEMMs however many groups there are.
             ``None`` draws every group independently.
         lstm_groups: time chunks (patterns per step) for sites whose consumer is an LSTM; ``None`` uses
-            ``groups``. Each chunk is one fused-LSTM call, whose fixed cost (large on the CPU) is what limits it.
+            ``groups`` (and, with ``groups="auto"``, leaves those sites as ``nn.Dropout``). Each chunk is one
+            fused-LSTM call, whose fixed cost (large on the CPU) is what limits it.
         seed: seed of the pattern generator; ``None`` takes Lightning's global seed (``seed_everything``) or 0.
             The Lightning callback adds an offset per rank so that DDP ranks draw different patterns.
     """
 
-    pattern: str = "row"
+    pattern: str = "block"
     p: float | None = None
     search: dict[str, Any] = field(default_factory=dict)
     include: tuple[str, ...] | None = None
@@ -69,7 +72,7 @@ class ARDConfig:
     sites: tuple[str, ...] | None = None
     backend: str = "auto"
     tile: tuple[int, int] = (64, 64)
-    groups: int = 1
+    groups: int | str = "auto"
     pool: int | None = None
     lstm_groups: int | None = None
     seed: int | None = None
@@ -83,7 +86,8 @@ class ARDConfig:
             object.__setattr__(self, name, _check_strings(name, getattr(self, name)))
         object.__setattr__(self, "search", check_search(self.search))
         object.__setattr__(self, "tile", check_tile("tile", self.tile))
-        check_positive_int("groups", self.groups)
+        if self.groups != "auto":
+            check_in_range("groups", self.groups, 1, MAX_GROUPS, hint=" or 'auto'")
         for name in ("pool", "lstm_groups"):
             if getattr(self, name) is not None:
                 check_positive_int(name, getattr(self, name))

@@ -23,7 +23,8 @@ from lightning_ard.config import ARDConfig
 from lightning_ard.kernels import get_backend
 from lightning_ard.layers import ARDLSTM, ARDLinear
 from lightning_ard.patterns import PatternDistribution, PatternSampler, RowPattern, TilePattern
-from lightning_ard.sites import Site, SiteKind, SiteReport, Surgery, find_sites
+from lightning_ard.patterns.groups import resolve_groups
+from lightning_ard.sites import Site, SiteKind, SiteReport, Skipped, Surgery, find_sites
 
 
 @dataclass
@@ -87,6 +88,7 @@ class ARDController:
         """
         c = self.config
         report = find_sites(self.model, c.p, c.include, c.exclude, c.sites)
+        self._leave_lstm_sites(report)
         if not report.sites:
             self.report = report
             return self
@@ -109,6 +111,27 @@ class ARDController:
         self._plan()
         self.sampler = PatternSampler(self.distributions, self.seed)
         return self
+
+    @property
+    def linear_groups(self) -> int:
+        """Pattern groups per step at Linear sites (``config.groups`` resolved: ``"auto"`` is the safe count)."""
+        return resolve_groups(self.config.groups)
+
+    def _leave_lstm_sites(self, report: SiteReport) -> None:
+        """Under ``groups="auto"`` with no ``lstm_groups``, LSTM sites stay nn.Dropout: no LSTM setting is both
+        accurate and fast yet (one pattern per step costs perplexity, time chunks cost speed)."""
+        if self.config.groups != "auto" or self.config.lstm_groups is not None:
+            return
+        lstm = [s for s in report.sites if s.kind.feeds_lstm]
+        plain = {s.dropout for s in lstm if s.dropout is not None}  # a dropout module is served whole or not at all
+        shared = [s for s in report.sites if not s.kind.feeds_lstm and s.dropout in plain]
+        report.sites = [s for s in report.sites if s not in lstm and s not in shared]
+        reason = (
+            "LSTM sites stay nn.Dropout under groups='auto' (one pattern per step costs perplexity); "
+            "set lstm_groups=N to serve them"
+        )
+        report.skipped += [Skipped(s.name, reason) for s in lstm]
+        report.skipped += [Skipped(s.name, f"another use of {s.dropout} stays nn.Dropout (an LSTM site)") for s in shared]
 
     def family_for(self, site: Site) -> str:
         """The family a site uses: the chosen one, except row for LSTM sites under the tile family."""
@@ -157,7 +180,7 @@ class ARDController:
         c = self.config
         lstm_sites = {s for plan in self._lstms for s in plan.layer_sites if s is not None}
         self._site_groups = {  # patterns per step per site; None = the paper's one pattern (the plain draw)
-            site.name: (c.lstm_groups or c.groups) if site.name in lstm_sites else c.groups
+            site.name: (c.lstm_groups or self.linear_groups) if site.name in lstm_sites else self.linear_groups
             for site in self.report.sites
         }
         if all(g == 1 for g in self._site_groups.values()):

@@ -179,7 +179,7 @@ class _Runner:
 
     def __init__(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], ctl: ARDController | None):
         self.model, self.batch, self.ctl = model.train(), batch, ctl
-        self.opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+        self.opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
         self.flops: list[tuple[int, int]] = []
 
     def step(self) -> None:
@@ -223,7 +223,7 @@ def bench_case(
     warmup: int,
     rounds: int,
     steps: int,
-    groups: int = 1,
+    groups: int | str = 1,
     pool: int | None = None,
     lstm_groups: int | None = None,
 ) -> Record:
@@ -240,6 +240,10 @@ def bench_case(
     ard = _Runner(ard_model, batch, ctl)
     limit = _Runner(case.build_limit(p).to(device), batch, None)
     runners = {"dense": dense, "ard": ard, "limit": limit}
+    g = ctl.linear_groups
+    if g > 1:
+        grouped = GroupedLimit([case.build_limit(p) for _ in range(g)]).to(device)
+        runners["grouped_limit"] = _Runner(grouped, batch, None)
     times: dict[str, list[float]] = {k: [] for k in runners}
     for runner in runners.values():
         _time(runner, device, warmup)
@@ -252,6 +256,7 @@ def bench_case(
     ideal = sum(d for d, _ in ard.flops) / sum(e for _, e in ard.flops)
     speedup = med["dense"] / med["ard"]
     limit_speedup = med["dense"] / med["limit"]
+    grouped = med.get("grouped_limit", med["limit"])  # one group: the compact limit itself
     return Record(
         case.name,
         family,
@@ -265,20 +270,29 @@ def bench_case(
         round(limit_speedup, 3),
         round(speedup / ideal, 3),
         round(speedup / limit_speedup, 3),
-        groups,
-        pool if groups > 1 else None,
+        g,
+        pool if g > 1 else None,
         lstm_groups,
+        round(grouped, 3),
+        round(med["dense"] / grouped, 3),
+        round(speedup / (med["dense"] / grouped), 3),
     )
 
 
 def format_table(records: list[Record]) -> str:
-    """Markdown table of the records."""
-    head = "| case | family | p | dense ms | ARD ms | speedup | ideal (FLOPs) | of ideal | limit | of limit |"
-    lines = [head, "|" + "---|" * 10]
+    """Markdown table of the records: speedup with the three yardsticks side by side."""
+    head = (
+        "| case | family | p | dense ms | ARD ms | speedup | ideal (FLOPs) | of ideal | limit | of limit "
+        "| grouped limit | of grouped limit |"
+    )
+    lines = [head, "|" + "---|" * 12]
     for r in records:
+        grouped = r.grouped_limit if r.grouped_limit is not None else r.limit
+        of_grouped = r.of_grouped_limit if r.of_grouped_limit is not None else r.of_limit
         lines.append(
             f"| {r.case} | {r.label} | {r.p:.1f} | {r.dense_ms:.1f} | {r.ard_ms:.1f} | {r.speedup:.2f}× | "
-            f"{r.ideal:.2f}× | {r.of_ideal:.0%} | {r.limit:.2f}× | {r.of_limit:.0%} |"
+            f"{r.ideal:.2f}× | {r.of_ideal:.0%} | {r.limit:.2f}× | {r.of_limit:.0%} | {grouped:.2f}× "
+            f"| {of_grouped:.0%} |"
         )
     return "\n".join(lines)
 

@@ -1,9 +1,7 @@
 """ARD LSTM: the same ``nn.LSTM`` (same Parameters) whose layers read only the kept units of their inputs.
 
-Each layer's input pattern removes columns of that layer's ``weight_ih`` (and of the input), so the input
-projection shrinks with the keep fraction, while the recurrence still runs in PyTorch's own fused LSTM op
-(``torch._VF.lstm``, i.e. cuDNN on a GPU) one layer at a time. Pattern 0 belongs to the dropout site before
-the LSTM (embedding dropout); patterns 1.. replace ``nn.LSTM(dropout=p)``'s inter-layer dropout.
+Input patterns shrink each layer's input projection; the recurrence runs in PyTorch's fused op (``torch._VF.lstm``)
+one layer at a time. Design: docs/method.md, section "The LSTM layer".
 """
 
 from __future__ import annotations
@@ -16,10 +14,10 @@ import torch.nn.functional as F
 from torch import _VF, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from lightning_ard.patterns.groups import as_groups, common_groups, group_bounds
 from lightning_ard.kernels.torch_ops import Index, take
 from lightning_ard.layers._swap import revert_class, swap_class
 from lightning_ard.patterns import RowPattern
+from lightning_ard.patterns.groups import as_groups, common_groups, group_bounds
 
 RowSlot = Union[RowPattern, Sequence[RowPattern], None]
 
@@ -32,8 +30,8 @@ class ARDLSTM(nn.LSTM):
     back to the module's own random dropout (``self.dropout``), so a partial set keeps nn.LSTM's semantics.
     An entry may also be a sequence of G patterns (every non-``None`` entry the same G): the time steps are then
     cut into G contiguous chunks, chunk g uses pattern g, and each layer runs chunk after chunk carrying its
-    state (:mod:`lightning_ard.patterns.groups`). Grouped patterns do not support bidirectional LSTMs on packed sequences.
-    In eval mode, or with no pattern set, it is exactly ``nn.LSTM``. ``proj_size > 0`` is not supported.
+    state (:mod:`lightning_ard.patterns.groups`). Grouped patterns do not support bidirectional LSTMs on packed
+    sequences. In eval mode, or with no pattern set, it is exactly ``nn.LSTM``. ``proj_size > 0`` is not supported.
     """
 
     ard_patterns: list[tuple[RowPattern, ...] | None]
@@ -80,6 +78,7 @@ class ARDLSTM(nn.LSTM):
         self.ard_patterns, self.ard_groups = [None] * self.num_layers, 1
 
     def _direction_weights(self, layer: int, suffix: str, selector: Index) -> list[torch.Tensor]:
+        """One direction's ``_VF.lstm`` params of ``layer``: ``weight_ih`` on the kept input columns, the rest whole."""
         w_ih = take(getattr(self, f"weight_ih_l{layer}{suffix}"), 1, selector)
         weights = [w_ih, getattr(self, f"weight_hh_l{layer}{suffix}")]
         if self.bias:
@@ -87,6 +86,7 @@ class ARDLSTM(nn.LSTM):
         return weights
 
     def _layer_weights(self, layer: int, selector: Index) -> list[torch.Tensor]:
+        """Both directions' (or the one direction's) ``_VF.lstm`` params of ``layer``, in nn.LSTM's order."""
         suffixes = ("", "_reverse") if self.bidirectional else ("",)
         return [w for suffix in suffixes for w in self._direction_weights(layer, suffix, selector)]
 
@@ -146,10 +146,20 @@ class ARDLSTM(nn.LSTM):
             elif layer > 0 and self.dropout > 0:
                 x = F.dropout(x, self.dropout, training=True)
             weights = self._layer_weights(layer, pattern.selector(x.device) if pattern is not None else None)
+            # _VF.lstm's positional arguments, by name (same order as nn.LSTM.forward passes them):
+            has_biases = self.bias
+            num_layers = 1  # one layer per call: the next layer's input pattern is applied between calls
+            dropout = 0.0  # this layer's input dropout (pattern or F.dropout) was applied above
+            train = self.training  # always True here: eval mode returned early
+            bidirectional = self.bidirectional
             if packed:
-                x, h, c = _VF.lstm(x, batch_sizes, state, weights, self.bias, 1, 0.0, True, self.bidirectional)
+                x, h, c = _VF.lstm(
+                    x, batch_sizes, state, weights, has_biases, num_layers, dropout, train, bidirectional
+                )
             else:
-                x, h, c = _VF.lstm(x, state, weights, self.bias, 1, 0.0, True, self.bidirectional, batch_first)
+                x, h, c = _VF.lstm(
+                    x, state, weights, has_biases, num_layers, dropout, train, bidirectional, batch_first
+                )
             hs.append(h)
             cs.append(c)
         if grouped and not packed and self.batch_first:
@@ -184,6 +194,14 @@ class ARDLSTM(nn.LSTM):
                 runs[-1] = (runs[-1][0], t1, runs[-1][2], key)
             else:
                 runs.append((t0, t1, pattern, key))
+        # _VF.lstm's positional arguments, by name: one layer, one direction per call, no dropout inside the op
+        # (the chunk's pattern is applied to its input), time-major input.
+        has_biases = self.bias
+        num_layers = 1
+        dropout = 0.0
+        train = self.training  # always True here: only the training path groups
+        bidirectional = False  # the reverse direction is its own call on flipped chunks
+        batch_first = False
         outputs, hs, cs = [], [], []
         for d, suffix in enumerate(("", "_reverse") if self.bidirectional else ("",)):
             h, c = state[0][d : d + 1], state[1][d : d + 1]
@@ -201,13 +219,16 @@ class ARDLSTM(nn.LSTM):
                     active = int(sizes[0])
                     xg = take(x[offsets[t0] : offsets[t1]], -1, selector) * pattern.scale  # type: ignore[index]
                     out, hg, cg = _VF.lstm(
-                        xg, sizes, (h[:, :active], c[:, :active]), weights, self.bias, 1, 0.0, True, False
-                    )
+                        xg, sizes, (h[:, :active], c[:, :active]), weights,
+                        has_biases, num_layers, dropout, train, bidirectional,
+                    )  # fmt: skip
                     h, c = torch.cat([hg, h[:, active:]], 1), torch.cat([cg, c[:, active:]], 1)
                 else:
                     xg = take(x[t0:t1], -1, selector) * pattern.scale
                     xg = xg.flip(0) if d == 1 else xg
-                    out, h, c = _VF.lstm(xg, (h, c), weights, self.bias, 1, 0.0, True, False, False)
+                    out, h, c = _VF.lstm(
+                        xg, (h, c), weights, has_biases, num_layers, dropout, train, bidirectional, batch_first
+                    )
                     out = out.flip(0) if d == 1 else out
                 pieces[g] = out
             outputs.append(torch.cat([piece for piece in pieces if piece is not None]))

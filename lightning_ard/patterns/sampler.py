@@ -36,9 +36,9 @@ class PatternSampler:
         :mod:`lightning_ard.patterns.groups`).
 
         A step's groups share one candidate of the site's distribution (so one kept count) and draw their offsets
-        independently (:meth:`PatternDistribution.sample_group`). With ``pool`` set, each site draws only ``pool`` distinct patterns and every group takes one of them
-        uniformly at random: as many masks per row as with independent draws, but at most ``pool`` compact GEMMs
-        (and weight gathers) per layer.
+        independently (:meth:`PatternDistribution.sample_group`). With ``pool`` set, each site draws only ``pool``
+        distinct patterns and every group takes one of them uniformly at random: as many masks per row as with
+        independent draws, but at most ``pool`` compact GEMMs (and weight gathers) per layer.
         """
         self.steps += 1
         out: dict[str, tuple[Pattern, ...]] = {}

@@ -1,23 +1,9 @@
 """Exact method: the mixture closest to Binomial(N, 1 - p) in W1 among those with drop rate exactly p.
 
-This is the cross-check of the SGD search. It solves the linear program
-
-    minimize W1(sum_s pi_s delta(x_s), Binomial(N, 1 - p))   subject to   pi >= 0, sum pi = 1, sum pi_s x_s = N (1 - p)
-
-where x_s = N (1 - rate_s) is candidate s's mean kept count (the rate constraint, in kept units). Treating a
-candidate as a point mass at its mean is exact for the block and random families (they keep exactly K units).
-A periodic candidate's kept count varies a little with the offset (N need not be a multiple of the period);
-with a_s = E|count_s - x_s| (at most 1 unit for k = 1 rows), the true W1 of the result is within 2 max_s a_s / N
-of the true constrained optimum.
-
-How, without an LP library: W1 to the binomial, minimized over pi, is a transport of every binomial atom y to
-some candidate. With a multiplier ``lam`` on the mean constraint (written sum gamma (x_s - y) = 0) each atom
-independently goes to ``argmin_s |y - x_s| + lam (x_s - y)``. The mixture mean is non-increasing in ``lam``;
-``lam`` in [-1, 1] spans every mean from the largest x_s down to the smallest, and for |lam| < 1 an atom only
-considers its two neighbouring means (the cost is convex in x_s). Bisection on ``lam`` ends with
-two assignments, optimal for the same multiplier, whose means bracket N (1 - p); their convex combination that
-hits it exactly solves the LP (Lagrangian duality for one linear constraint). Weights below 1e-6 (binomial
-tails) are then dropped and the rate re-projected, which changes the distance by a negligible amount.
+The cross-check of the SGD search: a linear program over the same candidates (each a point mass at its mean kept
+count), solved without an LP library by bisection on the multiplier of the rate constraint, then pruned and
+re-projected. Derivation and error bound: docs/method.md, section "The exact method: the linear program and how
+it is solved".
 """
 
 from __future__ import annotations

@@ -1,30 +1,8 @@
 """The search's objective: rate error, kept-count distance to Binomial(N, 1 - p), co-keep deviation, and the loss.
 
-Every measure is a function of the mixture weights ``pi`` (one per candidate) and is differentiable in them.
-
-- **Rate error**: ``sum_s pi_s rate_s - p``; every unit is then dropped with probability ``p + error`` over steps.
-- **Kept-count distance** (``kept_count_w1``): the Wasserstein-1 distance between the mixture's pmf of the number
-  of kept units in one step and Binomial(N, 1 - p) (what standard dropout gives), divided by N:
-  ``sum_j |F_mix(j) - F_binom(j)| / N`` with F the CDFs. It is 0 for equal distributions, at most 1, reads as "how
-  far, as a fraction of the layer, the kept count must be moved", and is convex and piecewise linear in ``pi``
-  because the mixture CDF is linear in ``pi``.
-- **Co-keep deviation** (``cokeep_rms``): with ``P(d) = sum_s pi_s P_s(both units at distance d kept)``, the RMS of
-  ``P(d) - (1 - p)^2`` over distances d = 1..N-1 weighted by the number of pairs at that distance, N - d. Standard
-  dropout keeps units independently, so its deviation is 0; a periodic pattern, which keeps units at a fixed
-  distance together or never, is far from it. (Tiles: distances along one tile row. Rows longer than 1025 use a
-  fixed random subset of 1024 distances, see :mod:`candidates`.)
-
-The loss measures the first two terms in units of the binomial's standard deviation sigma = sqrt(N p (1 - p))
-(at least 1), so that a single learning rate fits every width:
-
-    loss = rate_weight * (N * rate_error / sigma)^2 + dist_weight * (N * kept_count_w1 / sigma)
-           + cokeep_weight * cokeep_rms / (1 - p)^2
-
-which is the paper's ``w_rate (sum pi rate - p)^2 + w_dist D + w_cokeep C`` with width-dependent scales folded in.
-
-W1 is evaluated to within about 1e-12: the binomial pmf is renormalized to sum 1 and its CDF tails are taken as
-exactly 0 and 1 beyond 1e-13 (see ``Objective.__init__``), which makes the per-step cost depend on the width of
-the binomial (about 15 sigma), not on N.
+Every measure is a function of the mixture weights ``pi`` (one per candidate) and is differentiable in them; the
+loss scales the terms by the binomial's standard deviation so one learning rate fits every width. Definitions,
+the loss formula and how W1 is evaluated: docs/method.md, section "The objective in detail".
 """
 
 from __future__ import annotations
@@ -66,12 +44,8 @@ class Objective:
         pmf = binomial_pmf(n_units, 1.0 - p)
         self.binomial = pmf / pmf.sum()  # binomial_pmf's lgamma rounding leaves its sum off 1 by up to ~1e-10
         self.sigma = max(math.sqrt(n_units * p * (1.0 - p)), 1.0)
-        # W1 * N = sum over j = 0..N-1 of |F_mix(j) - F_binom(j)|, split by column into parts that are cheap per step:
-        # - below the candidates' window F_mix = 0, above it F_mix = 1, and where every candidate has the same CDF,
-        #   F_mix is that CDF (the weights sum to 1): constants;
-        # - where F_binom is within _TAIL of 0 (or 1), |F_mix - F_binom| = F_mix - F_binom (or F_binom - F_mix) up to
-        #   2 * _TAIL: linear in the weights;
-        # - the rest (about 20 binomial standard deviations wide) keeps the absolute value.
+        # W1 * N split by column into constant, linear and absolute-value parts, so each step only touches the
+        # columns near the binomial (derivation: docs/method.md, section "The objective in detail").
         binom_cdf = _accurate_cdf(self.binomial)
         first, cols = candidates.offset, min(candidates.pmfs.shape[1], n_units - candidates.offset)
         cdfs = candidates.pmfs.cumsum(dim=1)[:, :cols]
@@ -106,7 +80,7 @@ class Objective:
         return ((weights * dev * dev).sum() + 1e-30).sqrt()
 
     def loss(self, pi: torch.Tensor) -> torch.Tensor:
-        """The weighted loss (see the module docstring)."""
+        """The weighted loss (formula: docs/method.md, section "The objective in detail")."""
         n_units = self.candidates.units
         total = self.rate_weight * (n_units * self.rate_error(pi) / self.sigma) ** 2
         total = total + self.dist_weight * n_units * self.kept_count_w1(pi) / self.sigma

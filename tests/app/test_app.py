@@ -85,7 +85,7 @@ def test_every_config_composes_and_instantiates(group: str, option: str, tmp_pat
 def test_defaults_and_baseline_switch(tmp_path: Path) -> None:
     cfg = compose_cfg([], tmp_path)
     assert (cfg.data._target_, cfg.model._target_, cfg.ard.pattern) == (
-        "lightning_ard.app.data.FashionMNISTDataModule", "lightning_ard.app.models.MLPClassifier", "row"
+        "lightning_ard.app.data.FashionMNISTDataModule", "lightning_ard.app.models.MLPClassifier", "block"
     )  # fmt: skip
     assert ard_enabled(cfg)
     assert not ard_enabled(compose_cfg(["ard.enabled=false"], tmp_path))
@@ -122,6 +122,7 @@ def test_objective_returns_the_monitored_metric(tmp_path: Path) -> None:
 # --- bad input ----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_unknown_key_or_option_fails_with_hydras_message(tmp_path: Path) -> None:
     with pytest.raises(ConfigCompositionException, match="Could not override 'model.no_such_key'"):
         compose_cfg(["model.no_such_key=1"], tmp_path)
@@ -181,6 +182,7 @@ def test_lstm_experiment_runs_fast_dev_run(tmp_path: Path) -> None:
     assert 0.0 < metrics["ard/flops_saved"] < 1.0  # fast_dev_run has no logger: the value comes from callback_metrics
 
 
+@pytest.mark.slow
 def test_cli_multirun_sweep_over_two_rates_and_report(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     result = cli(
@@ -237,6 +239,7 @@ def test_report_speedup_flops_and_incomplete_runs(tmp_path: Path) -> None:
     assert rows["0"]["model"] == "mlp 784-64-10"
 
 
+@pytest.mark.slow
 def test_report_on_a_folder_without_runs_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert report_main([str(tmp_path)]) == 1
     assert "no runs found in" in capsys.readouterr().err

@@ -178,7 +178,7 @@ def test_lstm_language_model_sites_and_training(tmp_path) -> None:
     pl.seed_everything(0)
     model = LSTMLM()
     before = model.lstm.weight_ih_l1.detach().clone()
-    cb = ApproximateDropout(measure_speedup=True)
+    cb = ApproximateDropout(pattern="row", groups=1, measure_speedup=True)
     _trainer(tmp_path, cb).fit(model, _lm_data())
     kinds = {s.name: s.kind for s in cb.controller.report.sites}
     assert kinds == {"drop->lstm": "lstm-input", "drop->decoder": "consumer", "lstm.l1": "lstm-inter"}
@@ -187,6 +187,22 @@ def test_lstm_language_model_sites_and_training(tmp_path) -> None:
     scalars = _scalars(tmp_path)
     assert 0 < scalars["ard/flops_saved"][-1] < 1
     assert "ard/lstm.l1/speedup_measured" in scalars
+
+
+def test_auto_groups_leave_lstm_sites_as_dropout_and_group_the_decoder(tmp_path) -> None:
+    """Defaults: LSTM sites stay nn.Dropout (reported with the reason), the decoder site gets the safe groups."""
+    pl.seed_everything(0)
+    model = LSTMLM()  # one nn.Dropout module before the LSTM and before the decoder
+    cb = ApproximateDropout(measure_speedup=False)
+    with pytest.warns(UserWarning, match="found no dropout site"):
+        _trainer(tmp_path, cb).fit(model, _lm_data())
+    skipped = {s.name: s.reason for s in cb.controller.report.skipped}
+    assert "set lstm_groups=N to serve them" in skipped["lstm.l1"] and "lstm_groups" in skipped["drop->lstm"]
+    assert skipped["drop->decoder"] == "another use of drop stays nn.Dropout (an LSTM site)"
+    assert cb.controller.linear_groups == 4
+    served = ApproximateDropout(lstm_groups=2, measure_speedup=False)
+    _trainer(tmp_path / "b", served).fit(LSTMLM(), _lm_data())
+    assert {s.name for s in served.controller.report.sites} == {"drop->lstm", "drop->decoder", "lstm.l1"}
 
 
 def test_no_sites_warns_and_trains_unchanged(tmp_path) -> None:
@@ -288,8 +304,9 @@ def test_keep_ard_layers_and_restore_on_exception(tmp_path) -> None:
         (dict(include="net.*"), "include must be a list of strings"),
         (dict(search={"dp_maxx": 3}), r"unknown search settings \['dp_maxx'\]"),
         (dict(tile=(0, 4)), "tile must be a pair of positive integers"),
-        (dict(groups=0), "groups must be an integer >= 1, got 0"),
-        (dict(groups=2.5), "groups must be an integer >= 1, got 2.5"),
+        (dict(groups=0), r"groups must be an integer in \[1, 1048576\] or 'auto', got 0"),
+        (dict(groups=2.5), r"groups must be an integer in \[1, 1048576\] or 'auto', got 2.5"),
+        (dict(groups=10**9), r"groups must be an integer in \[1, 1048576\] or 'auto', got 1000000000"),
     ],
 )
 def test_bad_arguments(kwargs, match) -> None:
@@ -298,9 +315,11 @@ def test_bad_arguments(kwargs, match) -> None:
 
 
 def test_unreachable_rate_names_site(tmp_path) -> None:
-    cb = ApproximateDropout(p=0.9, search={"dp_max": 2}, measure_speedup=False)
+    cb = ApproximateDropout(pattern="row", p=0.9, search={"dp_max": 2}, measure_speedup=False)
+    model = MLP()
     with pytest.raises(ValueError, match="site 'net.2'"):
-        _trainer(tmp_path, cb).fit(MLP(), _data())
+        _trainer(tmp_path, cb).fit(model, _data())
+    assert [type(m) for m in model.net] == [type(m) for m in MLP().net]  # nothing was converted
 
 
 def test_layers_built_in_configure_model(tmp_path) -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("groups", [1, 3])
 def test_ddp_two_cpu_processes(tmp_path, groups) -> None:

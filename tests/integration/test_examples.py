@@ -9,6 +9,8 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
+pytestmark = pytest.mark.slow
+
 
 def _run(script: str, *args: str) -> tuple[str, str]:
     proc = subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True, timeout=600)

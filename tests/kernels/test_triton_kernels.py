@@ -248,12 +248,14 @@ def check_row_case(kernels, case: tuple, seed: int, dtype: torch.dtype = torch.f
     assert_matches(got, oracle, dense, dtype)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ROW_CASES, ids=lambda c: f"{c[3]}-{c[4]}-{'compact' if c[5] else 'full'}")
 @interpreted
 def test_row_linear_float32(kernels, case):
     check_row_case(kernels, case, zlib.crc32(repr(case).encode()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("draw", range(6))
 @interpreted
 def test_row_linear_random_shapes(kernels, draw):
@@ -270,6 +272,7 @@ def test_row_linear_random_shapes(kernels, draw):
     check_row_case(kernels, ((m,), k_in, n_out, in_kind, out_kind, compact, has_bias), 2000 + draw)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", [ROW_CASES[0], ROW_CASES[3]], ids=["periodic-full", "random-compact"])
 @interpreted
@@ -277,6 +280,7 @@ def test_row_linear_half(kernels, dtype, case):
     check_row_case(kernels, case, 7, dtype)
 
 
+@pytest.mark.slow
 @interpreted
 def test_row_linear_autocast(kernels):
     """Under CPU autocast (bfloat16) float32 parameters are read as they are and cast in registers; the output is
@@ -302,6 +306,7 @@ def test_row_linear_autocast(kernels):
         assert_close(g, o, 3e-2, f"{name} autocast vs torch path")
 
 
+@pytest.mark.slow
 @interpreted
 def test_row_gradient_accumulates(kernels):
     """A second backward adds into weight.grad / bias.grad, as for any autograd leaf."""
@@ -324,6 +329,7 @@ def test_row_gradient_accumulates(kernels):
 # --- kernel-level launchers: writes confined to the kept block, accumulation ------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("x_compact", [False, True])
 @interpreted
 def test_row_grad_weight_writes_only_kept_block(kernels, x_compact):
@@ -354,6 +360,7 @@ def test_row_grad_weight_writes_only_kept_block(kernels, x_compact):
     assert_close(acc, expected, 1e-5, "accumulated grad_W")
 
 
+@pytest.mark.slow
 @interpreted
 def test_row_grad_input_scatter_and_bias(kernels):
     """Scattered grad_x writes zeros at dropped columns (NaN-poisoned output); grad_b touches kept units only."""
@@ -379,6 +386,7 @@ def test_row_grad_input_scatter_and_bias(kernels):
     assert (bias_grad[row.complement(out_idx, n)] == 0.5).all()
 
 
+@pytest.mark.slow
 @interpreted
 def test_gather_gemm_rejects_bad_shapes(kernels):
     row, common = kernels.triton_row, kernels.triton_common
@@ -444,12 +452,14 @@ def check_tile_case(kernels, case: tuple, seed: int, dtype: torch.dtype = torch.
     assert_matches(got, oracle, dense, dtype)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", TILE_CASES, ids=lambda c: f"{c[3][0]}x{c[3][1]}-{c[4][0]}{c[4][1]}")
 @interpreted
 def test_tile_linear_float32(kernels, case):
     check_tile_case(kernels, case, zlib.crc32(repr(case).encode()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("draw", range(4))
 @interpreted
 def test_tile_linear_random_shapes(kernels, draw):
@@ -466,12 +476,14 @@ def test_tile_linear_random_shapes(kernels, draw):
     check_tile_case(kernels, case, 4000 + draw)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @interpreted
 def test_tile_linear_half(kernels, dtype):
     check_tile_case(kernels, ((21,), 48, 50, (16, 16), ("periodic", 2, 1, 1), True), 17, dtype)
 
 
+@pytest.mark.slow
 @interpreted
 def test_tile_linear_autocast_and_accumulation(kernels):
     gen = torch.Generator().manual_seed(19)
@@ -495,6 +507,7 @@ def test_tile_linear_autocast_and_accumulation(kernels):
     assert (weight.grad[dropped] == 0).all()
 
 
+@pytest.mark.slow
 @interpreted
 def test_tile_grad_weight_writes_only_kept_tiles(kernels):
     tile_mod, common = kernels.triton_tile, kernels.triton_common
@@ -518,6 +531,7 @@ def test_tile_grad_weight_writes_only_kept_tiles(kernels):
     assert_close(acc, old + expected * kept, 1e-5, "accumulated tile grad_W")
 
 
+@pytest.mark.slow
 @interpreted
 def test_tile_tables_and_blocks(kernels):
     tile_mod = kernels.triton_tile
@@ -541,6 +555,7 @@ def test_tile_tables_and_blocks(kernels):
 # --- through the ARD layer -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @interpreted
 def test_ard_linear_layers_with_triton_backend(kernels):
     """A producer -> producer+consumer -> consumer chain of ARDLinear layers on the Triton backend gives the same
@@ -566,6 +581,7 @@ def test_ard_linear_layers_with_triton_backend(kernels):
         assert_close(got, ref, 1e-5, "layer chain")
 
 
+@pytest.mark.slow
 @interpreted
 def test_grouped_layers_with_triton_backend(kernels):
     """Pattern groups on the Triton backend (the per-group loop of ``Backend``): a producer -> consumer pair with
@@ -603,6 +619,7 @@ def test_backend_selection_without_interpreter(monkeypatch):
     assert get_backend("torch", "cpu").name == "torch"
 
 
+@pytest.mark.slow
 @interpreted
 def test_backend_selection_with_interpreter(kernels, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
@@ -611,6 +628,7 @@ def test_backend_selection_with_interpreter(kernels, monkeypatch):
     assert isinstance(get_backend("auto", "cpu"), TorchBackend)  # auto never picks the interpreter
 
 
+@pytest.mark.slow
 @interpreted
 def test_backend_refuses_cpu_tensors_when_compiled(kernels, monkeypatch):
     monkeypatch.setattr(kernels.triton_backend, "INTERPRET", False)
@@ -618,6 +636,7 @@ def test_backend_refuses_cpu_tensors_when_compiled(kernels, monkeypatch):
         kernels.triton_backend.TritonBackend().row_linear(torch.randn(2, 3), torch.randn(4, 3), None, None, None, False)
 
 
+@pytest.mark.slow
 @interpreted
 def test_backend_float64_falls_back_to_torch(kernels):
     x, w = torch.randn(5, 8, dtype=torch.float64), torch.randn(6, 8, dtype=torch.float64)
@@ -707,6 +726,7 @@ def _compile_all_variants() -> None:
     print("compiled all variants")
 
 
+@pytest.mark.slow
 def test_kernels_compile_for_cuda():
     """The compiler (not the interpreter) accepts every launched kernel variant: PTX + cubin for sm_90, offline."""
     pytest.importorskip("triton.backends.nvidia")
@@ -726,6 +746,7 @@ def test_kernels_compile_for_cuda():
 BENCH = ROOT / "lightning_ard" / "bench" / "gpu_kernels.py"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message printed where there is no GPU")
 def test_gpu_benchmark_exits_clearly_without_cuda():
     proc = subprocess.run([sys.executable, str(BENCH)], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -733,6 +754,7 @@ def test_gpu_benchmark_exits_clearly_without_cuda():
     assert "no CUDA device" in proc.stderr and "nothing was measured" in proc.stderr
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_dry_run(tmp_path):
     """Every section of the benchmark runs end to end (tiny shapes, CPU interpreter) and writes JSON + Markdown."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

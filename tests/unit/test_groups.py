@@ -283,7 +283,7 @@ def test_controller_groups_draws_g_patterns_and_counts_flops() -> None:
     for name in pats:
         assert ctl.keep_fraction(name) == pytest.approx(sum(p.keep_fraction for p in pats[name]) / 4)
     ctl.restore()
-    with pytest.raises(ValueError, match="groups must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"groups must be an integer in \[1, 1048576\] or 'auto', got 0"):
         ARDController(model, pattern="row", groups=0)
 
 

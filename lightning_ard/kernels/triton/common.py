@@ -1,10 +1,9 @@
 """What the Triton kernels share: interpreter detection, dtype policy, the load-and-multiply step and tuning keys.
 
-Whether the kernels run compiled (CUDA) or in Triton's CPU interpreter is decided when the kernel modules are
-imported (``@triton.jit`` reads ``TRITON_INTERPRET`` at decoration time), so :data:`INTERPRET` is read once here
-and the kernel modules build either autotuned kernels (CUDA) or plain kernels with one fixed small block
-configuration (interpreter). A test that needs the interpreter must set the variable before these modules are
-imported, or reload them (see ``tests/kernels/test_triton_kernels.py``).
+:data:`INTERPRET` is read once at import (``@triton.jit`` reads ``TRITON_INTERPRET`` at decoration time): the
+kernel modules then build autotuned kernels (CUDA) or plain ones with one small fixed configuration (interpreter);
+tests that need the interpreter set the variable before import or reload the modules. Details: docs/method.md,
+section "Shared machinery".
 """
 
 from __future__ import annotations
@@ -60,13 +59,6 @@ def precision_for(dtype: torch.dtype, device: torch.device) -> Precision:
     tf32 = dtype == torch.float32 and device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
     upcast = INTERPRET and dtype == torch.bfloat16
     return Precision(_TL_DTYPES[dtype], "tf32" if tf32 else "ieee", upcast)
-
-
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype a Linear on ``x`` computes in: the autocast dtype when autocast is on for x's device, else x's."""
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
-    return x.dtype
 
 
 def tune_bucket(n: int) -> int:

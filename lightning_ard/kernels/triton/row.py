@@ -1,42 +1,10 @@
 """Compact gather GEMM: the Triton kernels of row-pattern (neuron dropout) Linears, forward and backward.
 
-One kernel, :func:`gather_gemm`, computes ``C = scale · A · Bᵀ`` on the kept block only, reading every operand
-through optional index vectors instead of making a gathered copy::
-
-    C[ci(i), cj(j)] (+)= scale · Σ_r A[i, ar(r)] · B[bj(j), br(r)]  (+ bias[bj(j)])
-
-where each of ``ar, bj, br, ci, cj`` is either the identity or a kept-index vector. The three products of a
-row-pattern Linear ``y = scale · x[:, in] · W[out][:, in]ᵀ + b[out]`` are instances of it (transposes are
-stride swaps of views, never copies):
-
-=============  ======  ===================  ==============================================================
-product        A       B                    indices
-=============  ======  ===================  ==============================================================
-forward y      x       W                    ar = in (full-width x only), bj = out, br = in
-grad_x         g       Wᵀ                   bj = in, br = out; cj = in and zero-fill of the dropped
-                                            columns when grad_x is scattered back to full width
-grad_W         gᵀ      xᵀ                   bj = in (full-width x only); ci = out, cj = in into the
-                                            full-size weight gradient (store, or accumulate)
-=============  ======  ===================  ==============================================================
-
-``grad_b`` is a column sum of g scattered to ``out`` (:func:`column_sum`).
-
-Patterns are run-time data: index vectors are tensors and kept counts are integer arguments, so a new pattern
-each step reuses the compiled kernel. Only Triton's own integer specialization (a size equal to 1 or divisible
-by 16) can select another compiled variant, a small bounded set reached in the first steps. On CUDA the block
-shape is autotuned per (power-of-two bucket of M, N, R; index layout; dtypes), see
-:func:`~lightning_ard.kernels.triton.common.tune_bucket`.
-
-Index vectors must hold distinct indices (every pattern does), so no two programs write the same element.
-
-Memory access: gathers of weight *rows* (output units) read contiguous rows; gathers of weight *columns* (input
-units, the forward and grad_x with an input pattern) are element gathers along the contiguous dimension and
-cannot be vectorized. Offline compilation for sm_90 (Triton 3.9, unit strides specialized as at launch) shows
-that with 4-byte operands (float32/TF32, or float32 master weights under bfloat16 autocast, the usual
-mixed-precision setup) all loads, gathered or not, still go through ``cp.async`` and are software-pipelined,
-while with 16-bit *parameters* the gathered weight loads are 2-byte and cannot use ``cp.async`` (4-byte
-minimum), so they are issued as plain loads. What either costs against cuBLAS on a compact copy is what
-``lightning_ard/bench/gpu_kernels.py`` measures.
+:func:`gather_gemm` computes ``C[ci, cj] (+)= scale · A[:, ar] · B[bj][:, br]ᵀ (+ bias[bj])`` on the kept block,
+reading operands through optional index vectors (distinct indices) instead of gathered copies; the forward, grad_x
+and grad_W of a row-pattern Linear are instances of it, and :func:`column_sum` gives grad_b. Patterns are run-time
+data, so a new pattern each step reuses the compiled kernel. The mapping of the three products, compilation
+variants and the sm_90 memory-access notes: docs/method.md, section "Row patterns: the compact gather GEMM".
 """
 
 from __future__ import annotations

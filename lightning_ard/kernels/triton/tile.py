@@ -1,25 +1,9 @@
 """Tile-skipping GEMM: the Triton kernels of tile-pattern (DropConnect) Linears, forward and backward.
 
-The weight ``W`` (N = out_features, K = in_features) is cut into tiles of ``(TILE_N, TILE_K)``; a
-:class:`~lightning_ard.patterns.TilePattern` keeps some of them. The three products only ever visit kept tiles:
-
-* forward ``y = scale · x · (W ⊙ M)ᵀ + b``: a program owns a block of y (rows of x × part of one tile row of W)
-  and loops over the kept tiles of that tile row, read from the ``kept_columns`` table;
-* ``grad_x = scale · g · (W ⊙ M) = scale · g · (Wᵀ ⊙ Mᵀ)ᵀ``: the same kernel on the view ``Wᵀ`` (a stride swap)
-  with the transposed table (kept tile rows of each tile column), so a program loops over the kept tiles of one
-  tile *column* of W;
-* ``grad_W = scale · gᵀ · x`` on kept tiles only: one program per (part of a) kept tile, reducing over the batch;
-  dropped tiles of the full-size gradient are left as the caller allocated them (zeros).
-
-A dropped tile costs no load and no multiply. Work per program is the number of kept tiles in its tile row
-(column), which the periodic tile family keeps equal up to one (load balance).
-
-Block shape and tile shape: the kernel's blocks along the weight's two dimensions are derived from the tile
-(:func:`tile_block`): a block equals the tile side, or divides it (a tile is then visited as several blocks),
-whenever the side is a multiple of 16 (``tl.dot`` needs blocks of at least 16). For other tile sides the block
-is the next power of two (capped) and the blocks at a tile's end are masked: still correct, with some wasted
-multiply-adds on the padding, so choose tiles that are multiples of 16 (the default 64 × 64 is). The batch
-block (BLOCK_M) is free and autotuned on CUDA.
+The forward, grad_x (the same kernel on the view Wᵀ with the transposed tables) and grad_W only visit kept tiles of
+the weight, so a dropped tile costs no load and no multiply. Blocks along the weight follow the tile shape
+(:func:`tile_block`; choose tile sides that are multiples of 16). Design and block-shape rules: docs/method.md,
+section "Tile patterns: the tile-skipping GEMM".
 """
 
 from __future__ import annotations
