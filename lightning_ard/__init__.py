@@ -1,6 +1,11 @@
-"""lightning_ard: Approximate Random Dropout for PyTorch Lightning."""
+"""lightning_ard: Approximate Random Dropout for PyTorch Lightning.
 
-from lightning_ard.callback import ApproximateDropout
+``ApproximateDropout`` (the Lightning callback) is imported on first use, so that ``import lightning_ard`` for the
+plain-PyTorch parts (``ARDController``, ``ARDConfig``, the patterns) does not load Lightning and what it pulls in.
+"""
+
+from typing import TYPE_CHECKING, Any
+
 from lightning_ard.config import ARDConfig
 from lightning_ard.controller import ARDController
 from lightning_ard.patterns import (
@@ -13,6 +18,9 @@ from lightning_ard.patterns import (
     RowPattern,
     TilePattern,
 )
+
+if TYPE_CHECKING:
+    from lightning_ard.callback import ApproximateDropout
 
 __all__ = [
     "ARDConfig",
@@ -28,3 +36,11 @@ __all__ = [
     "TilePattern",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ApproximateDropout":
+        from lightning_ard.callback import ApproximateDropout
+
+        return ApproximateDropout
+    raise AttributeError(f"module 'lightning_ard' has no attribute {name!r}")

@@ -131,7 +131,9 @@ class ARDController:
             "set lstm_groups=N to serve them"
         )
         report.skipped += [Skipped(s.name, reason) for s in lstm]
-        report.skipped += [Skipped(s.name, f"another use of {s.dropout} stays nn.Dropout (an LSTM site)") for s in shared]
+        report.skipped += [
+            Skipped(s.name, f"another use of {s.dropout} stays nn.Dropout (an LSTM site)") for s in shared
+        ]
 
     def family_for(self, site: Site) -> str:
         """The family a site uses: the chosen one, except row for LSTM sites under the tile family."""

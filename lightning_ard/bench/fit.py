@@ -1,9 +1,10 @@
 """Benchmark of the callback inside a real Lightning fit: step time with and without it, and its own overhead.
 
-``python -m lightning_ard.bench.fit [--steps N] [--p P] [--json FILE]``
+``python -m lightning_ard.bench.fit [--steps N] [--p P] [--pattern F] [--groups G] [--width W] [--batch B]``
 
-Fits the paper's MLP (784-2048-2048-10, batch 256) on random data twice, with plain ``nn.Dropout`` and with
-``ApproximateDropout(pattern=...)``, timing every training step with :class:`~lightning_ard.app.step_timer.StepTimer`
+Fits the paper's MLP (784-W-W-10, default W = 2048, batch 256; the app's ``MLPClassifier`` with SGD momentum) on
+random data twice, with plain ``nn.Dropout`` and with ``ApproximateDropout`` (its defaults unless ``--pattern`` /
+``--groups`` are given), timing every training step with :class:`~lightning_ard.app.step_timer.StepTimer`
 (first in the callback list, so it includes the callback's batch-start work). The callback's own hooks
 (pattern draw, call check, FLOP accounting, logging) are timed separately: their share of the ARD step is the
 overhead. The first steps (warm-up and the one-off speed calibration) are left out of the medians.
@@ -28,6 +29,7 @@ from lightning_ard.app.models import MLPClassifier
 from lightning_ard.app.step_timer import StepTimer
 from lightning_ard.bench.step import device_name
 from lightning_ard.callback import ApproximateDropout
+from lightning_ard.patterns.groups import describe
 
 
 class _TimedARD(ApproximateDropout):
@@ -48,10 +50,12 @@ class _TimedARD(ApproximateDropout):
         self.hook_ms.append(self._start_ms + (time.perf_counter() - t) * 1e3)
 
 
-def _fit(steps: int, p: float, callback: ApproximateDropout | None, logdir: str, device: str) -> list[float]:
+def _fit(
+    steps: int, p: float, callback: ApproximateDropout | None, logdir: str, device: str, width: int, batch: int
+) -> list[float]:
     pl.seed_everything(0, verbose=False)
     g = torch.Generator().manual_seed(0)
-    data = TensorDataset(torch.randn(256 * 8, 784, generator=g), torch.randint(0, 10, (256 * 8,), generator=g))
+    data = TensorDataset(torch.randn(batch * 8, 784, generator=g), torch.randint(0, 10, (batch * 8,), generator=g))
     timer = StepTimer(warmup_steps=0)
     times: list[float] = []
 
@@ -71,8 +75,8 @@ def _fit(steps: int, p: float, callback: ApproximateDropout | None, logdir: str,
         enable_model_summary=False,
         log_every_n_steps=10,
     )
-    model = MLPClassifier(784, (2048, 2048), 10, "relu", p, optimizer="sgd", lr=0.01, momentum=0.9)
-    trainer.fit(model, DataLoader(data, batch_size=256))
+    model = MLPClassifier(784, (width, width), 10, "relu", p, optimizer="sgd", lr=0.01, momentum=0.9)
+    trainer.fit(model, DataLoader(data, batch_size=batch))
     return times
 
 
@@ -82,21 +86,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--skip", type=int, default=5, help="first steps left out of the medians")
     parser.add_argument("--p", type=float, default=0.5)
-    parser.add_argument("--pattern", default="row")
+    parser.add_argument("--pattern", default=None, help="pattern family (default: the library's)")
+    parser.add_argument("--groups", default=None, help="pattern groups, an integer or auto (default: the library's)")
+    parser.add_argument("--width", type=int, default=2048, help="hidden width W of the 784-W-W-10 MLP")
+    parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--md", type=Path, default=None, help="write a one-row Markdown table here")
     args = parser.parse_args(argv)
+    if args.steps <= args.skip or args.skip < 0:
+        parser.error(f"--steps must exceed --skip >= 0 (steps to time), got --steps {args.steps} --skip {args.skip}")
+    settings: dict[str, Any] = {}
+    if args.pattern is not None:
+        settings["pattern"] = args.pattern
+    if args.groups is not None:
+        settings["groups"] = args.groups if args.groups == "auto" else int(args.groups)
+    try:
+        ard_cb = _TimedARD(verbose=False, **settings)
+    except ValueError as err:
+        parser.error(str(err))
     with tempfile.TemporaryDirectory() as logdir:
-        dense = _fit(args.steps, args.p, None, logdir, args.device)
-        ard_cb = _TimedARD(pattern=args.pattern, verbose=False)
-        ard = _fit(args.steps, args.p, ard_cb, logdir, args.device)
+        dense = _fit(args.steps, args.p, None, logdir, args.device, args.width, args.batch)
+        ard = _fit(args.steps, args.p, ard_cb, logdir, args.device, args.width, args.batch)
     dense_ms = statistics.median(dense[args.skip :])
     ard_ms = statistics.median(ard[args.skip :])
     hook_ms = statistics.median(ard_cb.hook_ms[args.skip :])
     result = {
-        "case": "lightning_fit_mlp784-2048-2048-10_b256",
-        "family": args.pattern,
+        "case": f"lightning_fit_mlp784-{args.width}-{args.width}-10_b{args.batch}",
+        "family": describe(ard_cb.config.pattern, ard_cb.controller.linear_groups),  # type: ignore[union-attr]
+        "groups": ard_cb.controller.linear_groups,  # type: ignore[union-attr]
         "p": args.p,
         "device": device_name(torch.device(args.device)),
         "dense_ms": round(dense_ms, 3),

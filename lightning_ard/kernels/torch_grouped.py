@@ -93,12 +93,15 @@ class _GroupedLinear(torch.autograd.Function):
                     a = take(xg, 1, i_cols if x_compact else i_units).to(dtype)
                     w = take(w_rows, 1, i_units).to(dtype)
                     if i == 0:
+                        b = take(bias, 0, o_units).to(dtype) if bias is not None else None
                         if acc is None:
                             acc = torch.mm(a, w.t()).mul_(g.scale) if g.scale != 1.0 else torch.mm(a, w.t())
+                            if b is not None:
+                                acc.add_(b)
+                        elif b is not None:  # bias folded into the product (beta = 1 on the broadcast bias)
+                            torch.addmm(b, a, w.t(), alpha=g.scale, out=acc)
                         else:
                             torch.addmm(acc, a, w.t(), beta=0, alpha=g.scale, out=acc)
-                        if bias is not None:
-                            acc.add_(take(bias, 0, o_units).to(dtype))
                     else:
                         torch.addmm(acc, a, w.t(), alpha=g.scale, out=acc)
                 if not direct:
@@ -133,16 +136,26 @@ class _GroupedLinear(torch.autograd.Function):
                 for i_units, i_cols in _parts(g.in_units, n_in):
                     w = take(w_rows, 1, i_units).to(dtype)
                     if want_x:
-                        gx = torch.mm(go, w)
-                        if g.scale != 1.0:
-                            gx.mul_(g.scale)
-                        _write(grad_x, g.rows, i_cols if x_compact else i_units, gx.to(dtype), accumulate=o > 0)
+                        _grad_input(grad_x, g.rows, i_cols if x_compact else i_units, go, w, g.scale, o > 0)
                     if want_w:
                         a = take(xg, 1, i_cols if x_compact else i_units).to(dtype)
                         _accumulate_weight(grad_w, o_units, i_units, go, a, g.scale)
         if want_x:
             grad_x = grad_x.to(x_dtype).reshape(x_shape)
         return grad_x, grad_w, grad_b, None, None, None, None
+
+
+def _grad_input(grad_x: torch.Tensor, rows: slice | torch.Tensor, cols: Index, go: torch.Tensor, w: torch.Tensor,
+                scale: float, accumulate: bool) -> None:  # fmt: skip
+    """``grad_x[rows][:, cols] (+)= scale · go w``, straight into the view when rows and columns are ranges."""
+    if isinstance(rows, slice) and _unit_stride(cols):
+        view = grad_x[rows, cols]
+        torch.addmm(view, go, w, beta=1 if accumulate else 0, alpha=scale, out=view)
+        return
+    gx = torch.mm(go, w)
+    if scale != 1.0:
+        gx.mul_(scale)
+    _write(grad_x, rows, cols, gx, accumulate=accumulate)
 
 
 def _accumulate_weight(grad_w: torch.Tensor, rows: Index, cols: Index, go: torch.Tensor, a: torch.Tensor,

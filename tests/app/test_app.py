@@ -10,13 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning_ard.conf
 import pytest
 import torch
 from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig
 
-import lightning_ard.conf
 from lightning_ard import ARDConfig
 from lightning_ard.app.report import main as report_main
 from lightning_ard.app.report import read_scalars

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from lightning_ard.bench import fit as fit_bench
@@ -37,9 +38,8 @@ def test_bench_cli_rejects_bad_family(capsys) -> None:
     assert bench.main(["--families", "diagonal", "--device", "cpu"]) == 2
     assert "unknown families ['diagonal']" in capsys.readouterr().err
     assert bench.main(["--groups", "0", "--device", "cpu"]) == 2
-    assert "--groups must be comma-separated integers >= 1, --pool and --lstm-groups integers >= 1, got '0'" in (
-        capsys.readouterr().err
-    )
+    err = capsys.readouterr().err
+    assert "--groups must be comma-separated integers >= 1 or auto, --pool and --lstm-groups integers >= 1" in err
 
 
 def test_bench_case_with_groups(tmp_path) -> None:
@@ -59,3 +59,23 @@ def test_fit_bench_writes_json(tmp_path) -> None:
     result = json.loads(out.read_text())
     assert result["steps_timed"] == 3 and result["dense_ms"] > 0 and result["ard_ms"] > 0
     assert 0 < result["callback_overhead"] < 1
+    assert result["family"] == "block x4 groups" and result["groups"] == 4  # the library's defaults
+
+
+def test_fit_bench_arguments_fail_clearly(capsys) -> None:
+    with pytest.raises(SystemExit):
+        fit_bench.main(["--steps", "0"])
+    assert "--steps must exceed --skip >= 0 (steps to time), got --steps 0 --skip 5" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        fit_bench.main(["--groups", "0", "--steps", "3", "--skip", "1"])
+    assert "groups must be an integer in [1, 1048576] or 'auto', got 0" in capsys.readouterr().err
+
+
+def test_bench_records_the_grouped_compact_limit() -> None:
+    """With G groups the record carries the grouped compact limit (G compact models on B/G rows each)."""
+    rec = bench.bench_case(_tiny_case(), "block", 0.5, torch.device("cpu"), warmup=1, rounds=1, steps=2, groups="auto")
+    assert rec.groups == 4 and rec.grouped_limit_ms is not None and rec.grouped_limit > 0
+    assert abs(rec.of_grouped_limit - rec.speedup / rec.grouped_limit) < 0.01
+    assert "grouped limit" in bench.format_table([rec])
+    limit = bench.GroupedLimit([torch.nn.Linear(3, 2) for _ in range(3)])
+    assert limit(torch.randn(7, 3)).shape == (7, 2)

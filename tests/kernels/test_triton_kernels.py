@@ -56,8 +56,11 @@ pytest.importorskip("triton")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from lightning_ard.kernels import torch_ops  # noqa: E402
-from lightning_ard.kernels import TorchBackend, get_backend  # noqa: E402
+from lightning_ard.kernels import (  # noqa: E402
+    TorchBackend,
+    get_backend,
+    torch_ops,  # noqa: E402
+)
 from lightning_ard.patterns import BlockRow, PeriodicRow, PeriodicTile, RandomSubsetRow, TilePattern  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,7 +83,8 @@ def kernels():
         mods["triton_" + name.rsplit(".", 1)[1]] = importlib.import_module(name) if mod is None else mod
     k = types.SimpleNamespace(**mods)
     if not isinstance(k.triton_row._gather_gemm_kernel, InterpretedFunction):
-        k = types.SimpleNamespace(**{"triton_" + n.rsplit(".", 1)[1]: importlib.reload(sys.modules[n]) for n in _MODULES})
+        reloaded = {"triton_" + n.rsplit(".", 1)[1]: importlib.reload(sys.modules[n]) for n in _MODULES}
+        k = types.SimpleNamespace(**reloaded)
     assert k.triton_common.INTERPRET
     assert isinstance(k.triton_row._gather_gemm_kernel, InterpretedFunction)
     assert isinstance(k.triton_tile._tile_grad_weight_kernel, InterpretedFunction)
@@ -732,9 +736,8 @@ def test_kernels_compile_for_cuda():
     pytest.importorskip("triton.backends.nvidia")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    code = "import tests.test_triton_kernels as t; t._compile_all_variants()"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    code = "import tests.kernels.test_triton_kernels as t; t._compile_all_variants()"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0 and "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
         pytest.skip("Triton's bundled ptxas is not available")
     assert proc.returncode == 0, proc.stderr[-4000:]

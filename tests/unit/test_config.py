@@ -9,10 +9,9 @@ from typing import Any
 
 import pytest
 
-from lightning_ard.patterns.groups import AUTO_GROUPS, MAX_GROUPS, resolve_groups
-
 from lightning_ard._validate import SEED_MAX
 from lightning_ard.config import BACKENDS, ARDConfig
+from lightning_ard.patterns.groups import AUTO_GROUPS, MAX_GROUPS, resolve_groups
 from lightning_ard.search import FAMILIES, SearchSettings
 
 

@@ -4,16 +4,16 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.row_families import row_family
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lightning_ard import ARDController
-from lightning_ard.patterns.groups import as_groups, common_groups, group_bounds
 from lightning_ard.kernels.base import Backend
 from lightning_ard.kernels.torch_backend import TorchBackend
 from lightning_ard.layers import ARDLSTM, ARDLinear
 from lightning_ard.patterns import PeriodicRow, PeriodicTile, RandomSubsetRow
+from lightning_ard.patterns.groups import as_groups, common_groups, group_bounds
+from tests.row_families import row_family
 
 TOL = dict(rtol=1e-10, atol=1e-10)
 

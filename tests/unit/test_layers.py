@@ -4,11 +4,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.row_families import row_family
 from torch import nn
 
 from lightning_ard.layers import ARDLSTM, ARDDropout, ARDLinear
 from lightning_ard.patterns import PeriodicRow, PeriodicTile
+from tests.row_families import row_family
 
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=1e-5)}
 

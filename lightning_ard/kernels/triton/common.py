@@ -48,15 +48,25 @@ class Precision:
     upcast: bool
 
 
+def cuda_matmul_tf32() -> bool:
+    """Whether float32 CUDA matmuls may use TF32. Reads the ``fp32_precision`` API of torch >= 2.9 first: there,
+    reading the legacy ``allow_tf32`` (or ``get_float32_matmul_precision()``) raises once both APIs were used."""
+    matmul = torch.backends.cuda.matmul
+    new = getattr(matmul, "fp32_precision", None)
+    if new in ("tf32", "ieee"):
+        return new == "tf32"
+    return torch.get_float32_matmul_precision() != "highest"
+
+
 def precision_for(dtype: torch.dtype, device: torch.device) -> Precision:
     """The multiply policy for compute dtype ``dtype`` on ``device``.
 
-    float32 uses TF32 tensor cores only on CUDA and only when ``torch.backends.cuda.matmul.allow_tf32`` is set
-    (the same switch that governs ``torch.mm``), so the Triton and the PyTorch paths round alike.
+    float32 uses TF32 tensor cores only on CUDA and only when torch's matmuls do (:func:`cuda_matmul_tf32`), so the
+    Triton and the PyTorch paths round alike.
     """
     if dtype not in _TL_DTYPES:
         raise TypeError(f"Triton ARD kernels support float32, float16 and bfloat16, got {dtype}")
-    tf32 = dtype == torch.float32 and device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+    tf32 = dtype == torch.float32 and device.type == "cuda" and cuda_matmul_tf32()
     upcast = INTERPRET and dtype == torch.bfloat16
     return Precision(_TL_DTYPES[dtype], "tf32" if tf32 else "ieee", upcast)
 
