@@ -28,7 +28,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_ard.patterns.groups import describe
+from lightning_ard.patterns.groups import describe, resolve_groups
 
 BASELINE = "dropout"
 """Family name of runs without the ARD callback."""
@@ -121,7 +121,7 @@ def load_run(run_dir: Path, root: Path) -> RunResult:
         pool, lstm_groups = ard.get("pool"), ard.get("lstm_groups")
         family = describe(
             family,
-            int(ard.get("groups", 1) or 1),
+            resolve_groups(ard.get("groups", 1) or 1),
             None if pool is None else int(pool),
             None if lstm_groups is None else int(lstm_groups),
         )

@@ -661,7 +661,8 @@ def _compile_all_variants() -> None:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from lightning_ard.kernels import triton_row, triton_tile
+    from lightning_ard.kernels.triton import row as triton_row
+    from lightning_ard.kernels.triton import tile as triton_tile
 
     target = GPUTarget("cuda", 90, 32)
 

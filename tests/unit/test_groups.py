@@ -11,7 +11,7 @@ from lightning_ard import ARDController
 from lightning_ard.kernels.base import Backend
 from lightning_ard.kernels.torch_backend import TorchBackend
 from lightning_ard.layers import ARDLSTM, ARDLinear
-from lightning_ard.patterns import PeriodicRow, PeriodicTile, RandomSubsetRow
+from lightning_ard.patterns import BlockRow, PeriodicRow, PeriodicTile, RandomSubsetRow, RowPattern
 from lightning_ard.patterns.groups import as_groups, common_groups, group_bounds
 from tests.row_families import row_family
 
@@ -102,6 +102,55 @@ def test_grouped_row_linear_matches_per_row_masks(
     want = _grads(x, weight, *([b] if bias else []))
     for a, w in zip(got, want, strict=True):
         torch.testing.assert_close(a, w, **TOL)
+
+
+@given(
+    data=st.data(),
+    n_in=st.integers(2, 20),
+    hidden=st.integers(2, 20),
+    rows=st.integers(1, 13),
+    groups=st.integers(2, 5),
+    kind=st.sampled_from(["block", "random"]),
+    default_loop=st.booleans(),
+)
+@settings(max_examples=80, deadline=None)
+def test_compact_per_group_chain_matches_masked_dense(data, n_in, hidden, rows, groups, kind, default_loop) -> None:
+    """producer (out patterns, compact output) -> ReLU -> consumer (same patterns, compact input) equals the
+    masked dense chain, forward and every gradient; blocks that wrap included (weight views in two pieces)."""
+    dt = torch.float64
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    keep = data.draw(st.integers(1, hidden))
+    fam = BlockRow(hidden, keep) if kind == "block" else RandomSubsetRow(hidden, keep)
+    pats = tuple(fam.sample_many(groups, gen))  # one candidate per step: every group keeps `keep` units
+    w1 = torch.randn(hidden, n_in, dtype=dt, generator=gen, requires_grad=True)
+    b1 = torch.randn(hidden, dtype=dt, generator=gen, requires_grad=True)
+    w2 = torch.randn(3, hidden, dtype=dt, generator=gen, requires_grad=True)
+    x = torch.randn(rows, n_in, dtype=dt, generator=gen, requires_grad=True)
+    backend = TorchBackend()
+    run = (lambda *a: Backend.row_linear_groups(backend, *a)) if default_loop else backend.row_linear_groups
+    h = run(x, w1, b1, None, pats, False, True)
+    assert h.shape == (rows, keep)
+    y = run(torch.relu(h), w2, None, pats, None, True, False)
+    mask = _row_masks(pats, rows, dt, False)
+    y_ref = torch.nn.functional.linear(torch.relu(torch.nn.functional.linear(x, w1, b1)) * mask * fam.scale, w2)
+    torch.testing.assert_close(y, y_ref, **TOL)
+    cot = torch.randn(y.shape, dtype=dt, generator=gen)
+    y.backward(cot)
+    got = _grads(x, w1, b1, w2)
+    y_ref.backward(cot)
+    for a, w in zip(got, _grads(x, w1, b1, w2), strict=True):
+        torch.testing.assert_close(a, w, **TOL)
+
+
+def test_block_pattern_ranges() -> None:
+    """Blocks are one range, or two where they wrap; strided and random patterns have none (gathered)."""
+    assert BlockRow(10, 4).pattern(2).ranges == ((2, 6),)
+    assert BlockRow(10, 4).pattern(8).ranges == ((0, 2), (8, 10))
+    assert PeriodicRow(10, 1).pattern(0).ranges == ((0, 10),)
+    assert PeriodicRow(10, 2).pattern(1).ranges is None
+    assert RowPattern(10, torch.tensor([1, 4, 7]), 1.0).ranges is None
+    assert RowPattern(10, torch.tensor([0, 1, 5, 8, 9]), 1.0).ranges is None  # three runs: gathered
+    assert RowPattern(10, torch.tensor([3, 4, 5]), 1.0).ranges == ((3, 6),)
 
 
 @given(data=st.data(), groups=st.integers(2, 4), rows=st.integers(1, 9))

@@ -22,6 +22,7 @@ from lightning_ard.kernels.base import Backend
 from lightning_ard.kernels.torch_backend import TorchBackend
 from lightning_ard.kernels.torch_ops import compute_dtype
 from lightning_ard.kernels.triton.common import INTERPRET, precision_for
+from lightning_ard.kernels.triton.grouped import grouped_row_linear
 from lightning_ard.kernels.triton.row import column_sum, complement, row_forward, row_grad_input, row_grad_weight
 from lightning_ard.kernels.triton.tile import TileTables, tile_forward, tile_grad_input, tile_grad_weight, tile_tables
 from lightning_ard.patterns import RowPattern
@@ -178,6 +179,16 @@ class TritonBackend(Backend):
             dropped = dropped_index(in_pattern, device)  # type: ignore[arg-type]
         with torch.autocast(device.type, enabled=False):
             return _RowLinearFn.apply(x, weight, bias, in_idx, out_idx, dropped, scale, x_compact, dtype)
+
+    def row_linear_groups(  # type: ignore[no-untyped-def]
+        self, x, weight, bias, in_patterns, out_patterns, x_compact=False, out_compact=False
+    ):
+        """All groups in one launch per product (:mod:`lightning_ard.kernels.triton.grouped`): one grouped kernel
+        instead of a launch and a full-size weight gradient per group."""
+        self._check_device(x, weight)
+        if self._fallback(compute_dtype(x)):
+            return TorchBackend().row_linear_groups(x, weight, bias, in_patterns, out_patterns, x_compact, out_compact)
+        return grouped_row_linear(x, weight, bias, in_patterns, out_patterns, x_compact, out_compact)
 
     def tile_linear(self, x, weight, bias, pattern):  # type: ignore[no-untyped-def]
         self._check_device(x, weight)
