@@ -51,8 +51,9 @@ class ARDConfig:
         tile: tile shape (rows, cols) of the weight for ``pattern="tile"``.
         groups: independent patterns per forward pass, each serving a contiguous share of the rows (samples or
             tokens of a Linear's input, time steps of an LSTM; :mod:`lightning_ard.patterns.groups`). ``"auto"``
-            (default) takes the measured safe count (:data:`~lightning_ard.patterns.groups.AUTO_GROUPS`) for Linear
-            sites and leaves LSTM sites as ``nn.Dropout`` unless ``lstm_groups`` is set. 1 is the paper's one
+            (default) takes the measured safe count for the site's rate at Linear sites
+            (:func:`~lightning_ard.patterns.groups.auto_groups`: 4 up to p = 0.5, 10 at p = 0.7) and leaves LSTM
+            sites as ``nn.Dropout`` unless ``lstm_groups`` is set. 1 is the paper's one
             pattern per mini-batch: fastest, but with SGD + momentum it can break training (docs/results.md).
         pool: distinct patterns per site per step when ``groups > 1``: each group takes one of ``pool`` drawn
             patterns at random, so a layer runs at most ``pool`` compact GEMMs however many groups there are.

@@ -114,8 +114,10 @@ class ARDController:
 
     @property
     def linear_groups(self) -> int:
-        """Pattern groups per step at Linear sites (``config.groups`` resolved: ``"auto"`` is the safe count)."""
-        return resolve_groups(self.config.groups)
+        """Pattern groups per step at Linear sites (``config.groups`` resolved: ``"auto"`` is the safe count for the
+        sites' rate; the largest over sites when their rates differ)."""
+        rates = [s.p for s in self.report.sites if s.kind.feeds_linear] or [0.5]
+        return max(resolve_groups(self.config.groups, p) for p in rates)
 
     def _leave_lstm_sites(self, report: SiteReport) -> None:
         """Under ``groups="auto"`` with no ``lstm_groups``, LSTM sites stay nn.Dropout: no LSTM setting is both
@@ -182,7 +184,9 @@ class ARDController:
         c = self.config
         lstm_sites = {s for plan in self._lstms for s in plan.layer_sites if s is not None}
         self._site_groups = {  # patterns per step per site; None = the paper's one pattern (the plain draw)
-            site.name: (c.lstm_groups or self.linear_groups) if site.name in lstm_sites else self.linear_groups
+            site.name: (c.lstm_groups or resolve_groups(c.groups, site.p))
+            if site.name in lstm_sites
+            else resolve_groups(c.groups, site.p)
             for site in self.report.sites
         }
         if all(g == 1 for g in self._site_groups.values()):

@@ -3,6 +3,7 @@
 # 4 epochs. Usage: docs/results/defaults_study.sh <out_root> <stage>; then `ard-report <out_root>/<stage>`.
 #   groups:  SGD lr 0.05 momentum 0.9, batch 128, p = 0.5: block family with G = 1, 2, 4, 8 and nn.Dropout, 2 seeds
 #   sgd:     the defaults (ApproximateDropout()) vs nn.Dropout, SGD lr 0.05 momentum 0.9, batch 128, p = 0.3/0.5/0.7, 3 seeds
+#   sgd07:   the defaults at p = 0.7 (rate-dependent auto groups), same SGD setting, 3 seeds
 #   adam:    the defaults vs nn.Dropout, Adam lr 1e-3, batch 256, p = 0.3/0.5/0.7, 3 seeds
 #   batch:   the defaults vs nn.Dropout, SGD momentum 0.9, p = 0.5, batch 32 (lr 0.01) and 1024 (lr 0.1), 2 seeds
 set -euo pipefail
@@ -17,6 +18,8 @@ case $stage in
   sgd)
     run dropout "${sgd[@]}" ard=dropout ard.p=0.3,0.5,0.7 seed=0,1,2
     run default "${sgd[@]}" ard=default ard.p=0.3,0.5,0.7 seed=0,1,2 ;;
+  sgd07)  # p = 0.7 again after groups="auto" became rate-dependent (10 groups at p = 0.7; 4 lost 9 points)
+    run default_p07 "${sgd[@]}" ard=default ard.p=0.7 seed=0,1,2 ;;
   adam)
     adam=(model.optimizer=adam model.lr=0.001 data.batch_size=256)
     run dropout "${adam[@]}" ard=dropout ard.p=0.3,0.5,0.7 seed=0,1,2

@@ -121,7 +121,7 @@ def load_run(run_dir: Path, root: Path) -> RunResult:
         pool, lstm_groups = ard.get("pool"), ard.get("lstm_groups")
         family = describe(
             family,
-            resolve_groups(ard.get("groups", 1) or 1),
+            resolve_groups(ard.get("groups", 1) or 1, float(ard.get("p") or 0.5)),
             None if pool is None else int(pool),
             None if lstm_groups is None else int(lstm_groups),
         )

@@ -11,7 +11,7 @@ import pytest
 
 from lightning_ard._validate import SEED_MAX
 from lightning_ard.config import BACKENDS, ARDConfig
-from lightning_ard.patterns.groups import AUTO_GROUPS, MAX_GROUPS, resolve_groups
+from lightning_ard.patterns.groups import AUTO_GROUPS, MAX_GROUPS, auto_groups, resolve_groups
 from lightning_ard.search import FAMILIES, SearchSettings
 
 
@@ -149,6 +149,8 @@ def test_groups_error(value: Any) -> None:
 
 def test_groups_auto_resolves_to_the_safe_count() -> None:
     assert ARDConfig().groups == "auto" and resolve_groups("auto") == AUTO_GROUPS == 4 and resolve_groups(3) == 3
+    assert [auto_groups(p) for p in (0.1, 0.3, 0.5, 0.6, 0.7, 0.8)] == [4, 4, 4, 6, 10, 16]
+    assert resolve_groups("auto", 0.7) == 10 and resolve_groups(2, 0.7) == 2
 
 
 @pytest.mark.parametrize("seed", [None, 0, 1234, SEED_MAX])
