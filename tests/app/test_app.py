@@ -201,7 +201,7 @@ def test_cli_multirun_sweep_over_two_rates_and_report(tmp_path: Path) -> None:
     with (sweep / "report.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert sorted((r["family"], float(r["p"])) for r in rows) == [
-        ("dropout", 0.3), ("dropout", 0.5), ("row", 0.3), ("row", 0.5)
+        ("dropout", 0.3), ("dropout", 0.5), ("row x4 groups", 0.3), ("row x4 groups", 0.5)
     ]  # fmt: skip
     assert all(r["metric"] == "test/acc" and 0.0 <= float(r["value"]) <= 1.0 for r in rows)
     assert all(float(r["step_ms"]) > 0 and float(r["speedup"]) > 0 for r in rows)
