@@ -190,8 +190,8 @@ class ApproximateDropout(pl.Callback):
 
     # ------------------------------------------------------------------ report and state
     def site_table(self) -> str:
-        """The site table printed at fit start: site, kind, width, p, family, expected FLOP saving."""
-        rows = [("site", "kind", "width", "p", "family", "E[rate]", "E[FLOPs saved in its layers]")]
+        """The site table printed at fit start: site, kind, width, p, family, patterns per step, expected saving."""
+        rows = [("site", "kind", "width", "p", "family", "groups", "E[rate]", "E[FLOPs saved in its layers]")]
         ctl = self.controller
         for site in ctl.report.sites if ctl else []:
             dist = ctl.distributions[site.name]
@@ -202,6 +202,7 @@ class ApproximateDropout(pl.Callback):
                     str(site.width),
                     f"{site.p:.3g}",
                     ctl.family_for(site),
+                    str(ctl.site_groups(site.name)),
                     f"{dist.expected_rate:.4f}",
                     f"{ctl.expected_site_saving(site):.1%}",
                 )

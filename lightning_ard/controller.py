@@ -119,6 +119,10 @@ class ARDController:
         rates = [s.p for s in self.report.sites if s.kind.feeds_linear] or [0.5]
         return max(resolve_groups(self.config.groups, p) for p in rates)
 
+    def site_groups(self, site: str) -> int:
+        """Patterns per step that ``site`` draws (1: the paper's one pattern per mini-batch)."""
+        return 1 if self._site_groups is None else self._site_groups[site]
+
     def _leave_lstm_sites(self, report: SiteReport) -> None:
         """Under ``groups="auto"`` with no ``lstm_groups``, LSTM sites stay nn.Dropout: no LSTM setting is both
         accurate and fast yet (one pattern per step costs perplexity, time chunks cost speed)."""
