@@ -25,31 +25,18 @@ A last test compiles every kernel variant the backend launches for an sm_90 GPU 
 from __future__ import annotations
 
 import importlib
-import inspect
 import os
 import subprocess
 import sys
 import types
-import xml.etree.ElementTree as ET
 import zlib
-from pathlib import Path
 
 import pytest
 
+from tests.kernels.interpreter import ROOT, InterpreterTests, assert_close  # noqa: E402 (before triton)
 
-def _interpreting_in_process() -> bool:
-    """True when Triton in this process runs kernels in the interpreter (flag set before its first import)."""
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        return False
-    if "triton" not in sys.modules:
-        return True  # triton is imported just below, under the flag
-    from triton.language import standard
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return isinstance(standard.cdiv, InterpretedFunction)
-
-
-IN_PROCESS = _interpreting_in_process()
+_CHILD = InterpreterTests(__file__)
+interpreted = _CHILD.interpreted
 
 pytest.importorskip("triton")
 
@@ -63,7 +50,6 @@ from lightning_ard.kernels import (  # noqa: E402
 )
 from lightning_ard.patterns import BlockRow, PeriodicRow, PeriodicTile, RandomSubsetRow, TilePattern  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 _MODULES = (
     "lightning_ard.kernels.triton.common",
     "lightning_ard.kernels.triton.row",
@@ -93,66 +79,17 @@ def kernels():
     k.triton_backend.POISON_OUTPUTS = False
 
 
+
+
+
+
 @pytest.fixture(scope="module")
 def child_results(tmp_path_factory) -> dict[str, tuple[str, str]]:
-    """Run this file's interpreter tests in a child pytest with TRITON_INTERPRET=1; outcome per test name."""
-    report = tmp_path_factory.mktemp("triton_interpreter") / "junit.xml"
-    env = dict(os.environ, TRITON_INTERPRET="1", TRITON_DEFAULT_FP_FUSION="1")
-    cmd = [sys.executable, "-m", "pytest", str(Path(__file__).resolve()), "-q", "-p", "no:cacheprovider"]
-    cmd += ["-k", " or ".join(sorted(_INTERPRETED)), f"--junit-xml={report}"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
-    if not report.exists():
-        pytest.fail(f"the interpreter child run produced no report:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    results = {}
-    for case in ET.parse(report).getroot().iter("testcase"):
-        status, text = "passed", ""
-        for child in case:
-            if child.tag in ("failure", "error"):
-                status, text = "failed", (child.text or child.get("message", ""))
-            elif child.tag == "skipped":
-                status, text = "skipped", child.get("message", "")
-        results[case.get("name")] = (status, text)
-    return results
-
-
-_INTERPRETED: set[str] = set()
-
-
-def interpreted(test):
-    """Mark a test that needs the Triton interpreter: run it here if this process interprets, else report the
-    outcome of the same test in the child run (see the module docstring)."""
-    _INTERPRETED.add(test.__name__)
-    if IN_PROCESS:
-        return test
-    params = [p for name, p in inspect.signature(test).parameters.items() if name != "kernels"]
-
-    def from_child(request, child_results, **kwargs):  # noqa: ARG001 (parameters are the test's own)
-        name = request.node.name
-        if name not in child_results:
-            pytest.fail(f"{name} did not run in the interpreter child process", pytrace=False)
-        status, text = child_results[name]
-        if status == "skipped":
-            pytest.skip(text)
-        if status == "failed":
-            pytest.fail(f"failed in the TRITON_INTERPRET=1 child process:\n{text}", pytrace=False)
-
-    extra = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in ("request", "child_results")]
-    from_child.__signature__ = inspect.Signature(extra + params)  # type: ignore[attr-defined]
-    from_child.__name__, from_child.__doc__ = test.__name__, test.__doc__
-    return from_child
+    """This file's interpreter tests, run once in a TRITON_INTERPRET=1 child pytest; outcome per test name."""
+    return _CHILD.run_child(tmp_path_factory)
 
 
 # --- helpers -----------------------------------------------------------------------------------------------------
-
-
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str) -> None:
-    """Finite (no poisoned element survived) and within ``tol`` of ``expected`` relative to its magnitude."""
-    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    a, e = actual.detach().double(), expected.detach().double()
-    assert torch.isfinite(a).all(), f"{what}: {int((~torch.isfinite(a)).sum())} non-finite (unwritten) elements"
-    err = float((a - e).abs().max()) if a.numel() else 0.0
-    bound = tol * (1.0 + float(e.abs().max()) if e.numel() else 1.0)
-    assert err <= bound, f"{what}: max error {err:.3g} > {bound:.3g}"
 
 
 def row_pattern(kind: str, width: int, gen: torch.Generator):
