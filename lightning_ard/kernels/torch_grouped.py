@@ -62,15 +62,6 @@ def selection_size(units: Selection, width: int) -> int:
     return sum(stop - start for start, stop in units)
 
 
-def _rows(t: torch.Tensor, rows: slice | torch.Tensor) -> torch.Tensor:
-    return t[rows] if isinstance(rows, slice) else t.index_select(0, rows)
-
-
-def _write(dst: torch.Tensor, rows: slice | torch.Tensor, cols: Index, src: torch.Tensor, accumulate: bool) -> None:
-    """``dst[rows][:, cols] (+)= src`` in place, for slices (views) and index tensors."""
-    put(dst, rows, cols, src, accumulate=accumulate)
-
-
 class _GroupedLinear(torch.autograd.Function):
     """y[rows_g] = scale_g · x[rows_g][:, in_g] · W[out_g][:, in_g]ᵀ + b[out_g] per group, all on the kept blocks."""
 
@@ -82,7 +73,7 @@ class _GroupedLinear(torch.autograd.Function):
         covered = out_compact or all(g.out_units is None for g in groups)
         y = (torch.empty if covered else torch.zeros)(x2.shape[0], out_width, dtype=dtype, device=x.device)
         for g in groups:
-            xg = _rows(x2, g.rows)
+            xg = take(x2, 0, g.rows)
             view_rows = isinstance(g.rows, slice)
             for o_units, o_cols in _parts(g.out_units, n_out):
                 dst_cols = o_cols if out_compact else o_units
@@ -105,7 +96,7 @@ class _GroupedLinear(torch.autograd.Function):
                     else:
                         torch.addmm(acc, a, w.t(), alpha=g.scale, out=acc)
                 if not direct:
-                    _write(y, g.rows, dst_cols, acc, accumulate=False)  # type: ignore[arg-type]
+                    put(y, g.rows, dst_cols, acc)  # type: ignore[arg-type]
         ctx.save_for_backward(x2, weight)
         ctx.meta = (x.shape, x.dtype, groups, x_compact, out_compact, bias is not None, dtype)
         return y.reshape(*x.shape[:-1], out_width)
@@ -127,12 +118,12 @@ class _GroupedLinear(torch.autograd.Function):
         if want_b:
             grad_b = torch.zeros(n_out, dtype=weight.dtype, device=gy.device)
         for g in groups:
-            xg, gyg = _rows(x2, g.rows), _rows(gy, g.rows)
+            xg, gyg = take(x2, 0, g.rows), take(gy, 0, g.rows)
             for o, (o_units, o_cols) in enumerate(_parts(g.out_units, n_out)):
                 go = take(gyg, 1, o_cols if out_compact else o_units)
                 w_rows = take(weight, 0, o_units)
                 if want_b:
-                    _write(grad_b[:, None], o_units, None, go.sum(0).to(weight.dtype)[:, None], accumulate=True)
+                    put(grad_b[:, None], o_units, None, go.sum(0).to(weight.dtype)[:, None], accumulate=True)
                 for i_units, i_cols in _parts(g.in_units, n_in):
                     w = take(w_rows, 1, i_units).to(dtype)
                     if want_x:
@@ -155,7 +146,7 @@ def _grad_input(grad_x: torch.Tensor, rows: slice | torch.Tensor, cols: Index, g
     gx = torch.mm(go, w)
     if scale != 1.0:
         gx.mul_(scale)
-    _write(grad_x, rows, cols, gx, accumulate=accumulate)
+    put(grad_x, rows, cols, gx, accumulate=accumulate)
 
 
 def _accumulate_weight(grad_w: torch.Tensor, rows: Index, cols: Index, go: torch.Tensor, a: torch.Tensor,

@@ -67,6 +67,11 @@ class RowPattern:
             return ((start, self.width),) if step == 1 else None
         if self.span is not None:
             return (self.span,)
+        if "ranges" not in self._on_device:  # computed once per pattern (patterns are cached per offset)
+            self._on_device["ranges"] = self._ranges_of_kept()
+        return self._on_device["ranges"]
+
+    def _ranges_of_kept(self) -> tuple[tuple[int, int], ...] | None:
         kept = self.kept
         if kept.numel() == 0:
             return None
