@@ -96,3 +96,26 @@ def assert_close(actual: Any, expected: Any, tol: float, what: str) -> None:
     err = float((a - e).abs().max()) if a.numel() else 0.0
     bound = tol * (1.0 + (float(e.abs().max()) if e.numel() else 0.0))
     assert err <= bound, f"{what}: max error {err:.3g} > {bound:.3g}"
+
+
+def compile_for_sm90(kernel: Any, types_: dict, consts: dict, config: Any | None) -> None:
+    """Compile one kernel variant offline for sm_90 (PTX and cubin, no GPU): ``types_`` maps arguments to Triton
+    types (None = an absent pointer), ``consts`` and the ``config``'s kwargs are the constexprs."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel
+    consts = dict(consts, **(config.kwargs if config else {}))
+    signature, constexprs = {}, {}
+    for name in fn.arg_names:
+        if name in consts:
+            signature[name], constexprs[name] = "constexpr", consts[name]
+        elif types_.get(name) is None:
+            signature[name], constexprs[name] = "constexpr", None  # an absent (None) pointer
+        else:
+            signature[name] = types_[name]
+    options = {"num_warps": config.num_warps, "num_stages": config.num_stages} if config else {}
+    compiled = triton.compile(ASTSource(fn, signature, constexprs=constexprs), target=GPUTarget("cuda", 90, 32),
+                              options=options)  # fmt: skip
+    assert "cubin" in compiled.asm

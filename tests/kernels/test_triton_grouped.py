@@ -19,7 +19,7 @@ import zlib
 
 import pytest
 
-from tests.kernels.interpreter import ROOT, InterpreterTests, assert_close  # noqa: E402 (before triton)
+from tests.kernels.interpreter import ROOT, InterpreterTests, assert_close, compile_for_sm90  # noqa: E402 (before triton)
 
 _CHILD = InterpreterTests(__file__)
 interpreted = _CHILD.interpreted
@@ -231,29 +231,12 @@ def test_grouped_float64_falls_back_to_torch(kernels):
 def _compile_variants() -> None:
     """Compile (PTX + cubin, offline) the grouped kernels' main variants with their first and last autotuning
     configuration. Run in a fresh interpreter without TRITON_INTERPRET (see the test below)."""
-    import triton
     import triton.language as tl
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
     from lightning_ard.kernels.triton import grouped
 
-    target = GPUTarget("cuda", 90, 32)
 
-    def compile_one(kernel, types_: dict, consts: dict, config: triton.Config | None) -> None:
-        fn = kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel
-        consts = dict(consts, **(config.kwargs if config else {}))
-        signature, constexprs = {}, {}
-        for name in fn.arg_names:
-            if name in consts:
-                signature[name], constexprs[name] = "constexpr", consts[name]
-            elif types_.get(name) is None:
-                signature[name], constexprs[name] = "constexpr", None  # an absent (None) pointer
-            else:
-                signature[name] = types_[name]
-        options = {"num_warps": config.num_warps, "num_stages": config.num_stages} if config else {}
-        compiled = triton.compile(ASTSource(fn, signature, constexprs=constexprs), target=target, options=options)
-        assert "cubin" in compiled.asm
+    compile_one = compile_for_sm90
 
     gemm, dw = grouped._grouped_gemm_kernel, grouped._grouped_grad_weight_kernel
     ints = {n: "i32" for n in ("G", "N_FULL", "N_OUT", "N_IN", "N", "tune_m", "tune_n", "tune_r")}

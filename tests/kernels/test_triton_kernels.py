@@ -33,7 +33,7 @@ import zlib
 
 import pytest
 
-from tests.kernels.interpreter import ROOT, InterpreterTests, assert_close  # noqa: E402 (before triton)
+from tests.kernels.interpreter import ROOT, InterpreterTests, assert_close, compile_for_sm90  # noqa: E402 (before triton)
 
 _CHILD = InterpreterTests(__file__)
 interpreted = _CHILD.interpreted
@@ -593,30 +593,13 @@ def test_backend_float64_falls_back_to_torch(kernels):
 def _compile_all_variants() -> None:
     """Compile (PTX + cubin, offline) each kernel variant the backend launches, with each kernel's first and last
     autotuning configuration. Run in a fresh interpreter without TRITON_INTERPRET (see the test below)."""
-    import triton
     import triton.language as tl
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
     from lightning_ard.kernels.triton import row as triton_row
     from lightning_ard.kernels.triton import tile as triton_tile
 
-    target = GPUTarget("cuda", 90, 32)
 
-    def compile_one(kernel, types_: dict, consts: dict, config: triton.Config | None) -> None:
-        fn = kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel
-        consts = dict(consts, **(config.kwargs if config else {}))
-        signature, constexprs = {}, {}
-        for name in fn.arg_names:
-            if name in consts:
-                signature[name], constexprs[name] = "constexpr", consts[name]
-            elif types_.get(name) is None:
-                signature[name], constexprs[name] = "constexpr", None  # an absent (None) pointer
-            else:
-                signature[name] = types_[name]
-        options = {"num_warps": config.num_warps, "num_stages": config.num_stages} if config else {}
-        compiled = triton.compile(ASTSource(fn, signature, constexprs=constexprs), target=target, options=options)
-        assert "cubin" in compiled.asm
+    compile_one = compile_for_sm90
 
     ints = {n: "i32" for n in "M N R K n_zero max_kept tune_m tune_n tune_r tune_k".split()}
     ints.update({n: "i32" for n in triton_row._gather_gemm_kernel.fn.arg_names if n.startswith("stride")})
