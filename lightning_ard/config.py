@@ -81,18 +81,25 @@ class ARDConfig:
     def __post_init__(self) -> None:
         check_choice("pattern", self.pattern, FAMILIES)
         if self.p is not None:
-            check_rate("p", self.p)
+            object.__setattr__(self, "p", check_rate("p", self.p))  # NumPy scalars become floats
         check_choice("backend", self.backend, BACKENDS)
         for name in ("include", "exclude", "sites"):
             object.__setattr__(self, name, _check_strings(name, getattr(self, name)))
+        for pair in self.sites or ():
+            dropout, sep, consumer = pair.partition("->")
+            if not sep or not dropout.strip() or not consumer.strip():
+                raise ValueError(
+                    f"sites entries must be 'dropout_path->consumer_path' (the dropout module, '->', the Linear or "
+                    f"LSTM that reads it), got {pair!r}; e.g. sites=['net.2->net.3']"
+                )
         object.__setattr__(self, "search", check_search(self.search))
         object.__setattr__(self, "tile", check_tile("tile", self.tile))
-        if self.groups != "auto":
-            check_in_range("groups", self.groups, 1, MAX_GROUPS, hint=" or 'auto'")
+        if not (isinstance(self.groups, str) and self.groups == "auto"):
+            object.__setattr__(self, "groups", check_in_range("groups", self.groups, 1, MAX_GROUPS, hint=" or 'auto'"))
         for name in ("pool", "lstm_groups"):
             if getattr(self, name) is not None:
-                check_positive_int(name, getattr(self, name))
-        check_seed("seed", self.seed, allow_none=True)
+                object.__setattr__(self, name, check_positive_int(name, getattr(self, name)))
+        object.__setattr__(self, "seed", check_seed("seed", self.seed, allow_none=True))
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_ard.app.models import MLPClassifier
 from lightning_ard.app.step_timer import StepTimer
+from lightning_ard.bench.cli import check_outputs
 from lightning_ard.bench.step import device_name
 from lightning_ard.callback import ApproximateDropout
 from lightning_ard.patterns.groups import describe
@@ -96,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps <= args.skip or args.skip < 0:
         parser.error(f"--steps must exceed --skip >= 0 (steps to time), got --steps {args.steps} --skip {args.skip}")
+    if not 0 <= args.p < 1:
+        parser.error(f"--p must be in [0, 1), got {args.p}")
+    check_outputs(parser, [args.json, args.md])
     settings: dict[str, Any] = {}
     if args.pattern is not None:
         settings["pattern"] = args.pattern
@@ -126,10 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(result, indent=1))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))
     if args.md:
-        args.md.parent.mkdir(parents=True, exist_ok=True)
         args.md.write_text(
             "| case | family | p | device | nn.Dropout step (ms) | ARD step (ms) | speedup | callback hooks (ms) "
             "| overhead |\n|---|---|---|---|---|---|---|---|---|\n"

@@ -32,6 +32,7 @@ from torch import nn
 
 from lightning_ard.app.models.lstm_lm import LSTMLanguageModel
 from lightning_ard.app.models.mlp import build_mlp
+from lightning_ard.bench.cli import check_outputs, parse_rates, select_cases
 from lightning_ard.controller import ARDController
 from lightning_ard.patterns.groups import describe
 from lightning_ard.profiling import time_calls
@@ -351,8 +352,11 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"error: unknown families {bad}; choose from {list(FAMILIES)}", file=sys.stderr)
         return 2
-    rates = [float(r) for r in args.rates.split(",")] if args.rates else ([0.3, 0.5, 0.7] if args.quick else RATES)
-    cases = [c for c in paper_cases() if not args.cases or any(c.name.startswith(x) for x in args.cases.split(","))]
+    rates = parse_rates(parser, args.rates) if args.rates else ([0.3, 0.5, 0.7] if args.quick else RATES)
+    all_cases = paper_cases()
+    chosen = select_cases(parser, [c.name for c in all_cases], args.cases)
+    cases = [c for c in all_cases if c.name in chosen]
+    check_outputs(parser, [args.json, args.png, args.md])
     rounds = args.rounds or (2 if args.quick else 4)
     warmup, steps = (1, 2) if args.quick else (3, 5)
 
@@ -387,10 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     table = format_table(records)
     print(f"\ndevice: {records[0].device if records else device}\n{table}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps([asdict(r) for r in records], indent=1))
     if args.md:
-        args.md.parent.mkdir(parents=True, exist_ok=True)
         args.md.write_text(table + "\n")
     png = args.png or (args.json.with_suffix(".png") if args.json else None)
     if png and records:

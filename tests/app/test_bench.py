@@ -79,3 +79,34 @@ def test_bench_records_the_grouped_compact_limit() -> None:
     assert "grouped limit" in bench.format_table([rec])
     limit = bench.GroupedLimit([torch.nn.Linear(3, 2) for _ in range(3)])
     assert limit(torch.randn(7, 3)).shape == (7, 2)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--rates", "1.5"], "--rates must be comma-separated rates in [0, 1), got '1.5'"),
+        (["--rates", "0.5,x"], "--rates must be comma-separated rates in [0, 1), got '0.5,x'"),
+        (["--cases", "nope"], "--cases 'nope': ['nope'] match no case; cases: mlp784-2048-2048-10_b256"),
+        (["--cases", "mlp,zz"], "['zz'] match no case"),
+        (["--json", "/no/such/folder/b.json"], "the folder of /no/such/folder/b.json does not exist"),
+        (["--md", "/no/such/folder/b.md"], "mkdir -p /no/such/folder"),
+    ],
+)
+def test_bench_cli_checks_arguments_before_timing(argv, message, capsys, monkeypatch) -> None:
+    """Bad rates, unknown cases and missing output folders exit 2 with the value, before any case is timed."""
+    monkeypatch.setattr(bench, "bench_case", lambda *a, **k: pytest.fail("timed a case despite a bad argument"))
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main([*argv, "--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_fit_bench_checks_rate_and_outputs(capsys, monkeypatch) -> None:
+    monkeypatch.setattr(fit_bench, "_fit", lambda *a, **k: pytest.fail("ran a fit despite a bad argument"))
+    for argv, message in (
+        (["--p", "1.5"], "--p must be in [0, 1), got 1.5"),
+        (["--json", "/no/such/folder/f.json"], "the folder of /no/such/folder/f.json does not exist"),
+    ):
+        with pytest.raises(SystemExit):
+            fit_bench.main(argv)
+        assert message in capsys.readouterr().err

@@ -7,6 +7,7 @@ import dataclasses
 import re
 from typing import Any
 
+import numpy as np
 import pytest
 
 from lightning_ard._validate import SEED_MAX
@@ -87,6 +88,24 @@ def test_p_accepted(p: float) -> None:
     assert ARDConfig(p=p).p == p
 
 
+def test_numpy_scalars_accepted() -> None:
+    """NumPy scalars (e.g. from a sweep's np.linspace) are real numbers: accepted and stored as Python ones."""
+    config = ARDConfig(p=np.float32(0.5), groups=np.int64(4), pool=np.int32(2), seed=np.uint16(7))
+    assert (config.p, config.groups, config.pool, config.seed) == (0.5, 4, 2, 7)
+    assert all(type(v) in (float, int) for v in (config.p, config.groups, config.pool, config.seed))
+    _raises("p must be in [0, 1), got np.float64(1.5)", p=np.float64(1.5))
+
+
+@pytest.mark.parametrize("pair", ["net.2", "net.2->", "->net.3", "net.2-net.3"])
+def test_sites_need_an_arrow(pair: str) -> None:
+    """An explicit site without 'dropout->consumer' names the entry and the form."""
+    _raises(
+        f"sites entries must be 'dropout_path->consumer_path' (the dropout module, '->', the Linear or LSTM that "
+        f"reads it), got {pair!r}; e.g. sites=['net.2->net.3']",
+        sites=[pair],
+    )
+
+
 @pytest.mark.parametrize("p", [1.0, 1, -0.1, 2.5, True, False, "0.5", float("nan")])
 def test_p_error(p: Any) -> None:
     """A rate outside [0, 1), a bool, a string or NaN is refused with the value in the message."""
@@ -96,7 +115,7 @@ def test_p_error(p: Any) -> None:
 @pytest.mark.parametrize("name", ["include", "exclude", "sites"])
 def test_string_lists_become_tuples(name: str) -> None:
     """include, exclude and sites given as lists (or tuples) are stored as tuples; None stays None."""
-    values = ["enc.*", "dec.drop->dec.fc"]
+    values = ["enc.drop->enc.fc", "dec.drop->dec.fc"]
     assert getattr(ARDConfig(**{name: values}), name) == tuple(values)
     assert getattr(ARDConfig(**{name: tuple(values)}), name) == tuple(values)
     assert getattr(ARDConfig(**{name: []}), name) == ()
