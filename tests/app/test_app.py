@@ -4,6 +4,7 @@ runs from the command line, and the report turns it into a table, a CSV and a pl
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import os
 import subprocess
@@ -18,6 +19,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig
 
 from lightning_ard import ARDConfig
+from lightning_ard.app.data.idx import IDXFormatError
 from lightning_ard.app.report import main as report_main
 from lightning_ard.app.report import read_scalars
 from lightning_ard.app.step_timer import StepTimer
@@ -266,3 +268,23 @@ def test_report_labels_pattern_groups(tmp_path: Path) -> None:
     summary = (tmp_path / "report_summary.md").read_text()
     assert "| row x700 groups pool 8 lstm 5 | 1 | 81.00 (test accuracy) | +1.00 pt |" in summary
     assert "| row | 1 | 79.00 (test accuracy) | -1.00 pt |" in summary
+
+
+def test_truncated_test_file_fails_before_training(tmp_path: Path) -> None:
+    """A truncated test-split file is caught by prepare_data: the fit never starts (no checkpoint, no step)."""
+    from lightning_ard.app.data.fashion_mnist import DEFAULT_ROOT
+
+    root = tmp_path / "fashion"
+    root.mkdir()
+    for name in os.listdir(DEFAULT_ROOT):
+        (root / name).symlink_to(Path(DEFAULT_ROOT) / name)
+    (root / "t10k-images-idx3-ubyte.gz").unlink()
+    with gzip.open(Path(DEFAULT_ROOT) / "t10k-images-idx3-ubyte.gz", "rb") as f:
+        head = f.read(16 + 4_999_968)  # half the images
+    with gzip.open(root / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(head)
+    cfg = compose_cfg([f"data.root={root}", "ard.enabled=false", "trainer.max_steps=2"], tmp_path)
+    message = r"4999968 data bytes, but the header's shape \(10000, 28, 28\) needs 7840000"
+    with pytest.raises(IDXFormatError, match=message):
+        train(cfg)
+    assert not list(tmp_path.rglob("*.ckpt")) and not (tmp_path / "metrics.json").exists()

@@ -194,3 +194,30 @@ def test_ptb_missing_file_error_names_path_and_fixes(tmp_path: Path) -> None:
         dm.prepare_data()
     assert str(tmp_path / "ptb.valid.txt") in str(info.value)
     assert "data.root=" in str(info.value) and "data.root=null" in str(info.value)
+
+
+def test_fashion_mnist_prepare_data_checks_every_split(tmp_path: Path) -> None:
+    """prepare_data validates the header and size of all four files (streamed), not only that they exist."""
+    for split, (images, labels) in {"train": (60_000, 60_000), "test": (10_000, 10_000)}.items():
+        stems = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                 "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}[split]  # fmt: skip
+        write_idx(tmp_path / f"{stems[0]}.gz", IMAGES_MAGIC, (images, 28, 28))
+        write_idx(tmp_path / f"{stems[1]}.gz", LABELS_MAGIC, (labels,))
+    FashionMNISTDataModule(root=tmp_path).prepare_data()  # all four well formed
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", LABELS_MAGIC, (10_000,), payload=bytes(9_000))
+    message = r"t10k-labels-idx1-ubyte.gz: 9000 data bytes, but the header's shape \(10000,\) needs 10000"
+    with pytest.raises(IDXFormatError, match=message):
+        FashionMNISTDataModule(root=tmp_path).prepare_data()
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", LABELS_MAGIC, (9_000,))
+    with pytest.raises(IDXFormatError, match=r"shape \(9000,\), expected \(10000,\)"):
+        FashionMNISTDataModule(root=tmp_path).prepare_data()
+
+
+def test_check_idx_matches_read_idx(tmp_path: Path) -> None:
+    from lightning_ard.app.data.idx import check_idx
+
+    path = write_idx(tmp_path / "x.gz", IMAGES_MAGIC, (3, 4, 5), payload=bytes(range(60)))
+    assert check_idx(path, IMAGES_MAGIC, (3, None, 5)) == (3, 4, 5) == tuple(read_idx(path).shape)
+    bad = write_idx(tmp_path / "y.gz", IMAGES_MAGIC, (3, 4, 5), payload=bytes(59))
+    with pytest.raises(IDXFormatError, match="59 data bytes"):
+        check_idx(bad)

@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_ard.app.data.idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx
+from lightning_ard.app.data.idx import IMAGES_MAGIC, LABELS_MAGIC, check_idx, read_idx
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 """Where ``apt-get install dataset-fashion-mnist`` puts the files."""
@@ -105,10 +105,11 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self.test_set: TensorDataset | None = None
 
     def prepare_data(self) -> None:
-        """Nothing to download: fail early, with the install hint, if a file is missing."""
-        for images_stem, labels_stem in FILES.values():
-            find_file(self.root, images_stem)
-            find_file(self.root, labels_stem)
+        """Nothing to download: check every split's files now (present, IDX header, shape and size), so a missing
+        or truncated file fails before training instead of after it."""
+        for split, (images_stem, labels_stem) in FILES.items():
+            check_idx(find_file(self.root, images_stem), IMAGES_MAGIC, (SIZES[split], 28, 28))
+            check_idx(find_file(self.root, labels_stem), LABELS_MAGIC, (SIZES[split],))
 
     def setup(self, stage: str | None = None) -> None:
         """Load (once) the splits the stage needs."""

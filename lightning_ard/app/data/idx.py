@@ -36,15 +36,72 @@ class IDXFormatError(ValueError):
     """An IDX file whose header or size does not match the format or the caller's expectation."""
 
 
+def _open(path: Path):  # type: ignore[no-untyped-def]
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _unreadable(path: Path, err: BaseException) -> IDXFormatError:
+    return IDXFormatError(f"{path}: cannot read the file ({err}); re-install it or point data.root elsewhere")
+
+
 def _read_bytes(path: Path) -> bytes:
-    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rb") as f:
+        with _open(path) as f:
             return f.read()
     except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError; a truncated gzip stream is an EOFError
-        raise IDXFormatError(
-            f"{path}: cannot read the file ({err}); re-install it or point data.root elsewhere"
-        ) from err
+        raise _unreadable(path, err) from err
+
+
+def _parse_header(
+    path: Path, raw: bytes, expected_magic: int | None, expected_shape: Sequence[int | None] | None
+) -> tuple[int, tuple[int, ...], int]:
+    """(type code, shape, header length) of the IDX header at the start of ``raw``, checked against expectations."""
+    if len(raw) < 4:
+        raise IDXFormatError(f"{path}: file of {len(raw)} bytes is too short for an IDX header")
+    (magic,) = struct.unpack(">I", raw[:4])
+    if expected_magic is not None and magic != expected_magic:
+        raise IDXFormatError(f"{path}: magic number 0x{magic:08x}, expected 0x{expected_magic:08x}")
+    zero, type_code, ndim = magic >> 16, (magic >> 8) & 0xFF, magic & 0xFF
+    if zero != 0 or type_code not in _IDX_TYPES:
+        raise IDXFormatError(f"{path}: magic number 0x{magic:08x} is not an IDX header")
+    header_len = 4 + 4 * ndim
+    if len(raw) < header_len:
+        raise IDXFormatError(f"{path}: file ends inside the header ({len(raw)} bytes, {ndim} dimensions)")
+    shape = tuple(struct.unpack(f">{ndim}I", raw[4:header_len]))
+    if expected_shape is not None:
+        same_rank = len(expected_shape) == ndim
+        if not same_rank or any(e is not None and e != s for e, s in zip(expected_shape, shape, strict=True)):
+            raise IDXFormatError(f"{path}: shape {shape}, expected {tuple(expected_shape)}")
+    return type_code, shape, header_len
+
+
+def _check_payload(path: Path, payload: int, type_code: int, shape: tuple[int, ...]) -> None:
+    needed = math.prod(shape) * np.dtype(_IDX_TYPES[type_code][0]).itemsize
+    if payload != needed:
+        raise IDXFormatError(f"{path}: {payload} data bytes, but the header's shape {shape} needs {needed}")
+
+
+def check_idx(
+    path: str | Path,
+    expected_magic: int | None = None,
+    expected_shape: Sequence[int | None] | None = None,
+) -> tuple[int, ...]:
+    """Validate one IDX file's header and size without keeping its values (streamed); returns its shape.
+
+    The same checks as :func:`read_idx`, for a DataModule's ``prepare_data``: a bad file fails before training.
+    """
+    path = Path(path)
+    try:
+        with _open(path) as f:
+            head = f.read(4 + 4 * 255)
+            type_code, shape, header_len = _parse_header(path, head, expected_magic, expected_shape)
+            payload = len(head) - header_len
+            while chunk := f.read(1 << 22):
+                payload += len(chunk)
+    except (OSError, EOFError) as err:
+        raise _unreadable(path, err) from err
+    _check_payload(path, payload, type_code, shape)
+    return shape
 
 
 def read_idx(
@@ -65,28 +122,8 @@ def read_idx(
     """
     path = Path(path)
     raw = _read_bytes(path)
-    if len(raw) < 4:
-        raise IDXFormatError(f"{path}: file of {len(raw)} bytes is too short for an IDX header")
-    (magic,) = struct.unpack(">I", raw[:4])
-    if expected_magic is not None and magic != expected_magic:
-        raise IDXFormatError(f"{path}: magic number 0x{magic:08x}, expected 0x{expected_magic:08x}")
-    zero, type_code, ndim = magic >> 16, (magic >> 8) & 0xFF, magic & 0xFF
-    if zero != 0 or type_code not in _IDX_TYPES:
-        raise IDXFormatError(f"{path}: magic number 0x{magic:08x} is not an IDX header")
-    header_len = 4 + 4 * ndim
-    if len(raw) < header_len:
-        raise IDXFormatError(f"{path}: file ends inside the header ({len(raw)} bytes, {ndim} dimensions)")
-    shape = struct.unpack(f">{ndim}I", raw[4:header_len])
-    if expected_shape is not None:
-        same_rank = len(expected_shape) == ndim
-        if not same_rank or any(e is not None and e != s for e, s in zip(expected_shape, shape, strict=True)):
-            raise IDXFormatError(f"{path}: shape {tuple(shape)}, expected {tuple(expected_shape)}")
+    type_code, shape, header_len = _parse_header(path, raw, expected_magic, expected_shape)
+    _check_payload(path, len(raw) - header_len, type_code, shape)
     np_dtype, torch_dtype = _IDX_TYPES[type_code]
-    itemsize = np.dtype(np_dtype).itemsize
-    payload = len(raw) - header_len
-    if payload != math.prod(shape) * itemsize:
-        raise IDXFormatError(
-            f"{path}: {payload} data bytes, but the header's shape {tuple(shape)} needs {math.prod(shape) * itemsize}"
-        )
     values = np.frombuffer(raw, dtype=np_dtype, offset=header_len).astype(np_dtype[1:], copy=True)
     return torch.from_numpy(values.reshape(shape)).to(torch_dtype)
