@@ -111,9 +111,43 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+class SkippedRun(Exception):
+    """A run folder the report leaves out (unreadable config, or not a run of this app), with the reason."""
+
+
+APP_TARGET_PREFIX = "lightning_ard."
+"""``model._target_`` of every run of this app starts with this; other Hydra apps' runs are not counted."""
+
+
+def read_config(run_dir: Path) -> DictConfig:
+    """A run's ``.hydra/config.yaml``, interpolations resolved; :class:`SkippedRun` when it cannot be read or is not
+    a run of this app (so a half-written or foreign run never becomes a row, let alone the speedup baseline)."""
+    path = run_dir / ".hydra" / "config.yaml"
+    try:
+        loaded = OmegaConf.load(path)
+        if not isinstance(loaded, DictConfig):
+            raise SkippedRun(f"{path} holds a {type(loaded).__name__}, not a mapping of settings")
+        cfg = OmegaConf.create(OmegaConf.to_container(loaded, resolve=True))
+    except SkippedRun:
+        raise
+    except Exception as err:  # YAML syntax, missing interpolation keys, bad values: all make the run unreadable
+        raise SkippedRun(f"{path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0]})") from err
+    model = cfg.get("model")
+    target = model.get("_target_") if isinstance(model, DictConfig) else None
+    if (
+        not isinstance(target, str)
+        or not target.startswith(APP_TARGET_PREFIX)
+        or not isinstance(cfg.get("ard"), DictConfig)
+    ):
+        raise SkippedRun(
+            f"not a run of lightning_ard's app (no lightning_ard model._target_ and ard settings in {path})"
+        )
+    return cfg
+
+
 def load_run(run_dir: Path, root: Path) -> RunResult:
     """Config, scalars and final metrics of one run, reduced to a report row (speedup filled in later)."""
-    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    cfg = read_config(run_dir)
     ard = cfg.get("ard") or {}
     enabled = bool(ard.get("enabled", True)) and bool(ard)
     family = str(ard.get("pattern", "?")) if enabled else BASELINE
@@ -181,8 +215,16 @@ def fill_speedups(rows: list[RunResult]) -> None:
 
 
 def collect(root: Path) -> list[RunResult]:
-    """Report rows of every run below ``root``, baseline first, then by family and p."""
-    rows = [load_run(run, root) for run in find_runs(root)]
+    """Report rows of every run below ``root``, baseline first, then by family and p; a run that cannot be read is
+    left out with one line on stderr naming its folder and the reason."""
+    rows = []
+    for run in find_runs(root):
+        try:
+            rows.append(load_run(run, root))
+        except SkippedRun as err:
+            print(f"ard-report: skipped {run}: {err}", file=sys.stderr)
+        except (ValueError, TypeError, KeyError, OSError) as err:  # a bad value in a readable config or event file
+            print(f"ard-report: skipped {run}: {type(err).__name__}: {str(err).splitlines()[0]}", file=sys.stderr)
     fill_speedups(rows)
     rows.sort(key=lambda r: (r.model, r.family != BASELINE, r.family, r.p if r.p is not None else -1.0, r.run))
     return rows

@@ -288,3 +288,33 @@ def test_truncated_test_file_fails_before_training(tmp_path: Path) -> None:
     with pytest.raises(IDXFormatError, match=message):
         train(cfg)
     assert not list(tmp_path.rglob("*.ckpt")) and not (tmp_path / "metrics.json").exists()
+
+
+def test_report_skips_unreadable_and_foreign_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Half-written, list-valued, empty and foreign configs are skipped with one line each naming the folder and
+    the reason; they never become rows, and a foreign run never becomes the speedup baseline."""
+    fake_run(tmp_path / "0", "dropout", 0.5, {"test/acc": 0.80, "time/step_ms_median": 10.0})
+    fake_run(tmp_path / "1", "row", 0.5, {"test/acc": 0.79, "time/step_ms_median": 4.0})
+    bad = {
+        "2": "model:\n  _target_: lightning_ard.app.models.MLPClassifier\n  dropout: ${ard.p}\n",  # no ard.p
+        "3": "- a\n- b\n",
+        "4": "",
+        "5": "model:\n  _target_: other_app.Net\nard:\n  enabled: false\n",  # another app's run
+        "6": "model: [unclosed\n",
+    }
+    for name, text in bad.items():
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "config.yaml").write_text(text)
+    (tmp_path / "5" / "metrics.json").write_text(json.dumps({"test/acc": 0.5, "time/step_ms_median": 1.0}))
+    assert report_main([str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("ard-report: skipped")]
+    assert len(lines) == 5
+    assert f"skipped {tmp_path / '2'}: " in err and "InterpolationKeyError: Interpolation key 'ard.p' not found" in err
+    assert f"skipped {tmp_path / '3'}: " in err and "holds a ListConfig, not a mapping of settings" in err
+    assert f"skipped {tmp_path / '4'}: not a run of lightning_ard's app" in err
+    assert f"skipped {tmp_path / '5'}: not a run of lightning_ard's app" in err
+    assert f"skipped {tmp_path / '6'}: " in err and "cannot be read" in err
+    with (tmp_path / "report.csv").open() as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    assert sorted(rows) == ["0", "1"] and float(rows["1"]["speedup"]) == pytest.approx(2.5)
