@@ -12,6 +12,7 @@ The Lightning callback drives one of these; a plain PyTorch loop (or the benchma
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +75,9 @@ class ARDController:
         self._lstms: list[_LSTMPlan] = []
         self._site_groups: dict[str, int] | None = None
         self._plans: dict[str, _LinearPlan | _LSTMPlan] = {}
+        self._modes: dict[str, bool] = {}  # module path -> training, at the last step's start
+        self._plain_dropouts: set[str] = set()  # dropouts running as nn.Dropout in the last step
+        self._mode_warnings: set[tuple[str, tuple[tuple[str, bool], ...]]] = set()
 
     @property
     def active(self) -> bool:
@@ -206,20 +210,52 @@ class ARDController:
         else:
             pats = self.sampler.draw_groups(self._site_groups, self.config.pool)
         self.patterns = pats
+        served = self._served_sites()
         for plan in self._linears:
             if plan.tile_site is not None:
-                plan.module.set_patterns(tile_pattern=pats[plan.tile_site])
+                plan.module.set_patterns(tile_pattern=pats[plan.tile_site] if plan.tile_site in served else None)
             else:
                 plan.module.set_patterns(
-                    in_pattern=pats[plan.in_site] if plan.in_site else None,
-                    out_pattern=pats[plan.out_site] if plan.out_site else None,
+                    in_pattern=pats[plan.in_site] if plan.in_site in served else None,
+                    out_pattern=pats[plan.out_site] if plan.out_site in served else None,
                 )
         for lplan in self._lstms:
-            lplan.module.set_patterns([pats[s] if s else None for s in lplan.layer_sites])
-        for drop in self.surgery.dropouts.values():
+            lplan.module.set_patterns([pats[s] if s in served else None for s in lplan.layer_sites])
+        for path, drop in self.surgery.dropouts.items():
             drop.ard_calls = 0
-        self.surgery.enable(True)
+            drop.ard_enabled = path not in self._plain_dropouts
         return pats
+
+    def _site_modes(self, site: Site) -> dict[str, bool]:
+        """Module path -> ``training`` of every module a site involves (dropout, consumer, producer)."""
+        paths = (site.dropout, site.consumer, site.producer)
+        return {path: self.model.get_submodule(path).training for path in paths if path is not None}
+
+    def _served_sites(self) -> set[str]:
+        """Sites ARD serves this step: all their modules in training mode. A site whose modules disagree (a Linear
+        in eval while its dropout trains, or the reverse) runs as the plain modules for the step, with one warning;
+        a dropout module runs plainly for all its uses when one of them is not served."""
+        modes = {site.name: self._site_modes(site) for site in self.report.sites}
+        self._modes = {path: mode for m in modes.values() for path, mode in m.items()}
+        plain = {site.dropout for site in self.report.sites if not all(modes[site.name].values())}
+        self._plain_dropouts = {d for d in plain if d is not None}
+        served = {
+            site.name
+            for site in self.report.sites
+            if all(modes[site.name].values()) and site.dropout not in self._plain_dropouts
+        }
+        for site in self.report.sites:
+            mixed = len(set(modes[site.name].values())) > 1
+            key = (site.name, tuple(sorted(modes[site.name].items())))
+            if mixed and key not in self._mode_warnings:
+                self._mode_warnings.add(key)
+                listed = ", ".join(f"{path} {'train' if m else 'eval'}" for path, m in modes[site.name].items())
+                warnings.warn(
+                    f"site {site.name!r} runs as plain nn.Dropout/nn.Linear while its modules disagree on "
+                    f"train/eval mode ({listed}); ARD serves a site only when all its modules train",
+                    stacklevel=3,
+                )
+        return served
 
     def keep_fraction(self, site: str) -> float:
         """Kept share of ``site``'s units in the last step (the mean over groups)."""
@@ -231,7 +267,20 @@ class ARDController:
         """Raise if a swapped dropout ran a different number of times than it has sites (since :meth:`step`)."""
         if self.surgery is None:
             return
+        changed = {path: mode for path, mode in self._modes.items() if self.model.get_submodule(path).training != mode}
+        if changed:
+            listed = ", ".join(
+                f"{path}: {'train' if mode else 'eval'} at the step's start, {'eval' if mode else 'train'} now"
+                for path, mode in changed.items()
+            )
+            raise RuntimeError(
+                f"the train/eval mode of ARD modules changed during the training step ({listed}), so the step's "
+                "patterns may not match what ran; set modes before the step (e.g. in on_train_batch_start), or "
+                "exclude these sites"
+            )
         for path, drop in self.surgery.dropouts.items():
+            if path in self._plain_dropouts:
+                continue  # ran as plain nn.Dropout this step (see _served_sites)
             expected = self.surgery.dropout_uses[path]
             if drop.ard_calls != expected:
                 raise RuntimeError(

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from lightning_ard import ApproximateDropout
@@ -61,3 +62,86 @@ def test_checkpointed_fit_trains_with_ard(tmp_path, use_reentrant: bool) -> None
     trainer = _trainer(tmp_path, cb, max_steps=3)
     trainer.fit(Checkpointed(use_reentrant), _data())
     assert trainer.global_step == 3 and trainer.callback_metrics["ard/flops_saved"] > 0
+
+
+def _consumer_only() -> nn.Module:
+    """Dropout -> Linear with a LayerNorm before the dropout, so its site is consumer-only (no provable producer)."""
+    return nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.LayerNorm(64), nn.Dropout(0.5), nn.Linear(64, 5))
+
+
+def _producer_consumer() -> nn.Module:
+    return nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 5))
+
+
+def _steps_equal_plain(model: nn.Module, eval_path: str, kind: str, steps: int = 4) -> None:
+    """With ``eval_path`` in eval mode while the rest trains, the ARD model steps exactly as the plain one does
+    (nn.Dropout under the same torch seed, the eval module plain), and warns once naming the modes."""
+    plain = copy.deepcopy(model)
+    ctl = ARDController(model, pattern="block", groups=1).apply()
+    assert [str(s.kind) for s in ctl.report.sites] == [kind]
+    for m in (model, plain):
+        m.train()
+        m.get_submodule(eval_path).eval()
+    x = torch.randn(8, 20)
+    with pytest.warns(UserWarning, match=r"disagree on train/eval mode \(.*" + eval_path.replace(".", r"\.") + " eval"):
+        ctl.step()
+    outputs = []
+    for step in range(steps):
+        if step:
+            ctl.step()
+        torch.manual_seed(step)
+        out = model(x)
+        torch.manual_seed(step)
+        ref = plain(x)
+        ctl.check_calls()
+        assert torch.equal(out, ref)
+        outputs.append(out)
+    ctl.restore()
+
+
+def test_consumer_in_eval_runs_the_site_plainly() -> None:
+    """Consumer Linear in eval, dropout training: dropout is applied (as nn.Dropout), not silently lost."""
+    model = _consumer_only()
+    _steps_equal_plain(model, "4", "consumer")
+    with torch.no_grad():
+        nodrop = copy.deepcopy(model).eval()(torch.randn(8, 20))
+    assert nodrop.shape == (8, 5)
+
+
+def test_consumer_in_eval_with_a_producer_does_not_break_shapes() -> None:
+    _steps_equal_plain(_producer_consumer(), "3", "producer+consumer")
+
+
+def test_producer_in_eval_runs_the_site_plainly() -> None:
+    _steps_equal_plain(_producer_consumer(), "0", "producer+consumer")
+
+
+def test_dropout_in_eval_runs_the_site_plainly() -> None:
+    """A dropout module in eval while its Linears train: no dropout (as nn.Dropout in eval), no call-count error."""
+    _steps_equal_plain(_producer_consumer(), "2", "producer+consumer")
+
+
+def test_mode_change_inside_the_step_is_named() -> None:
+    model = _producer_consumer()
+    ctl = ARDController(model, pattern="block", groups=1).apply()
+    ctl.step()
+    model(torch.randn(8, 20))
+    model[3].eval()
+    with pytest.raises(RuntimeError, match=r"mode of ARD modules changed during the training step \(3: train at the "):
+        ctl.check_calls()
+    ctl.restore()
+
+
+def test_eval_submodule_in_a_lightning_fit(tmp_path) -> None:
+    """A user's eval-mode Linear stays in eval through a fit (Lightning keeps submodule modes): the site is served
+    plainly with one warning, the fit completes, the other site keeps ARD."""
+
+    class Frozen(MLP):
+        def on_train_start(self) -> None:
+            self.net[6].eval()
+
+    cb = ApproximateDropout(pattern="block", groups=1, measure_speedup=False, verbose=False)
+    trainer = _trainer(tmp_path, cb, max_steps=3)
+    with pytest.warns(UserWarning, match=r"site 'net.5' runs as plain .* \(net.5 train, net.6 eval, net.3 train\)"):
+        trainer.fit(Frozen(), _data())
+    assert trainer.global_step == 3
