@@ -16,6 +16,7 @@ Hooks, one job each (each delegates: the controller does the work, :mod:`lightni
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any
@@ -41,6 +42,9 @@ class ApproximateDropout(pl.Callback):
         measure_speedup: time each site dense vs ARD after the first step and log measured speedups.
         restore_on_fit_end: give the plain modules back at fit end (False keeps ARD layers, patterns cleared).
         verbose: print the site table at fit start.
+        allow_settings_change: resuming from a checkpoint saved with other ARD settings (``p``, ``pattern``,
+            ``groups``, ``seed``, ...) raises, naming both values; True resumes with the new settings (and a fresh
+            pattern stream from the new seed) after a warning that names them.
         **settings: any :class:`~lightning_ard.ARDConfig` field: ``pattern``, ``p``, ``search``, ``include``,
             ``exclude``, ``sites``, ``backend``, ``tile``, ``groups``, ``pool``, ``lstm_groups``, ``seed``.
     """
@@ -52,6 +56,7 @@ class ApproximateDropout(pl.Callback):
         measure_speedup: bool = True,
         restore_on_fit_end: bool = True,
         verbose: bool = True,
+        allow_settings_change: bool = False,
         **settings: Any,
     ) -> None:
         if config is not None and not isinstance(config, ARDConfig):
@@ -65,6 +70,7 @@ class ApproximateDropout(pl.Callback):
         self.measure_speedup = measure_speedup
         self.restore_on_fit_end = restore_on_fit_end
         self.verbose = verbose
+        self.allow_settings_change = allow_settings_change
 
         self.controller: ARDController | None = None
         self._pending_state: dict[str, Any] | None = None
@@ -93,7 +99,8 @@ class ApproximateDropout(pl.Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._reset_fit_state()
-        seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        seed = self._base_seed()
+        restore_sampler = self._check_resumed_settings(seed)  # raises before the model is touched
         self.controller = ARDController(pl_module, self.config, seed=seed + RANK_SEED_STRIDE * trainer.global_rank)
         try:
             self.controller.apply()
@@ -105,11 +112,46 @@ class ApproximateDropout(pl.Callback):
             rank_zero_warn(f"ApproximateDropout found no dropout site it can serve, training is unchanged ({reasons})")
             return
         if self._pending_state is not None:
-            self.controller.sampler.load_state_dict(self._pending_state["sampler"])  # type: ignore[union-attr]
+            if restore_sampler:
+                self.controller.sampler.load_state_dict(self._pending_state["sampler"])  # type: ignore[union-attr]
             self.tflops_saved_total = float(self._pending_state.get("tflops_saved_total", 0.0))
             self._pending_state = None
         if self.verbose:
             rank_zero_info(self.site_table())
+
+    def _base_seed(self) -> int:
+        """The pattern seed of this fit before the per-rank offset (``seed``, else Lightning's global seed, else 0)."""
+        return self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+    def _settings(self, seed: int) -> dict[str, Any]:
+        """What a checkpoint stores to recognize a resume with other settings (the backend only changes speed)."""
+        fields = dataclasses.asdict(self.config)
+        fields.pop("backend")
+        fields["seed"] = seed
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
+
+    def _check_resumed_settings(self, seed: int) -> bool:
+        """Compare the checkpoint's settings with this fit's; raise (or warn, with ``allow_settings_change``) on a
+        difference. Returns whether the saved pattern stream continues (same settings)."""
+        saved = (self._pending_state or {}).get("settings")
+        if saved is None:  # a fresh fit, or a checkpoint from before settings were stored
+            return True
+        now = self._settings(seed)
+        changed = {k: (saved.get(k), now[k]) for k in now if saved.get(k) != now[k]}
+        if not changed:
+            return True
+        listed = ", ".join(f"{k}: checkpoint {old!r}, now {new!r}" for k, (old, new) in changed.items())
+        if not self.allow_settings_change:
+            self._pending_state = None
+            raise ValueError(
+                f"ApproximateDropout: resuming a checkpoint saved with other ARD settings ({listed}); resume with the "
+                "checkpoint's settings, or pass allow_settings_change=True to continue with the new ones"
+            )
+        rank_zero_warn(
+            f"ApproximateDropout: resuming with other ARD settings than the checkpoint's ({listed}); the new settings "
+            "apply from here, with a fresh pattern stream from the new seed"
+        )
+        return False
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -221,7 +263,11 @@ class ApproximateDropout(pl.Callback):
     def state_dict(self) -> dict[str, Any]:
         if self.controller is None or self.controller.sampler is None:
             return {}
-        return {"sampler": self.controller.sampler.state_dict(), "tflops_saved_total": self.tflops_saved_total}
+        return {
+            "sampler": self.controller.sampler.state_dict(),
+            "tflops_saved_total": self.tflops_saved_total,
+            "settings": self._settings(self._base_seed()),
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -145,3 +146,48 @@ def test_eval_submodule_in_a_lightning_fit(tmp_path) -> None:
     with pytest.warns(UserWarning, match=r"site 'net.5' runs as plain .* \(net.5 train, net.6 eval, net.3 train\)"):
         trainer.fit(Frozen(), _data())
     assert trainer.global_step == 3
+
+
+def _save_half(tmp_path, **settings) -> str:
+    cb = ApproximateDropout(measure_speedup=False, verbose=False, **settings)
+    trainer = _trainer(tmp_path, cb, max_steps=-1, max_epochs=1, logger=False)
+    trainer.fit(MLP(), _data())
+    path = str(tmp_path / "half.ckpt")
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("saved", "now", "listed"),
+    [
+        ({"p": 0.5, "seed": 3}, {"p": 0.3, "seed": 3}, "p: checkpoint 0.5, now 0.3"),
+        ({"seed": 3}, {"seed": 4}, "seed: checkpoint 3, now 4"),
+        ({"seed": 3, "groups": 4}, {"seed": 3, "groups": 2, "pattern": "row"},
+         "pattern: checkpoint 'block', now 'row', groups: checkpoint 4, now 2"),
+    ],
+)  # fmt: skip
+def test_resume_with_other_settings_raises_naming_both(tmp_path, saved, now, listed) -> None:
+    ckpt = _save_half(tmp_path, **saved)
+    model = MLP()
+    cb = ApproximateDropout(measure_speedup=False, verbose=False, **now)
+    trainer = _trainer(tmp_path, cb, max_steps=-1, max_epochs=2, logger=False)
+    with pytest.raises(ValueError, match=re.escape(f"other ARD settings ({listed}); resume with the checkpoint")):
+        trainer.fit(model, _data(), ckpt_path=ckpt)
+    assert all(type(m) in (nn.Sequential, nn.Linear, nn.ReLU, nn.Dropout) for m in model.net.modules())
+
+
+def test_resume_with_other_settings_allowed_warns_and_uses_them(tmp_path) -> None:
+    ckpt = _save_half(tmp_path, p=0.5, seed=3)
+    cb = ApproximateDropout(p=0.3, seed=5, allow_settings_change=True, measure_speedup=False, verbose=False)
+    trainer = _trainer(tmp_path, cb, max_steps=-1, max_epochs=2, logger=False)
+    with pytest.warns(UserWarning, match=re.escape("(p: checkpoint 0.5, now 0.3, seed: checkpoint 3, now 5)")):
+        trainer.fit(MLP(), _data(), ckpt_path=ckpt)
+    assert trainer.current_epoch == 2 and cb.controller.sampler.seed == 5  # the new seed's stream, not the saved one
+    assert {s.p for s in cb.controller.report.sites} == {0.3}
+
+
+def test_resume_with_the_same_settings_is_silent(tmp_path, recwarn) -> None:
+    ckpt = _save_half(tmp_path, seed=3)
+    cb = ApproximateDropout(seed=3, measure_speedup=False, verbose=False)
+    _trainer(tmp_path, cb, max_steps=-1, max_epochs=2, logger=False).fit(MLP(), _data(), ckpt_path=ckpt)
+    assert not [w for w in recwarn if "ARD settings" in str(w.message)]
