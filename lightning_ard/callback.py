@@ -22,10 +22,11 @@ import time
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from lightning_ard import accounting, profiling
+from lightning_ard import accounting, profiling, step_speedup
 from lightning_ard.config import ARDConfig
 from lightning_ard.controller import ARDController
 
@@ -39,7 +40,15 @@ class ApproximateDropout(pl.Callback):
     Args:
         config: the ARD settings (:class:`~lightning_ard.ARDConfig`); or pass its fields as keyword arguments
             (``ApproximateDropout(pattern="block", p=0.5, groups=4)``), not both.
-        measure_speedup: time each site dense vs ARD after the first step and log measured speedups.
+        measure_speedup: measure speed in the fit: after the first step, time every site's layers dense vs ARD at
+            the real shapes (forward, backward, optimizer share; logged as ``ard/<site>/speedup_measured``), and
+            time the real step both ways in short windows of interleaved nn.Dropout and ARD steps
+            (:mod:`lightning_ard.step_speedup`; logged as ``ard/step_speedup``, ``ard/step_ms_plain``,
+            ``ard/step_ms_ard``).
+        never_slower: after that calibration, a site whose layers are not faster with ARD than dense goes back to
+            nn.Dropout for the rest of the fit, with one line saying so (needs ``measure_speedup``).
+        measure_every: steps between two timing windows (the first starts at step
+            :data:`~lightning_ard.step_speedup.START`); 0 for one window only.
         restore_on_fit_end: give the plain modules back at fit end (False keeps ARD layers, patterns cleared).
         verbose: print the site table at fit start.
         allow_settings_change: resuming from a checkpoint saved with other ARD settings (``p``, ``pattern``,
@@ -54,6 +63,8 @@ class ApproximateDropout(pl.Callback):
         config: ARDConfig | None = None,
         *,
         measure_speedup: bool = True,
+        never_slower: bool = True,
+        measure_every: int = 500,
         restore_on_fit_end: bool = True,
         verbose: bool = True,
         allow_settings_change: bool = False,
@@ -68,6 +79,9 @@ class ApproximateDropout(pl.Callback):
             raise ValueError(f"unknown ApproximateDropout arguments {unknown}; allowed: {list(ARDConfig.names())}")
         self.config = config if config is not None else ARDConfig(**settings)
         self.measure_speedup = measure_speedup
+        self.never_slower = never_slower
+        self.measure_every = measure_every
+        step_speedup.StepSpeedMeter(every=measure_every)  # validates measure_every now, not at fit start
         self.restore_on_fit_end = restore_on_fit_end
         self.verbose = verbose
         self.allow_settings_change = allow_settings_change
@@ -84,6 +98,11 @@ class ApproximateDropout(pl.Callback):
         self._layer_time: profiling.LayerTimes = {}
         self._step_start = 0.0
         self._steps = 0
+        self._meter = step_speedup.StepSpeedMeter(every=self.measure_every)
+        self._mode: str | None = None  # this step's timing mode (plain / ard) or None (untimed ARD step)
+        self._step_ms: tuple[float, float] | None = None  # (plain, ARD) medians of the last window
+        self._last_step: tuple[accounting.LayerFlops, int] | None = None  # the last ARD step's FLOPs and number
+        self._logged_step = -1
 
     @property
     def seed(self) -> int | None:
@@ -155,6 +174,8 @@ class ApproximateDropout(pl.Callback):
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.active:
+            self._log_last_step(trainer)
         self._teardown(restore=self.restore_on_fit_end)
 
     @override
@@ -173,9 +194,16 @@ class ApproximateDropout(pl.Callback):
     ) -> None:
         if not self.active:
             return
-        if self._other_flops.pending:
-            self._other_flops.start()
-        self.controller.step()  # type: ignore[union-attr]
+        ctl: ARDController = self.controller  # type: ignore[assignment]
+        self._mode = self._meter.mode(self._steps) if self.measure_speedup else None
+        if self._mode == step_speedup.PLAIN:
+            ctl.plain_step()
+        else:
+            if self._other_flops.pending:
+                self._other_flops.start()
+            ctl.step()
+        if self._mode is not None:
+            profiling.synchronize(pl_module.device)
         self._step_start = time.perf_counter()
 
     @override
@@ -184,7 +212,13 @@ class ApproximateDropout(pl.Callback):
     ) -> None:
         if not self.active:
             return
-        step_time = time.perf_counter() - self._step_start
+        if self._mode is not None:
+            profiling.synchronize(pl_module.device)
+            if self._meter.record(self._mode, (time.perf_counter() - self._step_start) * 1e3):
+                self._step_ms = self._meter.result()
+        self._steps += 1
+        if self._mode == step_speedup.PLAIN:
+            return  # a reference step of the plain model: nothing of ARD ran
         ctl: ARDController = self.controller  # type: ignore[assignment]
         try:
             ctl.check_calls()
@@ -192,34 +226,69 @@ class ApproximateDropout(pl.Callback):
             raise RuntimeError(f"ApproximateDropout: {err}") from err
         layer_flops = ctl.layer_flops()
         if self._other_flops.stop(sum(e for _, e in layer_flops.values())) and self.measure_speedup:
-            self._calibrate()
+            self._calibrate(trainer)
         self.tflops_saved_total += sum(d - e for d, e in layer_flops.values()) / 1e12
-        self._steps += 1
+        self._last_step = (layer_flops, self._steps)
         if self._steps == 1 or self._steps % max(trainer.log_every_n_steps, 1) == 0:
-            self._log(trainer, pl_module, self._metrics(layer_flops, step_time))
+            self._log(trainer, pl_module, self._metrics(layer_flops))
+            self._logged_step = self._steps
 
-    def _calibrate(self) -> None:
-        """Time every ARD layer dense vs ARD (forward + backward) at this step's shapes, on the real device."""
-        surgery = self.controller.surgery  # type: ignore[union-attr]
-        self._layer_time = profiling.calibrate(surgery.linears, surgery.lstms)  # type: ignore[union-attr]
-        self.speedups = profiling.site_speedups(self._layer_time, self.controller.report.sites)  # type: ignore[union-attr]
+    def _calibrate(self, trainer: pl.Trainer) -> None:
+        """Time every ARD layer's share of a training step dense vs ARD at this step's shapes, on the real device;
+        with ``never_slower``, sites that are not faster go back to nn.Dropout (rank 0 decides for all ranks)."""
+        ctl: ARDController = self.controller  # type: ignore[assignment]
+        surgery = ctl.surgery
+        rates = {site.consumer: site.p for site in ctl.report.sites if site.name not in ctl.fallen_back}
+        self._layer_time = profiling.calibrate(
+            surgery.linears,
+            surgery.lstms,
+            rates,
+            trainer.optimizers,  # type: ignore[union-attr]
+        )
+        self.speedups = profiling.site_speedups(self._layer_time, ctl.report.sites)
+        if not self.never_slower:
+            return
+        slower = [name for name, speedup in self.speedups.items() if not speedup > 1.0]
+        slower = trainer.strategy.broadcast(slower, src=0)
+        for name in ctl.fall_back(slower):
+            measured = self.speedups.get(name)
+            why = f"measured {measured:.2f}x" if measured is not None else "shares its dropout with a slower site"
+            rank_zero_warn(
+                f"ApproximateDropout: site {name!r} runs as nn.Dropout for the rest of the fit: ARD is not faster "
+                f"there ({why} at this step's shapes; never_slower=False keeps it)"
+            )
 
-    def _metrics(self, layer_flops: accounting.LayerFlops, step_time: float) -> dict[str, float]:
+    def _metrics(self, layer_flops: accounting.LayerFlops) -> dict[str, float]:
         ctl: ARDController = self.controller  # type: ignore[assignment]
         metrics: dict[str, float] = {}
         for site in ctl.report.sites:
             d, e = accounting.site_flops(layer_flops, site)
-            metrics[f"ard/{site.name}/keep_fraction"] = ctl.keep_fraction(site.name)
-            metrics[f"ard/{site.name}/flops_saved"] = (1 - e / d) if d else 0.0
+            served = site.name not in ctl.fallen_back
+            metrics[f"ard/{site.name}/keep_fraction"] = ctl.keep_fraction(site.name) if served else 1.0
+            metrics[f"ard/{site.name}/flops_saved"] = (1 - e / d) if d and served else 0.0
             if site.name in self.speedups:
                 metrics[f"ard/{site.name}/speedup_measured"] = self.speedups[site.name]
         saved = sum(d - e for d, e in layer_flops.values())
         total_dense = sum(d for d, _ in layer_flops.values()) + (self._other_flops.value or 0)
         metrics["ard/flops_saved"] = saved / total_dense if total_dense else 0.0
         metrics["ard/tflops_saved_total"] = self.tflops_saved_total
-        if self._layer_time:
-            metrics["ard/speedup_estimate"] = profiling.speedup_estimate(self._layer_time, step_time)
+        if self._step_ms is not None:
+            plain, ard = self._step_ms
+            metrics["ard/step_ms_plain"], metrics["ard/step_ms_ard"] = plain, ard
+            metrics["ard/step_speedup"] = plain / ard if ard > 0 else float("nan")
         return metrics
+
+    def _log_last_step(self, trainer: pl.Trainer) -> None:
+        """At fit end: the last ARD step's values to the loggers and ``trainer.callback_metrics`` when the logging
+        cadence skipped it (a 6-step fit must not leave step 1's values behind)."""
+        if self._last_step is None or self._last_step[1] == self._logged_step:
+            return
+        metrics = self._metrics(self._last_step[0])
+        if trainer.loggers and trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+        self._logged_step = self._last_step[1]
 
     @staticmethod
     def _log(trainer: pl.Trainer, pl_module: pl.LightningModule, metrics: dict[str, float]) -> None:

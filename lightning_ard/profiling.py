@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -58,25 +58,56 @@ def median_time(fn: Callable[[], object], device: torch.device | str, reps: int 
     return statistics.median(time_calls(fn, device, reps)) / 1e3
 
 
-def time_linear(lin: ARDLinear) -> tuple[float, float]:
-    """(dense, ARD) seconds of forward + backward of an ARD Linear at its last step's shape, on stand-in tensors."""
+def _optimizer_like(
+    optimizers: Sequence[torch.optim.Optimizer], param: torch.Tensor, stand_ins: list[torch.Tensor]
+) -> torch.optim.Optimizer | None:
+    """An optimizer of the same class and hyperparameters as the one that updates ``param``, over ``stand_ins``
+    (so calibration times the optimizer's share of the layer's step); None when none holds it or it cannot be
+    rebuilt."""
+    for opt in optimizers:
+        for group in opt.param_groups:
+            if any(q is param for q in group["params"]):
+                hyper = {k: v for k, v in group.items() if k != "params"}
+                try:
+                    return type(opt)([{"params": stand_ins, **hyper}])
+                except Exception:  # an optimizer that cannot be rebuilt from its param group: no share
+                    return None
+    return None
+
+
+def _train_step(forward: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer | None) -> Callable[[], None]:
+    def step() -> None:
+        forward().sum().backward()
+        if optimizer is not None:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=False)
+
+    return step
+
+
+def time_linear(
+    lin: ARDLinear, dropout_p: float = 0.0, optimizers: Sequence[torch.optim.Optimizer] = ()
+) -> tuple[float, float]:
+    """(dense, ARD) seconds of a training step's share of an ARD Linear at its last step's shape, on stand-ins:
+    forward, backward and the optimizer's update of its parameters; the dense side also pays nn.Dropout on its
+    input (``dropout_p``), which ARD replaces."""
     device = lin.weight.device
     w = lin.weight.detach().clone().requires_grad_(True)
     b = lin.bias.detach().clone().requires_grad_(True) if lin.bias is not None else None
+    params = [w] if b is None else [w, b]
     rows, grad_x = max(lin.ard_rows, 1), lin.ard_grad_input
     x = torch.randn(rows, lin.in_features, device=device, dtype=w.dtype, requires_grad=grad_x)
-
-    def dense() -> None:
-        F.linear(x, w, b).sum().backward()
-
-    def ard() -> None:
-        lin.ard_product(x, w, b).sum().backward()
-
+    opt = _optimizer_like(optimizers, lin.weight, params)
+    dense = _train_step(lambda: F.linear(F.dropout(x, dropout_p) if dropout_p else x, w, b), opt)
+    ard = _train_step(lambda: lin.ard_product(x, w, b), opt)
     return median_time(dense, device), median_time(ard, device)
 
 
-def time_lstm(lstm: ARDLSTM) -> tuple[float, float]:
-    """(dense, ARD) seconds of forward + backward of an ARD LSTM with its last step's patterns, on copies."""
+def time_lstm(
+    lstm: ARDLSTM, dropout_p: float = 0.0, optimizers: Sequence[torch.optim.Optimizer] = ()
+) -> tuple[float, float]:
+    """(dense, ARD) seconds of a training step's share of an ARD LSTM with its last step's patterns, on copies
+    (forward, backward, the optimizer's update; the dense side pays nn.Dropout on its input)."""
     from lightning_ard.layers import ARDLSTM
 
     device = lstm.weight_hh_l0.device
@@ -90,20 +121,24 @@ def time_lstm(lstm: ARDLSTM) -> tuple[float, float]:
     x = torch.randn(batch, max(tokens // batch, 1), lstm.input_size, device=device)
     dense_copy, ard_copy = copy(), ARDLSTM.from_lstm(copy())
     ard_copy.set_patterns(list(lstm.ard_patterns))
-
-    def dense() -> None:
-        dense_copy(x)[0].sum().backward()
-
-    def ard() -> None:
-        ard_copy(x)[0].sum().backward()
-
+    dense_opt = _optimizer_like(optimizers, lstm.weight_hh_l0, list(dense_copy.parameters()))
+    ard_opt = _optimizer_like(optimizers, lstm.weight_hh_l0, list(ard_copy.parameters()))
+    dense = _train_step(lambda: dense_copy(F.dropout(x, dropout_p) if dropout_p else x)[0], dense_opt)
+    ard = _train_step(lambda: ard_copy(x)[0], ard_opt)
     return median_time(dense, device), median_time(ard, device)
 
 
-def calibrate(linears: Mapping[str, ARDLinear], lstms: Mapping[str, ARDLSTM]) -> LayerTimes:
-    """(dense, ARD) time of every ARD layer at this step's shapes and patterns, on its own device."""
-    times = {path: time_linear(lin) for path, lin in linears.items()}
-    times.update({path: time_lstm(lstm) for path, lstm in lstms.items()})
+def calibrate(
+    linears: Mapping[str, ARDLinear],
+    lstms: Mapping[str, ARDLSTM],
+    dropout_p: Mapping[str, float] | None = None,
+    optimizers: Sequence[torch.optim.Optimizer] = (),
+) -> LayerTimes:
+    """(dense, ARD) time of every ARD layer's share of a training step at this step's shapes and patterns, on its
+    own device, synchronized; ``dropout_p``: layer path -> rate of the nn.Dropout on its input (dense side)."""
+    rates = dropout_p or {}
+    times = {path: time_linear(lin, rates.get(path, 0.0), optimizers) for path, lin in linears.items()}
+    times.update({path: time_lstm(lstm, rates.get(path, 0.0), optimizers) for path, lstm in lstms.items()})
     return times
 
 
@@ -115,11 +150,3 @@ def site_speedups(times: LayerTimes, sites: Iterable[Site]) -> dict[str, float]:
         dense, ard = sum(times[p][0] for p in layers), sum(times[p][1] for p in layers)
         out[site.name] = dense / ard if ard > 0 else float("nan")
     return out
-
-
-def speedup_estimate(times: LayerTimes, step_seconds: float) -> float:
-    """Amdahl on calibrated layer times: the rest of the step (data, optimizer, other layers) is shared."""
-    dense = sum(d for d, _ in times.values())
-    ard = sum(a for _, a in times.values())
-    rest = max(step_seconds - ard, 0.0)
-    return (rest + dense) / (rest + ard)

@@ -122,7 +122,7 @@ def test_mlp_fit_logs_and_restores(tmp_path) -> None:
     model = MLP()
     params = [id(p) for p in model.parameters()]
     keys = list(model.state_dict())
-    cb = ApproximateDropout(pattern="row", measure_speedup=True)
+    cb = ApproximateDropout(pattern="row", measure_speedup=True, never_slower=False)  # tiny layers: slower
     _trainer(tmp_path, cb).fit(model, _data())
     assert [type(m) for m in model.net] == [nn.Linear, nn.ReLU, nn.Dropout] * 2 + [nn.Linear]
     assert [id(p) for p in model.parameters()] == params and list(model.state_dict()) == keys
@@ -138,7 +138,7 @@ def test_mlp_fit_logs_and_restores(tmp_path) -> None:
     assert all(0 < v < 1 for v in scalars["ard/flops_saved"])
     total = scalars["ard/tflops_saved_total"]
     assert total == sorted(total) and total[-1] > 0
-    assert all(v > 0 for v in scalars["ard/speedup_estimate"])
+    assert "ard/speedup_estimate" not in scalars  # the estimate did not predict real steps: a measurement replaced it
 
 
 def test_flop_accounting_matches_flop_counter(tmp_path) -> None:
@@ -178,7 +178,7 @@ def test_lstm_language_model_sites_and_training(tmp_path) -> None:
     pl.seed_everything(0)
     model = LSTMLM()
     before = model.lstm.weight_ih_l1.detach().clone()
-    cb = ApproximateDropout(pattern="row", groups=1, measure_speedup=True)
+    cb = ApproximateDropout(pattern="row", groups=1, measure_speedup=True, never_slower=False)
     _trainer(tmp_path, cb).fit(model, _lm_data())
     kinds = {s.name: s.kind for s in cb.controller.report.sites}
     assert kinds == {"drop->lstm": "lstm-input", "drop->decoder": "consumer", "lstm.l1": "lstm-inter"}
@@ -239,12 +239,12 @@ def test_resume_reproduces_uninterrupted_fit(tmp_path, groups) -> None:
 
 def test_metrics_reach_callback_metrics_without_a_logger(tmp_path) -> None:
     pl.seed_everything(0)
-    cb = ApproximateDropout(measure_speedup=True)
+    cb = ApproximateDropout(measure_speedup=True, never_slower=False)
     trainer = _trainer(tmp_path, cb, logger=False)
     trainer.fit(MLP(), _data())
     metrics = trainer.callback_metrics
     assert 0 < float(metrics["ard/flops_saved"]) < 1 and float(metrics["ard/tflops_saved_total"]) > 0
-    assert 0 < float(metrics["ard/net.2/keep_fraction"]) <= 1 and float(metrics["ard/speedup_estimate"]) > 0
+    assert 0 < float(metrics["ard/net.2/keep_fraction"]) <= 1 and float(metrics["ard/net.2/speedup_measured"]) > 0
 
 
 def test_gradient_accumulation_and_bf16(tmp_path) -> None:
@@ -387,7 +387,7 @@ def test_groups_fit_mlp_and_lstm(tmp_path) -> None:
 
     pl.seed_everything(0)
     model = MLP()
-    cb = ApproximateDropout(groups=4, measure_speedup=True)
+    cb = ApproximateDropout(groups=4, measure_speedup=True, never_slower=False)
     _trainer(tmp_path / "mlp", cb).fit(model, _data())
     pats = cb.controller.patterns
     assert all(isinstance(v, tuple) and len(v) == 4 for v in pats.values())
