@@ -13,6 +13,7 @@ The Lightning callback drives one of these; a plain PyTorch loop (or the benchma
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +79,7 @@ class ARDController:
         self._modes: dict[str, bool] = {}  # module path -> training, at the last step's start
         self._plain_dropouts: set[str] = set()  # dropouts running as nn.Dropout in the last step
         self._mode_warnings: set[tuple[str, tuple[tuple[str, bool], ...]]] = set()
+        self.fallen_back: set[str] = set()  # sites served as the plain modules for the rest of the fit
 
     @property
     def active(self) -> bool:
@@ -226,6 +228,28 @@ class ARDController:
             drop.ard_enabled = path not in self._plain_dropouts
         return pats
 
+    def plain_step(self) -> None:
+        """Run the next step as the plain model (full products, nn.Dropout's random masks): a valid training step,
+        used as the timed reference of the measured step speedup. No pattern is drawn (the stream is unchanged)."""
+        if self.surgery is None:
+            return
+        self.surgery.clear()
+        self._plain_dropouts, self._modes = set(self.surgery.dropouts), {}
+
+    def fall_back(self, names: Iterable[str]) -> list[str]:
+        """Serve the sites ``names`` as the plain modules from the next step on (with every site that shares a
+        dropout module with one of them, since a dropout module runs plainly for all its uses); returns the sites
+        that fell back, in detection order."""
+        names = set(names)
+        dropouts = {s.dropout for s in self.report.sites if s.name in names and s.dropout is not None}
+        new = [
+            s.name
+            for s in self.report.sites
+            if (s.name in names or s.dropout in dropouts) and s.name not in self.fallen_back
+        ]
+        self.fallen_back.update(new)
+        return new
+
     def _site_modes(self, site: Site) -> dict[str, bool]:
         """Module path -> ``training`` of every module a site involves (dropout, consumer, producer)."""
         paths = (site.dropout, site.consumer, site.producer)
@@ -237,12 +261,18 @@ class ARDController:
         a dropout module runs plainly for all its uses when one of them is not served."""
         modes = {site.name: self._site_modes(site) for site in self.report.sites}
         self._modes = {path: mode for m in modes.values() for path, mode in m.items()}
-        plain = {site.dropout for site in self.report.sites if not all(modes[site.name].values())}
+        plain = {
+            site.dropout
+            for site in self.report.sites
+            if not all(modes[site.name].values()) or site.name in self.fallen_back
+        }
         self._plain_dropouts = {d for d in plain if d is not None}
         served = {
             site.name
             for site in self.report.sites
-            if all(modes[site.name].values()) and site.dropout not in self._plain_dropouts
+            if all(modes[site.name].values())
+            and site.dropout not in self._plain_dropouts
+            and site.name not in self.fallen_back
         }
         for site in self.report.sites:
             mixed = len(set(modes[site.name].values())) > 1
