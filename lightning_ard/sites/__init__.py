@@ -1,7 +1,21 @@
-"""Dropout sites: what a site is (``site``), how they are detected (``detect``), and the in-place swap (``swap``)."""
+"""Dropout sites: what a site is (``site``), how they are detected (``detect``), site rules for blocks that do not
+trace (``rules``), and the in-place swap (``swap``)."""
 
 from lightning_ard.sites.detect import find_sites
+from lightning_ard.sites.rules import BlockProof, BlockUse, SiteRule, register_site_rule, unregister_site_rule
 from lightning_ard.sites.site import Site, SiteKind, SiteReport, Skipped
 from lightning_ard.sites.swap import Surgery
 
-__all__ = ["Site", "SiteKind", "SiteReport", "Skipped", "Surgery", "find_sites"]
+__all__ = [
+    "BlockProof",
+    "BlockUse",
+    "Site",
+    "SiteKind",
+    "SiteReport",
+    "SiteRule",
+    "Skipped",
+    "Surgery",
+    "find_sites",
+    "register_site_rule",
+    "unregister_site_rule",
+]

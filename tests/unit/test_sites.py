@@ -195,9 +195,6 @@ class Mixed(nn.Module):
         return x
 
 
-UNTRACED = "no traced forward reaches it (the model's forward does not trace); name the site explicitly with "
-
-
 def test_mixed_model_report_is_unchanged() -> None:
     """The exact report (sites in order, skipped reasons in order) of a model mixing every case."""
     report = find_sites(Mixed(), sites=["untraced.d->untraced.b", "top_drop->inter"])
@@ -221,15 +218,16 @@ def test_mixed_model_report_is_unchanged() -> None:
     other = "is not nn.Dropout (another semantics, or a subclass that may override forward); left as it is"
     assert [(s.name, s.reason) for s in report.skipped] == [
         (
-            "func.dropout",
-            "functional dropout call (F.dropout): only nn.Dropout modules can be swapped; use an nn.Dropout module",
+            "func",
+            "functional dropout call F.dropout(p=0.5) in the forward of func (Functional): only nn.Dropout modules "
+            "can be swapped; use an nn.Dropout module",
         ),
         ("channel.d2", f"Dropout2d {other}"),
         ("channel.alpha", f"AlphaDropout {other}"),
         ("lm.pdrop", "it does not feed the LSTM's input (or the LSTM has proj_size > 0)"),
         ("residual.d", "its output has 2 readers; ARD needs exactly one"),
-        ("shared.unused", UNTRACED + "sites=['dropout->consumer']"),
-        ("func.d", UNTRACED + "sites=['dropout->consumer']"),
+        ("shared.unused", "it is never called: the forward of shared (Shared) does not call it"),
+        ("func.d", "it is never called: the forward of func (Functional) does not call it"),
         ("shared.d4", "its consumer shared.fc5 is called 2 times per forward"),
         ("loop.d", "its consumer loop.a is called 2 times per forward"),
         ("lm.proj", "nn.LSTM with proj_size > 0 is not supported"),
@@ -262,3 +260,235 @@ def test_surgery_swaps_and_restores_in_place() -> None:
     assert model[2].weight is weight and surgery.dropout_uses == {"1": 1}
     surgery.restore()
     assert [type(m) for m in model] == [nn.Linear, nn.Dropout, nn.Linear] and not surgery.linears
+
+
+# ------------------------------------------------------------------ skip reasons: the true one, in words
+
+
+class LSTMClassifier(nn.Module):
+    """Packed sequences: its forward does not trace, so only the LSTM's inter-layer dropout is proven."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.drop_in = nn.Embedding(20, 8), nn.Dropout(0.3)
+        self.lstm = nn.LSTM(8, 16, 2, dropout=0.2, batch_first=True)
+        self.drop_out, self.fc = nn.Dropout(0.3), nn.Linear(16, 3)
+
+    def forward(self, tokens, lengths):
+        x = self.drop_in(self.emb(tokens))
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        _, (h, _) = self.lstm(packed)
+        return self.fc(self.drop_out(h[-1]))
+
+
+def test_untraceable_forward_reason_has_the_tracers_message() -> None:
+    model = LSTMClassifier()
+    with pytest.raises(Exception) as err:  # what torch.fx says about this forward
+        torch.fx.symbolic_trace(model)
+    message = f"{type(err.value).__name__}: {str(err.value).strip().splitlines()[0].strip()}"
+    sites, skipped = _sites(model)
+    assert set(sites) == {"lstm.l1"}
+    for name in ("drop_in", "drop_out"):
+        assert skipped[name] == (
+            f"no traced forward reaches it: the model's forward does not trace ({message}); name the site "
+            f"explicitly with sites=['{name}->consumer']"
+        )
+    assert model(torch.randint(0, 20, (2, 4)), torch.tensor([4, 2])).shape == (2, 3)  # the model still runs
+
+
+class Mlp(nn.Module):
+    """timm's Mlp: fc1 -> act -> drop1 -> norm (Identity) -> fc2 -> drop2."""
+
+    def __init__(self, dim: int, hidden: int, drop: float) -> None:
+        super().__init__()
+        self.fc1, self.act, self.drop1 = nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(drop)
+        self.norm, self.fc2, self.drop2 = nn.Identity(), nn.Linear(hidden, dim), nn.Dropout(drop)
+
+    def forward(self, x):
+        return self.drop2(self.fc2(self.norm(self.drop1(self.act(self.fc1(x))))))
+
+
+class MixerBlock(nn.Module):
+    """timm's MixerBlock: token mixing on the transposed input, channel mixing, residual additions."""
+
+    def __init__(self, drop: float) -> None:
+        super().__init__()
+        self.norm1, self.mlp_tokens = nn.LayerNorm(8), Mlp(6, 12, drop)
+        self.norm2, self.mlp_channels = nn.LayerNorm(8), Mlp(8, 16, drop)
+
+    def forward(self, x):
+        x = x + self.mlp_tokens(self.norm1(x).transpose(1, 2)).transpose(1, 2)
+        return x + self.mlp_channels(self.norm2(x))
+
+
+def test_zero_rate_dropouts_are_not_sites() -> None:
+    sites, skipped = _sites(MixerBlock(0.0), p=0.5)
+    zero = "p = 0: it drops nothing, so ARD has nothing to save; left as nn.Dropout"
+    assert not sites
+    assert skipped == {f"mlp_{m}.drop{i}": zero for m in ("tokens", "channels") for i in (1, 2)}
+    sites, skipped = _sites(MixerBlock(0.1))
+    assert {n: (s.kind, s.producer) for n, s in sites.items()} == {
+        "mlp_tokens.drop1": ("producer+consumer", "mlp_tokens.fc1"),
+        "mlp_channels.drop1": ("producer+consumer", "mlp_channels.fc1"),
+    }
+    assert skipped == {
+        "mlp_tokens.drop2": "its output reaches Tensor.transpose() before any Linear",
+        "mlp_channels.drop2": "its output reaches operator.add before any Linear",
+    }
+    zeroed = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.0), nn.Linear(4, 4))
+    assert _sites(zeroed, sites=["1->2"]) == ({}, {"1": zero})  # not even when named
+
+
+class Head(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(12, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = F.dropout(F.relu(self.fc1(x)), 0.5, self.training)
+        return self.fc2(F.dropout(h, p=0.25, training=self.training))
+
+
+class Pool(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = Head()
+
+    def forward(self, x):
+        return self.head(torch.dropout(torch.flatten(x, 1), 0.1, self.training))
+
+
+def test_functional_dropouts_are_named_by_the_module_calling_them() -> None:
+    """Also when the top-level module has no forward (a LightningModule that only defines training_step)."""
+    import lightning.pytorch as pl
+
+    class LitCNN(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU())
+            self.pool = Pool()
+
+        def training_step(self, batch, batch_idx):
+            return self.pool(self.features(batch)).sum()
+
+    swap = "only nn.Dropout modules can be swapped; use an nn.Dropout module"
+    report = find_sites(LitCNN())
+    assert not report.sites
+    assert [(s.name, s.reason) for s in report.skipped] == [
+        ("pool", f"functional dropout call torch.dropout(p=0.1) in the forward of pool (Pool): {swap}"),
+        (
+            "pool.head",
+            f"2 functional dropout calls F.dropout (p=0.5, p=0.25) in the forward of pool.head (Head): {swap}",
+        ),
+    ]
+    report = find_sites(Head())
+    assert [s.name for s in report.skipped] == ["(model)"]
+    assert report.skipped[0].reason.startswith("2 functional dropout calls F.dropout (p=0.5, p=0.25) in the model's")
+
+
+class Returns(Residual):
+    def forward(self, x):
+        return self.d(self.a(x))
+
+
+class Never(Residual):
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+class Outer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blk, self.b = Returns(), nn.Linear(8, 8)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.b(self.blk(x))
+        return x
+
+
+class TorchLeaf(nn.Module):
+    """Stands in for a torch.nn container no rule covers: fx keeps it a leaf, and its forward does not trace."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.d, self.b = nn.Dropout(0.5), nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.b(self.d(x)) if x.sum() > 0 else x
+
+
+TorchLeaf.__module__ = "torch.nn.modules.stand_in"
+
+
+class UsesTorchLeaf(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.box, self.b = TorchLeaf(), nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.b(self.box(x))
+
+
+def test_return_never_called_and_container_reasons() -> None:
+    assert _sites(Returns())[1] == {"d": "its output is returned by the model's forward, not read by a Linear"}
+    assert _sites(Outer())[1] == {
+        "blk.d": "its output leaves blk (Returns), which is traced on its own, so what reads it is not known; name "
+        "the site with sites=['blk.d->consumer'] if a Linear reads it"
+    }
+    assert _sites(Outer(), sites=["blk.d->b"])[0]["blk.d"].consumer == "b"
+    assert _sites(Never())[1] == {"d": "it is never called: the model's forward does not call it"}
+    assert _sites(UsesTorchLeaf())[1] == {
+        "box.d": "it is inside box, a torch.nn container (TorchLeaf) that torch.fx keeps as a leaf; its forward does "
+        "not trace (TraceError: symbolically traced variables cannot be used as inputs to control flow) and no site "
+        "rule matches it: add one with register_site_rule, or name the site explicitly with "
+        "sites=['box.d->consumer']"
+    }
+
+
+def test_no_reason_is_a_graph_dump() -> None:
+    models = [Mixed(), LSTMClassifier(), MixerBlock(0.1), Pool(), Outer(), UsesTorchLeaf(), SigmoidBetween()]
+    reasons = [s.reason for m in models for s in find_sites(m).skipped]
+    assert reasons and not [r for r in reasons if "%" in r or "call_" in r or "return (" in r or "args =" in r]
+
+
+def test_ard_layers_are_detected_as_the_modules_they_replace() -> None:
+    """A converted model (a second fit without restore, a second controller, a retry) gives the same report."""
+    from lightning_ard.controller import ARDController
+
+    model, spec = Mixed(), ["untraced.d->untraced.b", "top_drop->inter"]
+    before = find_sites(model, sites=spec)
+    ctl = ARDController(model, pattern="row", groups=1, sites=spec).apply()
+    assert type(model.mlp[3]) is ARDLinear and type(model.mlp[2]) is ARDDropout
+    after = find_sites(model, sites=spec)
+    assert after.sites == before.sites and after.skipped == before.skipped
+    again = ARDController(model, pattern="row", groups=1, sites=spec).apply()
+    assert [s.name for s in again.report.sites] == [s.name for s in ctl.report.sites]
+    again.restore()
+    assert type(model.mlp[3]) is nn.Linear and type(model.mlp[2]) is nn.Dropout
+
+
+class CachesMask(Residual):
+    """Its forward caches a tensor on the module: under tracing that would become a Proxy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mask, self.calls = torch.ones(8), 0
+
+    def forward(self, x):
+        self.mask, self.calls = x.new_ones(x.shape[-1]), self.calls + 1
+        return self.b(self.d(self.a(x))) * self.mask
+
+
+def test_detection_leaves_module_attributes_as_they_were() -> None:
+    model = CachesMask()
+    mask = model.mask
+    assert set(_sites(model)[0]) == {"d"}
+    assert model.mask is mask and model.calls == 0
+    assert model(torch.randn(2, 8)).shape == (2, 8)
+
+
+def test_functional_dropouts_inside_a_module_list_of_a_model_without_forward() -> None:
+    model = nn.Module()  # no forward, as a LightningModule that only defines training_step
+    model.heads = nn.ModuleList([Head(), nn.Sequential(nn.Linear(3, 3), nn.ReLU())])
+    assert [s.name for s in find_sites(model).skipped] == ["heads.0"]
