@@ -216,6 +216,11 @@ class ApproximateDropout(pl.Callback):
             profiling.synchronize(pl_module.device)
             if self._meter.record(self._mode, (time.perf_counter() - self._step_start) * 1e3):
                 self._step_ms = self._meter.result()
+                plain, ard = self._step_ms
+                if trainer.strategy.broadcast(self.never_slower and not ard < plain, src=0):  # rank 0 decides
+                    self._steps += 1
+                    self._give_up(trainer, pl_module, f"the measured step is not faster ({plain / ard:.2f}x)")
+                    return
         self._steps += 1
         if self._mode == step_speedup.PLAIN:
             return  # a reference step of the plain model: nothing of ARD ran
@@ -227,6 +232,8 @@ class ApproximateDropout(pl.Callback):
         layer_flops = ctl.layer_flops()
         if self._other_flops.stop(sum(e for _, e in layer_flops.values())) and self.measure_speedup:
             self._calibrate(trainer)
+            if not self.active:  # never slower: no site was faster, the plain model is back
+                return
         self.tflops_saved_total += sum(d - e for d, e in layer_flops.values()) / 1e12
         self._last_step = (layer_flops, self._steps)
         if self._steps == 1 or self._steps % max(trainer.log_every_n_steps, 1) == 0:
@@ -257,6 +264,25 @@ class ApproximateDropout(pl.Callback):
                 f"ApproximateDropout: site {name!r} runs as nn.Dropout for the rest of the fit: ARD is not faster "
                 f"there ({why} at this step's shapes; never_slower=False keeps it)"
             )
+        if {s.name for s in ctl.report.sites} <= ctl.fallen_back:
+            self._give_up(trainer, trainer.lightning_module, "no site is faster with ARD")
+
+    def _give_up(self, trainer: pl.Trainer, pl_module: pl.LightningModule, why: str) -> None:
+        """Never slower: give the plain modules back for the rest of the fit (no ARD overhead left), logging the
+        last figures with nothing saved from here on."""
+        self.controller.restore()  # type: ignore[union-attr]
+        rank_zero_warn(
+            f"ApproximateDropout: the model trains with its plain modules for the rest of the fit: {why} "
+            "(never_slower=False keeps ARD)"
+        )
+        metrics = {"ard/flops_saved": 0.0, "ard/tflops_saved_total": self.tflops_saved_total}
+        if self._step_ms is not None:
+            plain, ard = self._step_ms
+            metrics.update({"ard/step_ms_plain": plain, "ard/step_ms_ard": ard, "ard/step_speedup": plain / ard})
+        if trainer.loggers and trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
 
     def _metrics(self, layer_flops: accounting.LayerFlops) -> dict[str, float]:
         ctl: ARDController = self.controller  # type: ignore[assignment]
