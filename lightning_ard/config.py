@@ -48,7 +48,9 @@ class ARDConfig:
         exclude: glob patterns over dropout module paths (or site names) to leave alone.
         sites: explicit ``"dropout->consumer"`` module-path pairs for sites detection cannot prove.
         backend: ``"auto"`` (Triton on CUDA, PyTorch elsewhere), ``"torch"`` or ``"triton"``.
-        tile: tile shape (rows, cols) of the weight for ``pattern="tile"``.
+        tile: tile shape (rows, cols) of the weight for ``pattern="tile"``; ``"auto"`` (default) picks it per layer
+            from the weight's shape (:func:`~lightning_ard.patterns.tile.auto_tile`) and skips, with the reason, a
+            site whose weight no tile pattern can serve at its rate, instead of failing the fit.
         groups: independent patterns per forward pass, each serving a contiguous share of the rows (samples or
             tokens of a Linear's input, time steps of an LSTM; :mod:`lightning_ard.patterns.groups`). ``"auto"``
             (default) takes the measured safe count for the site's rate at Linear sites
@@ -72,7 +74,7 @@ class ARDConfig:
     exclude: tuple[str, ...] | None = None
     sites: tuple[str, ...] | None = None
     backend: str = "auto"
-    tile: tuple[int, int] = (64, 64)
+    tile: tuple[int, int] | str = "auto"
     groups: int | str = "auto"
     pool: int | None = None
     lstm_groups: int | None = None
@@ -93,7 +95,8 @@ class ARDConfig:
                     f"LSTM that reads it), got {pair!r}; e.g. sites=['net.2->net.3']"
                 )
         object.__setattr__(self, "search", check_search(self.search))
-        object.__setattr__(self, "tile", check_tile("tile", self.tile))
+        if not (isinstance(self.tile, str) and self.tile == "auto"):
+            object.__setattr__(self, "tile", check_tile("tile", self.tile))
         if not (isinstance(self.groups, str) and self.groups == "auto"):
             object.__setattr__(self, "groups", check_in_range("groups", self.groups, 1, MAX_GROUPS, hint=" or 'auto'"))
         for name in ("pool", "lstm_groups"):

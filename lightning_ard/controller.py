@@ -26,6 +26,7 @@ from lightning_ard.kernels import get_backend
 from lightning_ard.layers import ARDLSTM, ARDLinear
 from lightning_ard.patterns import PatternDistribution, PatternSampler, RowPattern, TilePattern
 from lightning_ard.patterns.groups import resolve_groups
+from lightning_ard.patterns.tile import auto_tile
 from lightning_ard.sites import Site, SiteKind, SiteReport, Skipped, Surgery, find_sites
 
 
@@ -106,7 +107,9 @@ class ARDController:
             device = next(self.model.get_submodule(site.consumer).parameters()).device
             get_backend(c.backend, device)  # raises for a backend that cannot run there, before any swap
         self.report = report
-        self.distributions = {site.name: self._distribution(site) for site in report.sites}
+        self.distributions = self._distributions(report)
+        if not report.sites:
+            return self
         surgery = Surgery(self.model, report.sites, c.backend)
         try:
             surgery.apply()
@@ -153,6 +156,21 @@ class ARDController:
             return "row"
         return self.config.pattern
 
+    def _distributions(self, report: SiteReport) -> dict[str, PatternDistribution]:
+        """Every site's searched distribution. Under ``tile="auto"`` a tile site that no pattern can serve is skipped
+        with the search's reason (with the other uses of its dropout module) instead of failing the fit."""
+        out: dict[str, PatternDistribution] = {}
+        for site in list(report.sites):
+            try:
+                out[site.name] = self._distribution(site)
+            except ValueError as err:
+                if self.family_for(site) != "tile" or self.config.tile != "auto":
+                    raise
+                gone = [s for s in report.sites if s is site or (site.dropout and s.dropout == site.dropout)]
+                report.sites = [s for s in report.sites if s not in gone]
+                report.skipped += [Skipped(s.name, f"no tile pattern serves it: {err}") for s in gone]
+        return {name: dist for name, dist in out.items() if any(s.name == name for s in report.sites)}
+
     def _distribution(self, site: Site) -> PatternDistribution:
         from lightning_ard.search import search_distribution
 
@@ -160,14 +178,9 @@ class ARDController:
         try:
             if family == "tile":
                 consumer = self.model.get_submodule(site.consumer)
-                return search_distribution(
-                    site.p,
-                    site.width,
-                    "tile",
-                    shape=(consumer.out_features, consumer.in_features),
-                    tile=self.config.tile,
-                    **self.config.search,
-                )
+                shape = (consumer.out_features, consumer.in_features)
+                tile = auto_tile(*shape) if self.config.tile == "auto" else self.config.tile
+                return search_distribution(site.p, site.width, "tile", shape=shape, tile=tile, **self.config.search)
             return search_distribution(site.p, site.width, family, **self.config.search)
         except ValueError as err:
             raise ValueError(f"site {site.name!r} (p={site.p}, width={site.width}): {err}") from err

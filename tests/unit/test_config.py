@@ -33,7 +33,7 @@ def test_defaults() -> None:
         "exclude": None,
         "sites": None,
         "backend": "auto",
-        "tile": (64, 64),
+        "tile": "auto",
         "groups": "auto",
         "pool": None,
         "lstm_groups": None,
@@ -262,3 +262,8 @@ def test_search_unknown_setting_error() -> None:
         "cokeep_weight",
         "seed",
     ]
+
+
+def test_tile_auto_is_the_default_and_accepted() -> None:
+    assert ARDConfig().tile == "auto" and ARDConfig(tile="auto").tile == "auto"
+    _raises("tile must be a pair of positive integers (rows, cols), got 'automatic'", tile="automatic")
