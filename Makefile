@@ -19,6 +19,8 @@ setup: $(STAMP)
 data:
 	@test -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz || \
 	  (apt-get install -y dataset-fashion-mnist || (apt-get update && apt-get install -y dataset-fashion-mnist))
+	@command -v bible >/dev/null || \
+	  (apt-get install -y bible-kjv || (apt-get update && apt-get install -y bible-kjv))
 
 test: setup
 	$(PY) -m pytest -q

@@ -9,8 +9,8 @@ from lightning_ard._validate import check_choice, check_in_range, check_positive
 from lightning_ard.patterns.groups import MAX_GROUPS
 from lightning_ard.search import FAMILIES, SearchSettings
 
-BACKENDS = ("auto", "torch", "triton")
-"""``backend`` choices: Triton on CUDA and PyTorch elsewhere (``auto``), or one forced."""
+BACKENDS = ("auto", "torch", "gathered", "triton")
+"""``backend`` choices: measured per layer on CUDA, PyTorch elsewhere (``auto``), or one forced."""
 
 
 def _check_strings(name: str, value: Any) -> tuple[str, ...] | None:
@@ -47,7 +47,9 @@ class ARDConfig:
         include: glob patterns over dropout module paths (or site names) to serve; ``None`` serves all.
         exclude: glob patterns over dropout module paths (or site names) to leave alone.
         sites: explicit ``"dropout->consumer"`` module-path pairs for sites detection cannot prove.
-        backend: ``"auto"`` (Triton on CUDA, PyTorch elsewhere), ``"torch"`` or ``"triton"``.
+        backend: ``"auto"`` (on CUDA each layer takes the fastest of ``"torch"``, ``"gathered"`` and ``"triton"``
+            at its real shapes, measured after the first step; PyTorch elsewhere), or one forced: ``"torch"``,
+            ``"gathered"`` (kept weight block gathered once, cuBLAS products; docs/gpu.md) or ``"triton"``.
         tile: tile shape (rows, cols) of the weight for ``pattern="tile"``; ``"auto"`` (default) picks it per layer
             from the weight's shape (:func:`~lightning_ard.patterns.tile.auto_tile`) and skips, with the reason, a
             site whose weight no tile pattern can serve at its rate, instead of failing the fit.
