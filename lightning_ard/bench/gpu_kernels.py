@@ -1,379 +1,151 @@
-"""GPU benchmark of the Triton ARD kernels: correctness at large shapes first, then timings.
+"""The one prepared GPU benchmark of the ARD kernels: every compact product vs cuBLAS, and the MLP training step.
 
-Sections (each per precision mode: ``tf32`` = float32 tensors with TF32 tensor cores, ``bf16`` = bfloat16
-tensors or bfloat16 autocast, optionally ``fp32`` = float32 without TF32):
+On a fresh H100/H200, one call (at most about 6 minutes; only this repository on the path, the torch and triton
+installed there, no ``pip install``, no Hydra or Lightning)::
 
-1. correctness: forward and every gradient of the Triton backend against the PyTorch ops (the oracle) on large
-   shapes (row patterns: compact and full-width input; tile patterns), as max relative error;
-2. compact GEMM vs cuBLAS: each product of a row-pattern Linear (forward, grad_x, grad_W) through the gather
-   kernel, against ``torch.mm`` on an already-compact copy of the same operands (copy made outside the timing);
-   TFLOP/s of both, goal: ratio >= 0.9;
-3. tile-skip GEMM vs dense GEMM at p = 0.3 / 0.5 / 0.7 (64 x 64 tiles): speedup over ``torch.mm`` on the full
-   weight, goal: >= 0.85 / (kept fraction);
-4. training step of the MLP 784-4096-4096-10 at batch 1024 and 4096 (forward, cross-entropy, backward, SGD
-   step): ``nn.Dropout`` vs ARD row patterns through the Triton backend (new pattern every step, sampling
-   included), with the FLOP ratio (ideal speedup) and the compact-model limit (the same MLP with the kept widths
-   and no dropout). Goal: >= 0.85 x the FLOP ratio.
+    cd <repo> && PYTHONPATH=. python lightning_ard/bench/gpu_kernels.py --out docs/results/gpu/gpu_kernels
 
-Timings are medians of ``triton.testing.do_bench`` (warm-up, then repeated runs timed with CUDA events, L2
-flushed between runs); autotuning happens in an explicit warm-up call before timing.
+It writes ``<out>.json`` and ``<out>.md`` after every row (a killed run keeps what it measured), checks every timed
+product against the reference at the timed shapes (a miss marks its row and the run goes on), and stops starting
+new rows past ``--budget-s`` seconds. Tables:
 
-Usage::
+1. products: forward, grad_x, grad_W of a 4096 x 4096 row-pattern layer (input and output patterned, p = 0.3 / 0.5
+   / 0.7, batch 1024 and 4096, bf16) through the torch, gathered and triton backends' own steps, each against
+   ``torch.mm`` (cuBLAS) on the same compact shape with pitch-padded operands (copies made outside the timing);
+   tile patterns (64 x 64) against the dense GEMM and the kept fraction;
+1c. pattern groups: the 4096 x 4096 layer with G = 4 groups (p = 0.5, compact input and output, batch 1024 and
+   4096, bf16), forward + backward through one product per group (the torch backend), ``torch._grouped_mm``
+   (:mod:`lightning_ard.kernels.grouped_mm`) and the Triton grouped kernel, against cuBLAS on one compact shape of
+   the same FLOPs;
+2. the MLP 784-4096-4096-10 training step (bf16 autocast over float32 weights, SGD with momentum, a new pattern
+   every step) for each backend vs ``nn.Dropout`` at the same p, with the FLOP ratio and the compact-model limit
+   (the same MLP at the kept widths, no dropout) side by side.
 
-    python lightning_ard/bench/gpu_kernels.py --out docs/benchmarks/gpu_kernels_h100   # writes .json and .md
-    python lightning_ard/bench/gpu_kernels.py --quick                                   # a short subset
-    python lightning_ard/bench/gpu_kernels.py --dry-run                                 # plumbing check on the CPU
-
-Without a CUDA device the script exits with status 2 and measures nothing. ``--dry-run`` instead runs every
-section at tiny shapes in Triton's CPU interpreter (its numbers mean nothing and are labelled so).
+``--smoke`` runs everything at tiny shapes (under ``TRITON_INTERPRET=1`` when there is no GPU: numbers are
+meaningless there); CI runs it (tests/kernels/test_gpu_bench_smoke.py). Without a GPU and without ``--smoke`` the
+script exits with status 2. Timings: ``triton.testing.do_bench`` medians on CUDA (L2 flushed between runs), the
+project timer (:func:`lightning_ard.profiling.median_time`) elsewhere.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as _dt
 import json
 import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterator
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-P_VALUES = (0.3, 0.5, 0.7)
-# (dp, k) of the periodic row / tile family whose keep fraction k/dp is 1 - p.
+ROOT = Path(__file__).resolve().parents[2]
 PERIODIC = {0.3: (10, 7), 0.5: (2, 1), 0.7: (10, 3)}
-MODES = ("tf32", "bf16", "fp32")
+"""(dp, k) of the periodic family whose keep fraction k/dp is 1 - p."""
+APP_ONLY = ("hydra", "omegaconf", "lightning", "pytorch_lightning", "matplotlib")
 
 
 @dataclass(frozen=True)
 class Shapes:
-    """Sizes of one run (full-size on the GPU, tiny for --dry-run)."""
+    """Sizes of one run."""
 
-    gemm_batches: tuple[int, ...]
     width: int
+    batches: tuple[int, ...]
+    p_values: tuple[float, ...]
     tile: tuple[int, int]
     mlp: tuple[int, int, int, int]
-    mlp_batches: tuple[int, ...]
-    check_batch: int
 
 
-FULL = Shapes((1024, 4096), 4096, (64, 64), (784, 4096, 4096, 10), (1024, 4096), 2048)
-QUICK = Shapes((4096,), 4096, (64, 64), (784, 4096, 4096, 10), (1024,), 1024)
-DRY = Shapes((32,), 160, (16, 16), (48, 160, 160, 10), (32,), 32)
+FULL = Shapes(4096, (1024, 4096), (0.3, 0.5, 0.7), (64, 64), (784, 4096, 4096, 10))
+SMOKE = Shapes(32, (16,), (0.3, 0.5), (16, 16), (16, 32, 32, 10))
+GROUPED_P, GROUPED_G = 0.5, 4
+"""Rate and number of pattern groups of the grouped section (the MLP's default groups at p = 0.5)."""
+TOL = 3e-2
+"""Largest error relative to the reference's largest magnitude (bf16 operands, float32 accumulation)."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, help="write results to OUT.json and OUT.md (suffix replaced)")
-    parser.add_argument("--modes", default="tf32,bf16", help=f"comma-separated subset of {','.join(MODES)}")
-    parser.add_argument("--quick", action="store_true", help="batch 4096 GEMMs, batch 1024 MLP, p = 0.5 only")
-    parser.add_argument("--dry-run", action="store_true", help="tiny shapes in the CPU interpreter (no GPU)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "gpu" / "gpu_kernels",
+                        help="write OUT.json and OUT.md (suffix replaced) after every row")  # fmt: skip
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes; the CPU interpreter when there is no GPU")
+    parser.add_argument("--budget-s", type=float, default=330.0, help="start no new row after this many seconds")
+    parser.add_argument("--sections", default="products,tiles,grouped,mlp", help="comma-separated subset to run")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = [m for m in args.modes if m not in MODES]
-    if unknown:
-        parser.error(f"unknown modes {unknown}; choose from {list(MODES)}")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.dry_run:
-        os.environ["TRITON_INTERPRET"] = "1"  # before the first import of triton
+    started = time.perf_counter()
+    os.environ.setdefault("LIGHTNING_ARD_TUNING", "short")  # short autotune lists, read when the kernels import
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))  # the checkout, when run as a script
     import torch
 
-    if not args.dry_run and not torch.cuda.is_available():
-        print(
-            "gpu_kernels.py: no CUDA device (torch.cuda.is_available() is False); nothing was measured. "
-            "Run it on a machine with an NVIDIA GPU, or pass --dry-run to check the script on the CPU.",
-            file=sys.stderr,
-        )
-        return 2
-    bench = Bench(args)
-    ok = bench.run()
-    bench.report()
-    return 0 if ok else 1
+    if not torch.cuda.is_available():
+        if not args.smoke:
+            print("gpu_kernels.py: no CUDA device (torch.cuda.is_available() is False); nothing was measured. Run "
+                  "it on a machine with an NVIDIA GPU, or pass --smoke to check the script on the CPU.",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        if "triton" not in sys.modules:
+            os.environ["TRITON_INTERPRET"] = "1"  # before the first import of triton
+    bench = Bench(args, started)
+    bench.run()
+    print(f"\nwrote {bench.json_path} and {bench.md_path} ({len(bench.rows)} rows, "
+          f"{sum(not r['ok'] for r in bench.rows)} not ok, {time.perf_counter() - started:.0f} s)")  # fmt: skip
+    return 0 if all(r["ok"] for r in bench.rows) else 1
+
+
+# --- helpers ------------------------------------------------------------------------------------------------------
+
+
+def rel_error(got: Any, ref: Any) -> float:
+    """max |got - ref| / max |ref| in float32 (inf if got has non-finite entries or another shape)."""
+    if tuple(got.shape) != tuple(ref.shape):
+        return float("inf")
+    g, r = got.float(), ref.float()
+    if not bool(g.isfinite().all()):
+        return float("inf")
+    return float((g - r).abs().max() / r.abs().max().clamp_min(1e-30)) if r.numel() else 0.0
+
+
+def padded(t: Any) -> Any:
+    """A copy of the 2-D ``t`` with its row pitch rounded up to 64 elements (what cuBLAS gets)."""
+    from lightning_ard.kernels.gathered import padded_empty
+
+    out = padded_empty(t.shape[0], t.shape[1], t.dtype, t.device)
+    out.copy_(t)
+    return out
 
 
 class Bench:
-    """Runs the sections and collects rows for the table, the JSON and the Markdown report."""
+    """Runs the sections, streaming every row to JSON and Markdown."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, started: float) -> None:
         import torch
 
-        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout, when run as a script
-        self.args = args
-        self.torch = torch
-        self.device = torch.device("cpu" if args.dry_run else "cuda")
-        self.shapes = DRY if args.dry_run else (QUICK if args.quick else FULL)
-        self.p_values = (0.5,) if args.quick else P_VALUES
-        self.sections: dict[str, list[dict[str, Any]]] = {}
+        self.args, self.torch, self.started = args, torch, started
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.shapes = SMOKE if args.smoke else FULL
         self.gen = torch.Generator().manual_seed(args.seed)
+        self.rows: list[dict[str, Any]] = []
+        out = Path(args.out)
+        self.json_path, self.md_path = out.with_suffix(".json"), out.with_suffix(".md")
+        self.json_path.parent.mkdir(parents=True, exist_ok=True)
+        self.meta = self.metadata()
+        from lightning_ard.kernels import triton_usable
 
-    # --- infrastructure ------------------------------------------------------------------------------------------
+        interpreting = os.environ.get("TRITON_INTERPRET") == "1" and "triton" in sys.modules
+        usable = triton_usable(self.device) and (self.device.type == "cuda" or interpreting)
+        self.backends = ("torch", "gathered", "triton") if usable else ("torch", "gathered")
+        self.write()
 
-    def time_ms(self, fn: Callable[[], Any]) -> float:
-        """Median time of ``fn`` in ms (do_bench on CUDA; one perf_counter run in --dry-run)."""
-        fn()  # warm-up: compiles and autotunes outside the timing
-        if self.args.dry_run:
-            start = time.perf_counter()
-            fn()
-            return (time.perf_counter() - start) * 1e3
-        from triton.testing import do_bench
-
-        return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
-
-    @contextlib.contextmanager
-    def mode(self, name: str) -> Iterator[Any]:
-        """Set TF32 for the mode; yield the tensor dtype of kernel-level benchmarks."""
-        torch = self.torch
-        old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = name == "tf32"
-        try:
-            yield torch.bfloat16 if name == "bf16" else torch.float32
-        finally:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-
-    def add(self, section: str, row: dict[str, Any]) -> None:
-        self.sections.setdefault(section, []).append(row)
-        print(f"[{section}] " + "  ".join(f"{k}={_fmt(v)}" for k, v in row.items()), flush=True)
-
-    def randn(self, *shape: int, dtype: Any = None) -> Any:
-        t = self.torch.randn(*shape, generator=self.gen)
-        return t.to(device=self.device, dtype=dtype or self.torch.float32)
-
-    def run(self) -> bool:
-        ok = True
-        for mode in self.args.modes:
-            ok &= self.correctness(mode)
-        if not ok:
-            print("correctness checks failed: timings skipped", file=sys.stderr)
-            return False
-        for mode in self.args.modes:
-            self.compact_gemm(mode)
-            self.tile_gemm(mode)
-            self.mlp_step(mode)
-        return True
-
-    # --- 1. correctness ------------------------------------------------------------------------------------------
-
-    def correctness(self, mode: str) -> bool:
-        from lightning_ard.kernels.torch_backend import TorchBackend
-        from lightning_ard.kernels.triton.backend import TritonBackend
-        from lightning_ard.patterns import PeriodicRow, PeriodicTile, RandomSubsetRow
-
-        torch = self.torch
-        tol = {"tf32": 1e-2, "bf16": 3e-2, "fp32": 1e-4}[mode]
-        m, n = self.shapes.check_batch, self.shapes.width
-        all_ok = True
-        with self.mode(mode) as dtype:
-            p_out, p_in = PeriodicRow(n, 2).sample(self.gen), PeriodicRow(n, 10, 7).sample(self.gen)
-            subset = RandomSubsetRow(n, n // 3).sample(self.gen)
-            tile = PeriodicTile(n, n, 2, 1, self.shapes.tile).sample(self.gen)
-            cases = {
-                "row in+out, compact x": (lambda b, x, w, bb: b.row_linear(x, w, bb, p_in, p_out, True), p_in.num_kept),
-                "row consumer, full x": (lambda b, x, w, bb: b.row_linear(x, w, bb, subset, None, False), n),
-                "row producer": (lambda b, x, w, bb: b.row_linear(x, w, bb, None, p_out, False), n),
-                "tile p=0.5": (lambda b, x, w, bb: b.tile_linear(x, w, bb, tile), n),
-            }
-            for name, (op, width) in cases.items():
-                x0, w0 = self.randn(m, width, dtype=dtype), self.randn(n, n, dtype=dtype) / n**0.5
-                b0 = self.randn(n, dtype=dtype)
-                results = []
-                for backend in (TritonBackend(), TorchBackend()):
-                    x, w, b = (t.clone().requires_grad_(True) for t in (x0, w0, b0))
-                    y = op(backend, x, w, b)
-                    y.float().square().sum().backward()
-                    results.append((y.detach(), x.grad, w.grad, b.grad))
-                    del x, w, b, y
-                errors = {
-                    what: float((got.float() - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-30))
-                    for what, got, ref in zip(("y", "grad_x", "grad_W", "grad_b"), *results, strict=True)
-                }
-                finite = all(bool(torch.isfinite(t).all()) for t in results[0])
-                ok = finite and max(errors.values()) <= tol
-                all_ok &= ok
-                self.add("correctness", {"mode": mode, "case": name, **errors, "tol": tol, "ok": ok})
-                del results
-        return all_ok
-
-    # --- 2. compact GEMM vs cuBLAS -------------------------------------------------------------------------------
-
-    def compact_gemm(self, mode: str) -> None:
-        from lightning_ard.kernels.triton.common import precision_for
-
-        with self.mode(mode) as dtype:
-            prec = precision_for(dtype, self.device)
-            for m in self.shapes.gemm_batches:
-                for p in self.p_values:
-                    self._compact_gemm_case(mode, dtype, prec, m, p)
-
-    def _compact_gemm_case(self, mode: str, dtype: Any, prec: Any, m: int, p: float) -> None:
-        from lightning_ard.kernels.triton.row import row_forward, row_grad_input, row_grad_weight
-        from lightning_ard.patterns import PeriodicRow
-
-        torch = self.torch
-        n = self.shapes.width
-        dp, k = PERIODIC[p]
-        p_in, p_out = PeriodicRow(n, dp, k).sample(self.gen), PeriodicRow(n, dp, k).sample(self.gen)
-        in_idx, out_idx = p_in.index(self.device), p_out.index(self.device)
-        kc, nc = in_idx.numel(), out_idx.numel()
-        w = self.randn(n, n, dtype=dtype)
-        x_full = self.randn(m, n, dtype=dtype)
-        xc = x_full[:, in_idx].contiguous()
-        wc = w[out_idx][:, in_idx].contiguous()  # the already-compact copy cuBLAS gets (not timed)
-        g = self.randn(m, nc, dtype=dtype)
-        y = torch.empty(m, nc, dtype=dtype, device=self.device)
-        gx = torch.empty(m, kc, dtype=dtype, device=self.device)
-        gw = torch.zeros(n, n, dtype=dtype, device=self.device)
-        products = {
-            "forward (compact x)": (
-                lambda: row_forward(xc, w, None, in_idx, out_idx, 1.0, True, prec, out=y),
-                lambda: torch.mm(xc, wc.t()),
-            ),
-            "forward (gather x)": (
-                lambda: row_forward(x_full, w, None, in_idx, out_idx, 1.0, False, prec, out=y),
-                lambda: torch.mm(xc, wc.t()),
-            ),
-            "grad_x": (
-                lambda: row_grad_input(g, w, in_idx, out_idx, 1.0, gx, prec),
-                lambda: torch.mm(g, wc),
-            ),
-            "grad_W (into full-size grad)": (
-                lambda: row_grad_weight(g, xc, gw, in_idx, out_idx, 1.0, True, prec),
-                lambda: torch.mm(g.t(), xc),
-            ),
-        }
-        flops = 2 * m * nc * kc
-        for name, (triton_fn, cublas_fn) in products.items():
-            t_tr, t_cu = self.time_ms(triton_fn), self.time_ms(cublas_fn)
-            ratio = t_cu / t_tr
-            self.add("compact_gemm", {
-                "mode": mode, "M": m, "p": p, "N_kept": nc, "K_kept": kc, "product": name,
-                "triton_ms": t_tr, "cublas_ms": t_cu, "triton_tflops": flops / t_tr / 1e9,
-                "cublas_tflops": flops / t_cu / 1e9, "ratio": ratio, "goal": 0.9, "met": ratio >= 0.9,
-            })  # fmt: skip
-
-    # --- 3. tile-skip GEMM vs dense ------------------------------------------------------------------------------
-
-    def tile_gemm(self, mode: str) -> None:
-        from lightning_ard.kernels.triton.common import precision_for
-
-        with self.mode(mode) as dtype:
-            prec = precision_for(dtype, self.device)
-            for m in self.shapes.gemm_batches:
-                self._tile_gemm_batch(mode, dtype, prec, m)
-
-    def _tile_gemm_batch(self, mode: str, dtype: Any, prec: Any, m: int) -> None:
-        from lightning_ard.kernels.triton.tile import tile_forward, tile_grad_input, tile_grad_weight, tile_tables
-        from lightning_ard.patterns import PeriodicTile
-
-        torch = self.torch
-        n = self.shapes.width
-        x, w, g = self.randn(m, n, dtype=dtype), self.randn(n, n, dtype=dtype), self.randn(m, n, dtype=dtype)
-        y, gx = torch.empty(m, n, dtype=dtype, device=self.device), torch.empty_like(x)
-        gw = torch.zeros(n, n, dtype=dtype, device=self.device)
-        dense = {
-            "forward": lambda: torch.mm(x, w.t()),
-            "grad_x": lambda: torch.mm(g, w),
-            "grad_W": lambda: torch.mm(g.t(), x),
-        }
-        t_dense = {name: self.time_ms(fn) for name, fn in dense.items()}
-        for p in self.p_values:
-            dp, k = PERIODIC[p]
-            pattern = PeriodicTile(n, n, dp, k, self.shapes.tile).sample(self.gen)
-            tables, tile, s = tile_tables(pattern, self.device), pattern.tile, pattern.scale
-            ops = {
-                "forward": lambda t=tables, ti=tile, sc=s: tile_forward(x, w, None, t, ti, sc, prec, y),
-                "grad_x": lambda t=tables, ti=tile, sc=s: tile_grad_input(g, w, t, ti, sc, prec, gx),
-                "grad_W": lambda t=tables, ti=tile, sc=s: tile_grad_weight(g, x, gw, t, ti, sc, prec),
-            }
-            for name, fn in ops.items():
-                t = self.time_ms(fn)
-                speedup, goal = t_dense[name] / t, 0.85 / pattern.keep_fraction
-                self.add("tile_gemm", {
-                    "mode": mode, "M": m, "p": p, "kept_fraction": pattern.keep_fraction,
-                    "tile": f"{tile[0]}x{tile[1]}", "product": name, "tile_ms": t, "dense_ms": t_dense[name],
-                    "speedup": speedup, "goal": goal, "met": speedup >= goal,
-                })  # fmt: skip
-
-    # --- 4. MLP training step ------------------------------------------------------------------------------------
-
-    def mlp_step(self, mode: str) -> None:
-        import torch.nn.functional as F
-        from torch import nn
-
-        from lightning_ard.accounting import linear_step_flops
-        from lightning_ard.kernels.triton.backend import TritonBackend
-        from lightning_ard.patterns import PeriodicRow
-
-        torch = self.torch
-        d_in, h1, h2, d_out = self.shapes.mlp
-        backend = TritonBackend()
-        autocast = (
-            torch.autocast(self.device.type, dtype=torch.bfloat16) if mode == "bf16" else contextlib.nullcontext()
-        )
-
-        def plain_mlp(a: int, b: int, p: float | None) -> nn.Sequential:
-            drop = [nn.Dropout(p)] if p is not None else []
-            layers = [nn.Linear(d_in, a), nn.ReLU(), *drop, nn.Linear(a, b), nn.ReLU(), *drop, nn.Linear(b, d_out)]
-            return nn.Sequential(*layers).to(self.device)
-
-        def step_fn(model: nn.Module, forward: Callable[[Any], Any], x: Any, target: Any) -> Callable[[], None]:
-            opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-
-            def step() -> None:
-                with autocast:
-                    loss = F.cross_entropy(forward(x).float(), target)
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-
-            return step
-
-        with self.mode(mode):
-            for batch in self.shapes.mlp_batches:
-                x = self.randn(batch, d_in)
-                target = torch.randint(0, d_out, (batch,), generator=self.gen).to(self.device)
-                for p in self.p_values:
-                    dp, k = PERIODIC[p]
-                    fam1, fam2 = PeriodicRow(h1, dp, k), PeriodicRow(h2, dp, k)
-                    dense = plain_mlp(h1, h2, p).train()
-                    t_dropout = self.time_ms(step_fn(dense, dense, x, target))
-
-                    ard = plain_mlp(h1, h2, None).train()
-                    l1, l2, l3 = ard[0], ard[2], ard[4]
-
-                    def ard_forward(inp: Any, l1: Any = l1, l2: Any = l2, l3: Any = l3, f1: Any = fam1,
-                                    f2: Any = fam2) -> Any:  # fmt: skip
-                        p1, p2 = f1.sample(self.gen), f2.sample(self.gen)  # a new pattern every step
-                        h = F.relu(backend.row_linear(inp, l1.weight, l1.bias, None, p1, False))
-                        h = F.relu(backend.row_linear(h, l2.weight, l2.bias, p1, p2, True))
-                        return backend.row_linear(h, l3.weight, l3.bias, p2, None, True)
-
-                    t_ard = self.time_ms(step_fn(ard, ard_forward, x, target))
-                    k1, k2 = round(h1 * k / dp), round(h2 * k / dp)
-                    limit = plain_mlp(k1, k2, None).train()
-                    t_limit = self.time_ms(step_fn(limit, limit, x, target))
-                    dense_flops = (linear_step_flops(batch, h1, d_in, False) + linear_step_flops(batch, h2, h1, True)
-                                   + linear_step_flops(batch, d_out, h2, True))  # fmt: skip
-                    ard_flops = (linear_step_flops(batch, k1, d_in, False) + linear_step_flops(batch, k2, k1, True)
-                                 + linear_step_flops(batch, d_out, k2, True))  # fmt: skip
-                    flop_ratio = dense_flops / ard_flops
-                    speedup = t_dropout / t_ard
-                    self.add("mlp_step", {
-                        "mode": mode, "batch": batch, "p": p, "dropout_ms": t_dropout, "ard_ms": t_ard,
-                        "compact_limit_ms": t_limit, "speedup": speedup, "flop_ratio": flop_ratio,
-                        "limit_speedup": t_dropout / t_limit, "of_flop_ratio": speedup / flop_ratio,
-                        "goal": 0.85 * flop_ratio, "met": speedup >= 0.85 * flop_ratio,
-                    })  # fmt: skip
-
-    # --- output --------------------------------------------------------------------------------------------------
+    # --- infrastructure -----------------------------------------------------------------------------------------
 
     def metadata(self) -> dict[str, Any]:
         import triton
@@ -384,51 +156,375 @@ class Bench:
             "torch": torch.__version__,
             "triton": triton.__version__,
             "python": platform.python_version(),
-            "modes": self.args.modes,
-            "quick": self.args.quick,
-            "dry_run": self.args.dry_run,
-            "timing": "one perf_counter run after a warm-up call (dry run)"
-            if self.args.dry_run
-            else "median of triton.testing.do_bench(warmup=25 ms, rep=100 ms), after a warm-up/autotune call",
+            "smoke": bool(self.args.smoke),
+            "interpreter": os.environ.get("TRITON_INTERPRET") == "1",
+            "tuning": os.environ.get("LIGHTNING_ARD_TUNING", "full"),
+            "timing": "median of triton.testing.do_bench(warmup=25 ms, rep=100 ms) after a warm-up call"
+            if self.device.type == "cuda"
+            else "lightning_ard.profiling.median_time (one timed call in --smoke): meaningless in the interpreter",
         }
         if self.device.type == "cuda":
             props = torch.cuda.get_device_properties(self.device)
             meta.update(gpu=torch.cuda.get_device_name(self.device), capability=f"{props.major}.{props.minor}",
-                        cuda=torch.version.cuda)  # fmt: skip
+                        cuda=torch.version.cuda, sms=props.multi_processor_count)  # fmt: skip
         else:
-            meta["gpu"] = "none (CPU interpreter dry run: timings are meaningless)"
+            meta["gpu"] = "none (CPU smoke run: timings are meaningless)"
         return meta
 
-    def report(self) -> None:
-        meta = self.metadata()
-        md = self.markdown(meta)
-        print("\n" + md)
-        if self.args.out is not None:
-            out = self.args.out
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.with_suffix(".json").write_text(json.dumps({"meta": meta, **self.sections}, indent=2) + "\n")
-            out.with_suffix(".md").write_text(md)
-            print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    def time_ms(self, fn: Callable[[], Any]) -> float:
+        if self.device.type == "cuda":
+            from triton.testing import do_bench
 
-    def markdown(self, meta: dict[str, Any]) -> str:
-        lines = ["# Triton ARD kernels: GPU benchmark", ""]
-        if meta["dry_run"]:
-            lines += ["**DRY RUN in the CPU interpreter: not a measurement.**", ""]
-        lines += [f"- {k}: {v}" for k, v in meta.items()] + [""]
-        titles = {
-            "correctness": "Correctness vs the PyTorch path (max relative error)",
-            "compact_gemm": "Compact gather GEMM vs cuBLAS on an already-compact copy (goal: ratio >= 0.9)",
-            "tile_gemm": "Tile-skipping GEMM vs dense GEMM (goal: speedup >= 0.85 / kept fraction)",
-            "mlp_step": "MLP training step: nn.Dropout vs ARD row (Triton) (goal: >= 0.85 x FLOP ratio)",
+            fn()  # warm-up: compiles and autotunes outside the timing
+            return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
+        from lightning_ard.profiling import median_time
+
+        return median_time(fn, self.device, reps=1, warmup=0 if self.args.smoke else 1) * 1e3
+
+    def over_budget(self) -> bool:
+        return time.perf_counter() - self.started > self.args.budget_s
+
+    def row(self, section: str, label: dict[str, Any], measure: Callable[[], dict[str, Any]]) -> None:
+        """Measure one row (errors and budget overruns become a row marked not ok) and stream it out."""
+        row: dict[str, Any] = {"section": section, **label}
+        if self.over_budget():
+            row.update(ok=False, note=f"skipped: past the {self.args.budget_s:.0f} s budget")
+        else:
+            try:
+                row.update(measure())
+            except Exception as err:  # one broken row must not cost the others
+                row.update(ok=False, note=f"{type(err).__name__}: {err}".splitlines()[0][:300])
+                traceback.print_exc()
+        self.rows.append(row)
+        print(f"[{section}] " + "  ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k != "section"), flush=True)
+        self.write()
+
+    def write(self) -> None:
+        self.meta["elapsed_s"] = round(time.perf_counter() - self.started, 1)
+        self.meta["app_modules_loaded"] = sorted(m for m in APP_ONLY if m in sys.modules)
+        self.json_path.write_text(json.dumps({"meta": self.meta, "rows": self.rows}, indent=1) + "\n")
+        self.md_path.write_text(markdown(self.meta, self.rows))
+
+    def randn(self, *shape: int, dtype: Any = None) -> Any:
+        t = self.torch.randn(*shape, generator=self.gen)
+        return t.to(device=self.device, dtype=dtype or self.torch.bfloat16)
+
+    def run(self) -> None:
+        sections = {s.strip() for s in self.args.sections.split(",") if s.strip()}
+        for m in self.shapes.batches:
+            for p in self.shapes.p_values:
+                if "products" in sections:
+                    self.products(m, p)
+                if "tiles" in sections:
+                    self.tiles(m, p)
+            if "grouped" in sections:
+                self.grouped(m, GROUPED_P, GROUPED_G)
+        if "mlp" in sections:
+            for batch in self.shapes.batches:
+                for p in self.shapes.p_values:
+                    self.mlp(batch, p)
+
+    # --- 1. row-pattern products vs cuBLAS ---------------------------------------------------------------------
+
+    def products(self, m: int, p: float) -> None:
+        from lightning_ard.kernels import torch_ops
+        from lightning_ard.kernels.gathered import aligned, gather_block, mm_into, side_of, write_full
+        from lightning_ard.patterns import PeriodicRow
+
+        torch, dev, n = self.torch, self.device, self.shapes.width
+        bf16 = torch.bfloat16
+        dp, k = PERIODIC[p]
+        p_in, p_out = PeriodicRow(n, dp, k).sample(self.gen), PeriodicRow(n, dp, k).sample(self.gen)
+        in_idx, out_idx = p_in.index(dev), p_out.index(dev)
+        kc, nc = in_idx.numel(), out_idx.numel()
+        w = self.randn(n, n) / n**0.5
+        xc = self.randn(m, kc)  # the compact input a producer hands on (contiguous, odd pitch)
+        g = self.randn(m, nc)
+        wc_ref = w[out_idx][:, in_idx]
+        # cuBLAS: the same compact shape, operands already gathered and pitch-padded (copies not timed)
+        xp, wp, gp = padded(xc), padded(wc_ref), padded(g)
+        cublas = {
+            "forward": lambda: torch.mm(xp, wp.t()),
+            "grad_x": lambda: torch.mm(gp, wp),
+            "grad_w": lambda: torch.mm(gp.t(), xp),
         }
-        for section, rows in self.sections.items():
-            lines += [f"## {titles.get(section, section)}", ""]
-            keys = list(rows[0])
-            lines.append("| " + " | ".join(keys) + " |")
-            lines.append("|" + "---|" * len(keys))
-            lines += ["| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in rows]
-            lines.append("")
-        return "\n".join(lines)
+        refs = {name: fn().float() for name, fn in cublas.items()}
+        t_cublas = {name: self.time_ms(fn) for name, fn in cublas.items()}
+        kept = (out_idx[:, None], in_idx[None, :])
+
+        def check_full(name: str, out: Any) -> float:
+            """A full-size gradient: its kept block against cuBLAS, zeros elsewhere."""
+            if name != "grad_w":
+                return rel_error(out, refs[name])
+            err = rel_error(out[kept], refs[name])
+            rest = out.float().clone()
+            rest[kept] = 0
+            return err if bool((rest == 0).all()) else float("inf")
+
+        # torch backend: what torch_ops' autograd Function does per product
+        wc_t = torch_ops.take(torch_ops.take(w, 0, p_out.selector(dev)), 1, p_in.selector(dev)).contiguous()
+
+        def torch_grad_w() -> Any:
+            gw = torch.zeros(n, n, dtype=bf16, device=dev)
+            torch_ops.put(gw, p_out.selector(dev), p_in.selector(dev), torch.mm(g.t(), xc))
+            return gw
+
+        # gathered backend: gather once (forward), reuse the block, one-pass full gradient
+        ins, outs = side_of(p_in, n, dev), side_of(p_out, n, dev)
+        wc_g = gather_block(w, outs, ins, bf16)
+        xa, ga = aligned(xc, bf16), aligned(g, bf16)
+        # triton backend: the gather GEMM kernels
+        from lightning_ard.kernels.triton.backend import row_index
+        from lightning_ard.kernels.triton.common import precision_for
+        from lightning_ard.kernels.triton.row import row_forward, row_grad_input, row_grad_weight
+
+        prec = precision_for(bf16, dev)
+        ti, to = row_index(p_in, dev), row_index(p_out, dev)
+
+        def triton_grad_w() -> Any:
+            gw = torch.zeros(n, n, dtype=bf16, device=dev)
+            return row_grad_weight(g, xc, gw, ti, to, 1.0, True, prec)
+
+        ops = {
+            "torch": {
+                "forward": lambda: torch.mm(
+                    xc, torch_ops.take(torch_ops.take(w, 0, p_out.selector(dev)), 1, p_in.selector(dev)).t()
+                ),
+                "grad_x": lambda: torch.mm(g, wc_t),
+                "grad_w": torch_grad_w,
+            },
+            "gathered": {
+                "forward": lambda: torch.mm(aligned(xc, bf16), gather_block(w, outs, ins, bf16).t()),
+                "grad_x": lambda: mm_into(torch.empty(m, kc, dtype=bf16, device=dev), aligned(g, bf16), wc_g, 1.0),
+                "grad_w": lambda: write_full(lambda out: mm_into(out, ga.t(), xa, 1.0), outs, ins, bf16, dev),
+            },
+            "triton": {
+                "forward": lambda: row_forward(xc, w, None, ti, to, 1.0, True, prec),
+                "grad_x": lambda: row_grad_input(g, w, ti, to, 1.0, torch.empty(m, kc, dtype=bf16, device=dev), prec),
+                "grad_w": triton_grad_w,
+            },
+        }
+        flops = 2 * m * nc * kc
+        for backend, products in ops.items():
+            for name, fn in products.items():
+
+                def measure(fn: Callable[[], Any] = fn, name: str = name) -> dict[str, Any]:
+                    err = check_full(name, fn())
+                    t = self.time_ms(fn)
+                    ratio = t_cublas[name] / t
+                    return {"ms": t, "cublas_ms": t_cublas[name], "ratio": ratio, "tflops": flops / t / 1e9,
+                            "err": err, "ok": err <= TOL}  # fmt: skip
+
+                label = {"kind": "row", "M": m, "p": p, "shape": f"{nc}x{kc}", "product": name, "backend": backend}
+                self.row("products", label, measure)
+
+    # --- 1b. tile-pattern products vs dense ---------------------------------------------------------------------
+
+    def tiles(self, m: int, p: float) -> None:
+        from lightning_ard.kernels import get_backend
+        from lightning_ard.patterns import PeriodicTile
+
+        torch, dev, n = self.torch, self.device, self.shapes.width
+        dp, k = PERIODIC[p]
+        if dp > -(-n // self.shapes.tile[1]):
+            return  # smoke shapes: fewer tile columns than the period
+        pattern = PeriodicTile(n, n, dp, k, self.shapes.tile).sample(self.gen)
+        mask = pattern.element_mask(torch.float32).to(dev)
+        x, w, g = self.randn(m, n), self.randn(n, n) / n**0.5, self.randn(m, n)
+        wm = (w.float() * mask).to(torch.bfloat16)
+        ref_y = torch.mm(x, wm.t()).float()
+        dense = lambda: (torch.mm(x, w.t()), torch.mm(g, w), torch.mm(g.t(), x))  # noqa: E731
+        t_dense = self.time_ms(dense)
+        for backend in self.backends:
+
+            def measure(backend: str = backend) -> dict[str, Any]:
+                be = get_backend(backend, dev)
+                xs, ws = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+
+                def step() -> None:
+                    xs.grad = ws.grad = None
+                    be.tile_linear(xs, ws, None, pattern).backward(g)
+
+                y = be.tile_linear(xs, ws, None, pattern)
+                err = rel_error(y.detach(), ref_y)
+                y.backward(g)
+                err = max(err, rel_error(ws.grad, (torch.mm(g.t(), x).float() * mask).to(torch.bfloat16)))
+                t = self.time_ms(step)
+                speedup = t_dense / t
+                return {"ms": t, "dense_ms": t_dense, "speedup": speedup, "ideal": 1.0 / pattern.keep_fraction,
+                        "err": err, "ok": err <= TOL}  # fmt: skip
+
+            label = {"kind": "tile", "M": m, "p": p, "shape": f"{n}x{n}", "product": "fwd+bwd", "backend": backend}
+            self.row("tiles", label, measure)
+
+    # --- 1c. pattern groups: per-group products vs one grouped GEMM vs cuBLAS ----------------------------------
+
+    def grouped(self, m: int, p: float, groups: int) -> None:
+        from lightning_ard.kernels.grouped_mm import AVAILABLE, grouped_mm_linear, plan_groups
+        from lightning_ard.kernels.torch_backend import TorchBackend
+        from lightning_ard.patterns import PeriodicRow
+
+        torch, dev, n = self.torch, self.device, self.shapes.width
+        dp, k = PERIODIC[p]
+        fam = PeriodicRow(n, dp, k)
+        ins, outs = fam.sample_many(groups, self.gen), fam.sample_many(groups, self.gen)  # one candidate: uniform K
+        kc = ins[0].num_kept
+        w = self.randn(n, n) / n**0.5
+        x, g = self.randn(m, kc), self.randn(m, kc)  # compact per group, as the MLP's middle layer gets them
+        xp, wp, gp = padded(x), padded(w[:kc, :kc].contiguous()), padded(g)  # one compact shape, the same FLOPs
+        t_cublas = self.time_ms(lambda: (torch.mm(xp, wp.t()), torch.mm(gp, wp), torch.mm(gp.t(), xp)))
+        paths: dict[str, Callable[..., Any]] = {
+            "torch (per group)": TorchBackend().row_linear_groups,
+            "grouped_mm": grouped_mm_linear,
+        }
+        if "triton" in self.backends:
+            from lightning_ard.kernels.triton.grouped import grouped_row_linear
+
+            paths["triton"] = grouped_row_linear
+
+        def stepper(fn: Callable[..., Any]) -> Callable[[], Any]:
+            xs, ws = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+
+            def step() -> Any:
+                xs.grad = ws.grad = None
+                y = fn(xs, ws, None, ins, outs, True, True)
+                y.backward(g)
+                return y.detach(), xs.grad, ws.grad
+
+            return step
+
+        reference = [t.float() for t in stepper(paths["torch (per group)"])()]
+        flops = 3 * 2 * m * kc * kc
+        for name, fn in paths.items():
+
+            def measure(fn: Callable[..., Any] = fn, name: str = name) -> dict[str, Any]:
+                step = stepper(fn)
+                err = max(rel_error(got, ref) for got, ref in zip(step(), reference, strict=True))
+                t = self.time_ms(step)
+                row = {"ms": t, "cublas_ms": t_cublas, "ratio": t_cublas / t, "tflops": flops / t / 1e9,
+                       "err": err, "ok": err <= TOL}  # fmt: skip
+                if name == "grouped_mm" and (not AVAILABLE or plan_groups(m, ins, outs, n, n, dev) is None):
+                    row["note"] = "fell back to the per-group path (no torch._grouped_mm or non-uniform counts)"
+                return row
+
+            label = {"kind": "grouped", "M": m, "p": p, "groups": groups, "shape": f"{kc}x{kc}",
+                     "product": "fwd+bwd", "backend": name}  # fmt: skip
+            self.row("grouped", label, measure)
+
+    # --- 2. MLP training step -----------------------------------------------------------------------------------
+
+    def mlp(self, batch: int, p: float) -> None:
+        import torch.nn.functional as F
+        from torch import nn
+
+        from lightning_ard.accounting import linear_step_flops
+        from lightning_ard.layers import ARDLinear
+        from lightning_ard.patterns import PeriodicRow
+        from lightning_ard.patterns.groups import auto_groups
+
+        torch, dev = self.torch, self.device
+        d_in, h1, h2, d_out = self.shapes.mlp
+        dp, k = PERIODIC[p]
+        fam1, fam2 = PeriodicRow(h1, dp, k), PeriodicRow(h2, dp, k)
+        x = torch.randn(batch, d_in, generator=self.gen).to(dev)
+        target = torch.randint(0, d_out, (batch,), generator=self.gen).to(dev)
+
+        def mlp(a: int, b: int, drop: float | None) -> nn.Sequential:
+            torch.manual_seed(0)
+            extra = [nn.Dropout(drop)] if drop is not None else []
+            layers = [nn.Linear(d_in, a), nn.ReLU(), *extra, nn.Linear(a, b), nn.ReLU(), *extra, nn.Linear(b, d_out)]
+            return nn.Sequential(*layers).to(dev).train()
+
+        def stepper(model: nn.Module, before: Callable[[], None] | None = None) -> Callable[[], Any]:
+            opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+            def step() -> Any:
+                if before is not None:
+                    before()
+                with torch.autocast(dev.type, dtype=torch.bfloat16):
+                    loss = F.cross_entropy(model(x).float(), target)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                return loss
+
+            return step
+
+        t_dropout = self.time_ms(stepper(mlp(h1, h2, p)))
+        k1, k2 = round(h1 * k / dp), round(h2 * k / dp)
+        t_limit = self.time_ms(stepper(mlp(k1, k2, None)))
+        dense_flops = linear_step_flops(batch, h1, d_in, False) + linear_step_flops(batch, h2, h1, True)
+        dense_flops += linear_step_flops(batch, d_out, h2, True)
+        ard_flops = linear_step_flops(batch, k1, d_in, False) + linear_step_flops(batch, k2, k1, True)
+        ard_flops += linear_step_flops(batch, d_out, k2, True)
+        flop_ratio = dense_flops / ard_flops
+        reference: dict[int, Any] = {}
+        for groups in (1, 2 if self.args.smoke else auto_groups(p)):  # the default groups="auto" on the GPU
+            for backend in self.backends:
+
+                def measure(backend: str = backend, groups: int = groups) -> dict[str, Any]:
+                    model = mlp(h1, h2, None)
+                    l1, l2, l3 = (ARDLinear.from_linear(model[i], backend) for i in (0, 2, 4))
+                    state = torch.Generator().manual_seed(1)
+
+                    def new_patterns() -> None:  # a new pattern (per group) every step, sampling included
+                        a, b = fam1.sample_many(groups, state), fam2.sample_many(groups, state)
+                        l1.set_patterns(out_pattern=a)
+                        l2.set_patterns(in_pattern=a, out_pattern=b)
+                        l3.set_patterns(in_pattern=b)
+
+                    new_patterns()
+                    with torch.autocast(dev.type, dtype=torch.bfloat16):
+                        out = model(x).float()
+                    out.square().mean().backward()
+                    check = torch.cat([out.detach().flatten()[:4096], l2.weight.grad.flatten()[:: max(1, h1)]])
+                    model.zero_grad(set_to_none=True)
+                    err = rel_error(check, reference.setdefault(groups, check))  # vs the torch backend's
+                    t = self.time_ms(stepper(model, new_patterns))
+                    speedup = t_dropout / t
+                    return {"ms": t, "dropout_ms": t_dropout, "speedup": speedup, "flop_ratio": flop_ratio,
+                            "of_flop_ratio": speedup / flop_ratio, "limit_ms": t_limit,
+                            "limit_speedup": t_dropout / t_limit, "err": err, "ok": err <= TOL}  # fmt: skip
+
+                label = {"kind": "mlp", "M": batch, "p": p, "groups": groups, "backend": backend,
+                         "shape": "-".join(map(str, self.shapes.mlp))}  # fmt: skip
+                self.row("mlp", label, measure)
+
+
+# --- output -------------------------------------------------------------------------------------------------------
+
+_COLUMNS = {
+    "products": ["M", "p", "shape", "product", "backend", "ms", "cublas_ms", "ratio", "tflops", "err", "ok", "note"],
+    "tiles": ["M", "p", "shape", "backend", "ms", "dense_ms", "speedup", "ideal", "err", "ok", "note"],
+    "grouped": ["M", "p", "groups", "shape", "backend", "ms", "cublas_ms", "ratio", "tflops", "err", "ok", "note"],
+    "mlp": ["M", "p", "groups", "backend", "ms", "dropout_ms", "speedup", "flop_ratio", "of_flop_ratio",
+            "limit_ms", "limit_speedup", "err", "ok", "note"],
+}  # fmt: skip
+_TITLES = {
+    "products": "Row-pattern products vs cuBLAS on the same pitch-padded compact shape (ratio = cuBLAS / backend; "
+    "goal >= 0.9)",
+    "tiles": "Tile patterns, forward + backward vs the dense GEMMs (ideal = 1 / kept fraction)",
+    "grouped": "Pattern groups, forward + backward of the layer (compact input and output per group) vs cuBLAS on one "
+    "compact shape of the same FLOPs (ratio = cuBLAS / path)",
+    "mlp": "MLP training step vs nn.Dropout (bf16 autocast, SGD momentum; goal: speedup >= 0.85 x FLOP ratio at "
+    "batch 4096, p = 0.5); limit = the compact model at the kept widths",
+}
+
+
+def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    lines = ["# ARD kernels: GPU benchmark", ""]
+    if meta.get("smoke"):
+        lines += ["**SMOKE RUN (tiny shapes" + (", CPU interpreter" if meta.get("interpreter") else "")
+                  + "): not a measurement.**", ""]  # fmt: skip
+    lines += [f"- {k}: {v}" for k, v in meta.items()] + [""]
+    for section, columns in _COLUMNS.items():
+        part = [r for r in rows if r["section"] == section]
+        if not part:
+            continue
+        lines += [f"## {_TITLES[section]}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |" for r in part]
+        lines.append("")
+    return "\n".join(lines)
 
 
 def _fmt(v: Any) -> str:

@@ -1,8 +1,31 @@
-"""Kernels: the backend interface, PyTorch ops (CPU path and oracle), Triton kernels (CUDA), backend selection."""
+"""Kernels: the backend interface, PyTorch ops (CPU path and oracle), the gathered backend (library GEMMs on gathered
+blocks), Triton kernels (CUDA), backend selection and measurement."""
 
 from lightning_ard.kernels.base import Backend
-from lightning_ard.kernels.select import get_backend, triton_usable
+from lightning_ard.kernels.gathered import GatheredBackend
+from lightning_ard.kernels.select import (
+    BACKEND_NAMES,
+    BackendChoice,
+    candidate_backends,
+    fastest_backend,
+    fastest_layer_backend,
+    get_backend,
+    triton_usable,
+)
 from lightning_ard.kernels.torch_backend import TorchBackend
 from lightning_ard.kernels.torch_ops import row_linear, tile_linear
 
-__all__ = ["Backend", "TorchBackend", "get_backend", "row_linear", "tile_linear", "triton_usable"]
+__all__ = [
+    "BACKEND_NAMES",
+    "Backend",
+    "BackendChoice",
+    "GatheredBackend",
+    "TorchBackend",
+    "candidate_backends",
+    "fastest_backend",
+    "fastest_layer_backend",
+    "get_backend",
+    "row_linear",
+    "tile_linear",
+    "triton_usable",
+]

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_ard.kernels import Backend, get_backend
+from lightning_ard.kernels.select import layer_input
 from lightning_ard.layers._swap import revert_class, swap_class
 from lightning_ard.patterns import RowPattern, TilePattern
 from lightning_ard.patterns.groups import RowSlot, TileSlot, as_groups, common_groups, group_bounds
@@ -21,6 +22,7 @@ _ATTRIBUTES = (
     "ard_rows",
     "ard_group_rows",
     "ard_grad_input",
+    "ard_input",
 )
 
 
@@ -56,8 +58,16 @@ class ARDLinear(nn.Linear):
         layer.ard_backend_name = backend
         layer._ard_backends: dict[torch.device, Backend] = {}
         layer.ard_rows, layer.ard_group_rows, layer.ard_grad_input = 0, [], False
+        layer.ard_input = None
         layer.clear_patterns()
         return layer
+
+    def use_backend(self, name: str) -> None:
+        """Switch this layer to backend ``name`` (e.g. the one a measurement chose for ``"auto"``); validated
+        before anything changes, effective from the next forward."""
+        get_backend(name, self.weight.device)  # raises on a bad name or a Triton that cannot run here
+        self.ard_backend_name = name
+        self._ard_backends = {}
 
     def to_linear(self) -> nn.Linear:
         """Undo :meth:`from_linear` in place: the plain ``nn.Linear`` holding the trained Parameters."""
@@ -111,6 +121,7 @@ class ARDLinear(nn.Linear):
         rows = self.ard_rows = input.numel() // max(input.shape[-1], 1)  # read by FLOP accounting
         self.ard_group_rows = [r1 - r0 for r0, r1 in group_bounds(rows, self.ard_groups)]
         self.ard_grad_input = input.requires_grad
+        self.ard_input = layer_input(input)  # shape, dtype, compute dtype: what a backend measurement replays
         return self.ard_product(input, self.weight, self.bias)
 
     def _grouped_input_is_compact(self, input: torch.Tensor, ins: tuple[RowPattern, ...] | None) -> bool:
@@ -126,11 +137,14 @@ class ARDLinear(nn.Linear):
             )
         return True
 
-    def ard_product(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def ard_product(
+        self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, backend: Backend | None = None
+    ) -> torch.Tensor:
         """This step's ARD product of ``input`` with ``weight`` and ``bias`` (the layer's own in :meth:`forward`;
-        stand-ins of the same shape when the callback times the layer). Needs patterns set."""
+        stand-ins of the same shape when the callback times the layer), through ``backend`` (default: the
+        layer's). Needs patterns set."""
         ins, outs, tiles = self.ard_in_patterns, self.ard_out_patterns, self.ard_tile_patterns
-        backend = self.backend_for(input.device)
+        backend = backend if backend is not None else self.backend_for(input.device)
         if self.ard_groups > 1:
             if tiles is not None:
                 return backend.tile_linear_groups(input, weight, bias, tiles)

@@ -50,8 +50,6 @@ def kernels():
     grouped.POISON_OUTPUTS = backend.POISON_OUTPUTS = False
 
 
-
-
 @pytest.fixture(scope="module")
 def child_results(tmp_path_factory) -> dict[str, tuple[str, str]]:
     """This file's interpreter tests, run once in a TRITON_INTERPRET=1 child pytest; outcome per test name."""
@@ -234,7 +232,6 @@ def _compile_variants() -> None:
     import triton.language as tl
 
     from lightning_ard.kernels.triton import grouped
-
 
     compile_one = compile_for_sm90
 

@@ -79,10 +79,6 @@ def kernels():
     k.triton_backend.POISON_OUTPUTS = False
 
 
-
-
-
-
 @pytest.fixture(scope="module")
 def child_results(tmp_path_factory) -> dict[str, tuple[str, str]]:
     """This file's interpreter tests, run once in a TRITON_INTERPRET=1 child pytest; outcome per test name."""
@@ -598,18 +594,17 @@ def _compile_all_variants() -> None:
     from lightning_ard.kernels.triton import row as triton_row
     from lightning_ard.kernels.triton import tile as triton_tile
 
-
     compile_one = compile_for_sm90
 
     ints = {n: "i32" for n in "M N R K n_zero max_kept tune_m tune_n tune_r tune_k".split()}
-    ints.update({n: "i32" for n in triton_row._gather_gemm_kernel.fn.arg_names if n.startswith("stride")})
+    ints.update({n: "i32" for n in triton_row._gather_gemm_kernel.arg_names if n.startswith("stride")})
     ints.update({n: "i32" for n in triton_tile._tile_grad_weight_kernel.fn.arg_names if n.startswith("stride")})
     ints.update({n: "i32" for n in triton_tile._tile_product_kernel.arg_names if n.startswith("stride")})
     ints["scale"] = "fp32"
     f32 = dict(DOT_DTYPE=tl.float32, INPUT_PRECISION="tf32", UPCAST=False)
     bf16 = dict(DOT_DTYPE=tl.bfloat16, INPUT_PRECISION="ieee", UPCAST=False)
     flags = dict(A_RED_IDX=False, B_ROW_IDX=False, B_RED_IDX=False, C_ROW_IDX=False, C_COL_IDX=False)
-    gemm = triton_row._gather_gemm_kernel
+    kernels = triton_row.PRODUCT_KERNELS
     gemm_variants = [  # (pointer types, flags): forward, grad_x (scatter / compact), grad_W (store / accumulate)
         ({"a_ptr": "*fp32", "b_ptr": "*fp32", "c_ptr": "*fp32", "bias_ptr": "*fp32", "a_red_idx_ptr": "*i32",
           "b_row_idx_ptr": "*i32", "b_red_idx_ptr": "*i32"},
@@ -626,14 +621,17 @@ def _compile_all_variants() -> None:
          dict(flags, B_ROW_IDX=True, C_ROW_IDX=True, C_COL_IDX=True, HAS_BIAS=False, ACCUMULATE=True,
               ZERO_FILL=False, **bf16)),
     ]  # fmt: skip
-    for types_, consts in gemm_variants:
+    for (types_, consts), product in zip(gemm_variants, ("forward", "forward", "grad_x", "grad_w"), strict=True):
+        gemm = kernels[product]
         for config in (gemm.configs[0], gemm.configs[-1]):
-            compile_one(gemm, dict(ints, **types_), consts, config)
+            for int64 in (False, True):  # 64-bit offsets for operands past 2**31 elements
+                compile_one(gemm, dict(ints, **types_), dict(consts, INT64=int64), config)
     for has_idx in (False, True):
         types_ = dict(ints, g_ptr="*fp32", out_ptr="*fp32", idx_ptr="*i32" if has_idx else None, stride_gm="i32")
         types_["stride_gn"] = "i32"
-        consts = dict(HAS_IDX=has_idx, ACCUMULATE=False, BLOCK_M=128, BLOCK_N=32)
-        compile_one(triton_row._column_sum_kernel, types_, consts, None)
+        for int64 in (False, True):
+            consts = dict(HAS_IDX=has_idx, ACCUMULATE=False, INT64=int64, BLOCK_M=128, BLOCK_N=32)
+            compile_one(triton_row._column_sum_kernel, types_, consts, None)
 
     geometry = dict(TILE_N=64, TILE_K=64, CHUNKS_N=1, CHUNKS_K=1, BLOCK_N=64, BLOCK_K=64)
     for precision, dt in ((f32, "*fp32"), (bf16, "*bf16")):
@@ -663,34 +661,3 @@ def test_kernels_compile_for_cuda():
         pytest.skip("Triton's bundled ptxas is not available")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "compiled all variants" in proc.stdout
-
-
-# --- the GPU benchmark script ------------------------------------------------------------------------------------
-
-BENCH = ROOT / "lightning_ard" / "bench" / "gpu_kernels.py"
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message printed where there is no GPU")
-def test_gpu_benchmark_exits_clearly_without_cuda():
-    proc = subprocess.run([sys.executable, str(BENCH)], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2
-    assert "no CUDA device" in proc.stderr and "nothing was measured" in proc.stderr
-
-
-@pytest.mark.slow
-def test_gpu_benchmark_dry_run(tmp_path):
-    """Every section of the benchmark runs end to end (tiny shapes, CPU interpreter) and writes JSON + Markdown."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = tmp_path / "bench"
-    cmd = [sys.executable, str(BENCH), "--dry-run", "--quick", "--modes", "tf32", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    import json
-
-    result = json.loads(out.with_suffix(".json").read_text())
-    assert result["meta"]["dry_run"] is True
-    for section in ("correctness", "compact_gemm", "tile_gemm", "mlp_step"):
-        assert result[section], section
-    assert all(row["ok"] for row in result["correctness"])
-    assert "DRY RUN" in out.with_suffix(".md").read_text()

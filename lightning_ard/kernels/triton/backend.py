@@ -19,9 +19,10 @@ import weakref
 import torch
 
 from lightning_ard.kernels.base import Backend
+from lightning_ard.kernels.indices import check_kept
 from lightning_ard.kernels.torch_backend import TorchBackend
 from lightning_ard.kernels.torch_ops import compute_dtype
-from lightning_ard.kernels.triton.common import INTERPRET, precision_for
+from lightning_ard.kernels.triton.common import INTERPRET, precision_for  # noqa: F401 (re-exported for tests)
 from lightning_ard.kernels.triton.grouped import grouped_row_linear
 from lightning_ard.kernels.triton.row import column_sum, complement, row_forward, row_grad_input, row_grad_weight
 from lightning_ard.kernels.triton.tile import TileTables, tile_forward, tile_grad_input, tile_grad_weight, tile_tables
@@ -125,11 +126,18 @@ def row_index(pattern: RowPattern | None, device: torch.device) -> torch.Tensor 
     """The kept-index vector a kernel reads, int32 on ``device`` (None when every unit is kept: no gather at all).
 
     int32 rather than the pattern's int64: half the index bytes and 32-bit address arithmetic in the gathers.
-    Built from the CPU copy (no device sync) once per pattern and device.
+    Built from the CPU copy (no device sync) once per pattern and device, after checking that the kept indices are
+    sorted and distinct (:func:`~lightning_ard.kernels.indices.check_kept`; a duplicate would race in the
+    scattered stores).
     """
     if pattern is None or pattern.num_kept == pattern.width:
         return None
-    return _cached(pattern, ("kept", device), lambda: pattern.kept.to(torch.int32).to(device, non_blocking=True))
+
+    def build() -> torch.Tensor:
+        check_kept(pattern.kept, pattern.width, "row pattern")  # once per pattern: distinct, in range
+        return pattern.kept.to(torch.int32).to(device, non_blocking=True)
+
+    return _cached(pattern, ("kept", device), build)
 
 
 def dropped_index(pattern: RowPattern, device: torch.device) -> torch.Tensor:

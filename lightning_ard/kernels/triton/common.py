@@ -29,6 +29,16 @@ def _interpret() -> bool:
 INTERPRET: bool = _interpret()
 """True when the kernels of this import run in Triton's CPU interpreter."""
 
+SHORT_TUNING: bool = os.environ.get("LIGHTNING_ARD_TUNING", "full") == "short"
+"""``LIGHTNING_ARD_TUNING=short`` (read at import): each autotuned kernel tries one or two configurations instead
+of its full list, so a benchmark on a fresh GPU spends seconds, not minutes, compiling (bench/gpu_kernels.py)."""
+
+
+def tuning_list(full: list, short: list) -> list:
+    """The configurations to autotune over: ``short`` under :data:`SHORT_TUNING`, else ``full``."""
+    return short if SHORT_TUNING else full
+
+
 _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 

@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from lightning_ard.kernels.indices import check_kept
 from lightning_ard.kernels.torch_ops import compute_dtype
 from lightning_ard.kernels.triton.common import (
     INTERPRET,
@@ -38,7 +39,9 @@ from lightning_ard.kernels.triton.common import (
     precision_for,
     tune_bucket,
     tuned,
+    tuning_list,
 )
+from lightning_ard.kernels.triton.row import prune_configs
 from lightning_ard.patterns import RowPattern
 from lightning_ard.patterns.groups import group_bounds
 
@@ -61,6 +64,7 @@ def _cuda_configs() -> list[triton.Config]:
         (64, 64, 64, 3, 4),
         (64, 64, 32, 5, 2),
     ]
+    shapes = tuning_list(shapes, [(128, 128, 64, 3, 8), (128, 64, 64, 4, 4)])
     return [
         triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_R": r, "GROUP_M": 8}, num_stages=s, num_warps=w)
         for m, n, r, s, w in shapes
@@ -76,10 +80,20 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
 # --- kernels -----------------------------------------------------------------------------------------------------
 
 
+def _prune_gemm(configs: list, named_args: dict, **kwargs: object) -> list:
+    """Shared-memory and warp-group pruning (:func:`~lightning_ard.kernels.triton.row.prune_configs`)."""
+    return prune_configs(configs, named_args["a_ptr"], named_args["b_ptr"])
+
+
+def _prune_grad_weight(configs: list, named_args: dict, **kwargs: object) -> list:
+    return prune_configs(configs, named_args["g_ptr"], named_args["x_ptr"])
+
+
 @tuned(
     configs=_cuda_configs(),
     key=["tune_m", "tune_n", "tune_r", "RED_IDX", "A_RED_IDX", "COL_IDX", "SCATTER", "HAS_BIAS", "DOT_DTYPE",
          "INPUT_PRECISION"],
+    prune=_prune_gemm,
 )  # fmt: skip
 @triton.jit(do_not_specialize=["tune_m", "tune_n", "tune_r"])
 def _grouped_gemm_kernel(
@@ -162,7 +176,7 @@ def _grouped_gemm_kernel(
 
 
 @tuned(configs=_cuda_configs(), key=["tune_m", "tune_n", "tune_r", "OUT_POS", "IN_POS", "G_COMPACT", "X_COMPACT",
-                                     "DOT_DTYPE", "INPUT_PRECISION"])  # fmt: skip
+                                     "DOT_DTYPE", "INPUT_PRECISION"], prune=_prune_grad_weight)  # fmt: skip
 @triton.jit(do_not_specialize=["tune_m", "tune_n", "tune_r"])
 def _grouped_grad_weight_kernel(
     g_ptr, x_ptr, w_ptr, rows_ptr, pos_out_ptr, pos_in_ptr, scale_ptr,
@@ -300,6 +314,7 @@ def _side(
     for g, p in enumerate(patterns):
         if p.width != width:
             raise ValueError(f"{name}[{g}] has width {p.width}, the layer {width}")
+        check_kept(p.kept, width, f"{name}[{g}]")
         kept = p.kept
         dropped = torch.ones(width, dtype=torch.bool)
         dropped[kept] = False

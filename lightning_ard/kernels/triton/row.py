@@ -13,14 +13,15 @@ import torch
 import triton
 import triton.language as tl
 
+from lightning_ard.kernels.indices import check_device_index
 from lightning_ard.kernels.triton.common import (
     INTERPRET,
     Precision,
-    check_offsets,
     grouped_pid,
     load_mma,
     tune_bucket,
     tuned,
+    tuning_list,
 )
 
 INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_R": 16, "GROUP_M": 2}
@@ -28,9 +29,11 @@ INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_R": 16, "GROUP_M": 2}
 
 
 def _cuda_configs() -> list[triton.Config]:
+    """A short list (tuning time is paid at the first step of every shape bucket): wgmma-friendly 4- and 8-warp
+    blocks, and one 2-warp block for pre-Hopper GPUs (:func:`_prune_configs` drops it on sm_90+, where 2 warps lower
+    to ``mma.sync`` instead of wgmma)."""
     shapes = [  # (BLOCK_M, BLOCK_N, BLOCK_R, stages, warps)
         (128, 256, 64, 3, 8),
-        (256, 128, 64, 3, 8),
         (128, 128, 64, 3, 8),
         (128, 128, 32, 4, 4),
         (128, 64, 32, 4, 4),
@@ -38,26 +41,70 @@ def _cuda_configs() -> list[triton.Config]:
         (64, 64, 64, 3, 4),
         (64, 64, 32, 5, 2),
     ]
+    shapes = tuning_list(shapes, [(128, 128, 64, 3, 8), (128, 64, 64, 4, 4)])
     return [
         triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_R": r, "GROUP_M": 8}, num_stages=s, num_warps=w)
         for m, n, r, s, w in shapes
     ]
 
 
+def smem_bytes(config: triton.Config, a_size: int, b_size: int) -> int:
+    """Shared memory a configuration needs: ``num_stages`` buffers of the A and B blocks (stored dtypes, as the
+    asynchronous copies land them), or the float32 accumulator tile staged for the epilogue if that is larger."""
+    m, n, r = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.kwargs["BLOCK_R"]
+    return max(config.num_stages * r * (m * a_size + n * b_size), m * n * 4)
+
+
+def device_limits(device: torch.device) -> tuple[int, int]:
+    """(shared memory per block in bytes, compute capability major) of a CUDA device; the H100's values elsewhere
+    (the interpreter does not prune)."""
+    if device.type != "cuda":
+        return 232448, 9
+    props = torch.cuda.get_device_properties(device)
+    smem = getattr(props, "shared_memory_per_block_optin", 0)
+    if not smem:
+        smem = triton.runtime.driver.active.utils.get_device_properties(device.index or 0)["max_shared_mem"]
+    return int(smem), int(props.major)
+
+
+def prune_configs(
+    configs: list[triton.Config], a: torch.Tensor, b: torch.Tensor, m: int | None = None, n: int | None = None
+) -> list[triton.Config]:
+    """The configurations worth compiling for one launch on ``a``'s device: those that fit its shared memory,
+    4+ warps on sm_90+ (wgmma needs a warp group), and blocks not much larger than the problem (256 columns for a
+    10-unit layer cannot win; only when ``m`` and ``n`` are given). Never empty: the smallest-memory
+    configuration stays if nothing else does."""
+    smem, major = device_limits(a.device)
+    fits = [c for c in configs if smem_bytes(c, a.element_size(), b.element_size()) <= smem]
+    if major >= 9:
+        fits = [c for c in fits if c.num_warps >= 4] or fits
+    if m is None or n is None:
+        return fits or [min(configs, key=lambda c: smem_bytes(c, a.element_size(), b.element_size()))]
+    bm, bn = tune_bucket(m), tune_bucket(n)
+    sized = [c for c in fits if c.kwargs["BLOCK_M"] <= max(64, bm) and c.kwargs["BLOCK_N"] <= max(64, bn)]
+    if sized:
+        return sized
+    if fits:
+        return fits
+    return [min(configs, key=lambda c: smem_bytes(c, a.element_size(), b.element_size()))]
+
+
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
-    """Skip blocks much larger than the problem (e.g. 256 columns for a 10-unit output layer): they cannot win and
-    only cost tuning time. The bound uses the same power-of-two buckets as the tuning key."""
-    m, n = tune_bucket(named_args["M"]), tune_bucket(named_args["N"])
-    fitting = [c for c in configs if c.kwargs["BLOCK_M"] <= max(64, m) and c.kwargs["BLOCK_N"] <= max(64, n)]
-    return fitting or configs
+    """``early_config_prune`` hook of the autotuner (:func:`prune_configs` on the launch's arguments)."""
+    return prune_configs(configs, named_args["a_ptr"], named_args["b_ptr"], named_args["M"], named_args["N"])
 
 
 @triton.jit
-def _positions(idx_ptr, offs, mask, HAS_IDX: tl.constexpr):
-    """Where block positions ``offs`` fall in the operand: ``idx[offs]`` through an index vector, else ``offs``."""
+def _positions(idx_ptr, offs, mask, HAS_IDX: tl.constexpr, INT64: tl.constexpr):
+    """Where block positions ``offs`` fall in the operand: ``idx[offs]`` through an index vector, else ``offs``;
+    int64 with INT64 (then every element offset built from them is 64-bit)."""
     if HAS_IDX:
-        return tl.load(idx_ptr + offs, mask=mask, other=0)
-    return offs
+        pos = tl.load(idx_ptr + offs, mask=mask, other=0)
+    else:
+        pos = offs
+    if INT64:
+        pos = pos.to(tl.int64)
+    return pos
 
 
 @triton.jit
@@ -70,7 +117,7 @@ def _gemm_block(
     scale,
     A_RED_IDX: tl.constexpr, B_ROW_IDX: tl.constexpr, B_RED_IDX: tl.constexpr,
     C_ROW_IDX: tl.constexpr, C_COL_IDX: tl.constexpr, HAS_BIAS: tl.constexpr, ACCUMULATE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, INT64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
     """One (BLOCK_M, BLOCK_N) tile of C: loop over R, gathering A's and B's columns through their indices."""
@@ -79,22 +126,23 @@ def _gemm_block(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_n = offs_n < N
-    b_rows = _positions(b_row_idx_ptr, offs_n, mask_n, B_ROW_IDX)
+    b_rows = _positions(b_row_idx_ptr, offs_n, mask_n, B_ROW_IDX, INT64)
+    a_rows = _positions(a_red_idx_ptr, offs_m, mask_m, False, INT64)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for r0 in range(0, R, BLOCK_R):
         offs_r = r0 + tl.arange(0, BLOCK_R)
         mask_r = offs_r < R
-        a_cols = _positions(a_red_idx_ptr, offs_r, mask_r, A_RED_IDX)
-        b_cols = _positions(b_red_idx_ptr, offs_r, mask_r, B_RED_IDX)
+        a_cols = _positions(a_red_idx_ptr, offs_r, mask_r, A_RED_IDX, INT64)
+        b_cols = _positions(b_red_idx_ptr, offs_r, mask_r, B_RED_IDX, INT64)
         acc = load_mma(
-            acc, a_ptr, b_ptr, offs_m, a_cols, b_cols, b_rows, mask_m, mask_r, mask_n,
+            acc, a_ptr, b_ptr, a_rows, a_cols, b_cols, b_rows, mask_m, mask_r, mask_n,
             stride_am, stride_ar, stride_br, stride_bn, DOT_DTYPE, INPUT_PRECISION, UPCAST,
         )  # fmt: skip
     acc = acc * scale
     if HAS_BIAS:
         acc += tl.load(bias_ptr + b_rows, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    c_rows = _positions(c_row_idx_ptr, offs_m, mask_m, C_ROW_IDX)
-    c_cols = _positions(c_col_idx_ptr, offs_n, mask_n, C_COL_IDX)
+    c_rows = _positions(c_row_idx_ptr, offs_m, mask_m, C_ROW_IDX, INT64)
+    c_cols = _positions(c_col_idx_ptr, offs_n, mask_n, C_COL_IDX, INT64)
     c_ptrs = c_ptr + c_rows[:, None] * stride_cm + c_cols[None, :] * stride_cn
     mask_c = mask_m[:, None] & mask_n[None, :]
     if ACCUMULATE:
@@ -107,7 +155,7 @@ def _zero_block(
     zid, num_pid_m,
     c_ptr, c_row_idx_ptr, zero_idx_ptr,
     M, n_zero, stride_cm, stride_cn,
-    C_ROW_IDX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    C_ROW_IDX: tl.constexpr, INT64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """One (BLOCK_M, BLOCK_N) tile of zeros at C's rows × the dropped columns ``zero_idx``."""
     pid_m = zid % num_pid_m
@@ -116,23 +164,14 @@ def _zero_block(
     offs_z = pid_z * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_z = offs_z < n_zero
-    rows = _positions(c_row_idx_ptr, offs_m, mask_m, C_ROW_IDX)
-    cols = tl.load(zero_idx_ptr + offs_z, mask=mask_z, other=0)
+    rows = _positions(c_row_idx_ptr, offs_m, mask_m, C_ROW_IDX, INT64)
+    cols = _positions(zero_idx_ptr, offs_z, mask_z, True, INT64)
     zeros = tl.zeros((BLOCK_M, BLOCK_N), dtype=c_ptr.dtype.element_ty)
     tl.store(
         c_ptr + rows[:, None] * stride_cm + cols[None, :] * stride_cn, zeros, mask=mask_m[:, None] & mask_z[None, :]
     )
 
 
-@tuned(
-    configs=_cuda_configs(),
-    key=[
-        "tune_m", "tune_n", "tune_r", "A_RED_IDX", "B_ROW_IDX", "B_RED_IDX", "C_ROW_IDX", "C_COL_IDX",
-        "HAS_BIAS", "ACCUMULATE", "ZERO_FILL", "DOT_DTYPE", "INPUT_PRECISION",
-    ],
-    restore_value=["c_ptr"],
-    prune=_prune_configs,
-)  # fmt: skip
 @triton.jit(do_not_specialize=["tune_m", "tune_n", "tune_r"])
 def _gather_gemm_kernel(
     a_ptr, b_ptr, c_ptr, bias_ptr,
@@ -144,7 +183,7 @@ def _gather_gemm_kernel(
     A_RED_IDX: tl.constexpr, B_ROW_IDX: tl.constexpr, B_RED_IDX: tl.constexpr,
     C_ROW_IDX: tl.constexpr, C_COL_IDX: tl.constexpr, HAS_BIAS: tl.constexpr,
     ACCUMULATE: tl.constexpr, ZERO_FILL: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, INT64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
     """Grid: one program per C tile, then (ZERO_FILL) one per tile of C rows × dropped columns.
@@ -159,7 +198,7 @@ def _gather_gemm_kernel(
         if pid >= num_compute:
             _zero_block(
                 pid - num_compute, num_pid_m, c_ptr, c_row_idx_ptr, zero_idx_ptr, M, n_zero, stride_cm, stride_cn,
-                C_ROW_IDX, BLOCK_M, BLOCK_N,
+                C_ROW_IDX, INT64, BLOCK_M, BLOCK_N,
             )  # fmt: skip
             return
     _gemm_block(
@@ -167,8 +206,35 @@ def _gather_gemm_kernel(
         a_red_idx_ptr, b_row_idx_ptr, b_red_idx_ptr, c_row_idx_ptr, c_col_idx_ptr, M, N, R,
         stride_am, stride_ar, stride_bn, stride_br, stride_cm, stride_cn, scale,
         A_RED_IDX, B_ROW_IDX, B_RED_IDX, C_ROW_IDX, C_COL_IDX, HAS_BIAS, ACCUMULATE,
-        DOT_DTYPE, INPUT_PRECISION, UPCAST, BLOCK_M, BLOCK_N, BLOCK_R, GROUP_M,
+        DOT_DTYPE, INPUT_PRECISION, UPCAST, INT64, BLOCK_M, BLOCK_N, BLOCK_R, GROUP_M,
     )  # fmt: skip
+
+
+_KEY = [
+    "tune_m", "tune_n", "tune_r", "A_RED_IDX", "B_ROW_IDX", "B_RED_IDX", "C_ROW_IDX", "C_COL_IDX",
+    "HAS_BIAS", "ACCUMULATE", "ZERO_FILL", "DOT_DTYPE", "INPUT_PRECISION", "INT64",
+]  # fmt: skip
+
+
+def _tuned_product() -> object:
+    return tuned(configs=_cuda_configs(), key=_KEY, restore_value=["c_ptr"], prune=_prune_configs)(_gather_gemm_kernel)
+
+
+PRODUCT_KERNELS = {"forward": _tuned_product(), "grad_x": _tuned_product(), "grad_w": _tuned_product()}
+"""One autotuner (one tuning cache) per product of a row-pattern Linear: the forward reads W with the kept input
+units along its contiguous dimension, grad_x along its strided one and grad_W reduces over the batch, so a square
+layer's three products share a key but not a best configuration."""
+
+INT64_SPAN = 2**31
+"""Operands whose largest element offset reaches this use 64-bit offsets (a separate compiled variant)."""
+
+
+def needs_int64(*tensors: torch.Tensor | None) -> bool:
+    """Whether an operand's largest element offset does not fit in int32 (then the kernel indexes in int64)."""
+    return any(
+        t is not None and t.numel() and sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride())) >= INT64_SPAN
+        for t in tensors
+    )
 
 
 def _check_index(name: str, idx: torch.Tensor | None, device: torch.device, bound: int) -> None:
@@ -180,6 +246,7 @@ def _check_index(name: str, idx: torch.Tensor | None, device: torch.device, boun
         raise ValueError(f"{name} is on {idx.device}, the operands on {device}")
     if idx.numel() > bound:
         raise ValueError(f"{name} has {idx.numel()} entries for a dimension of size {bound}")
+    check_device_index(name, idx, bound)
 
 
 def gather_gemm(
@@ -197,6 +264,7 @@ def gather_gemm(
     bias: torch.Tensor | None = None,
     scale: float = 1.0,
     accumulate: bool = False,
+    product: str = "forward",
 ) -> torch.Tensor:
     """``C[ci, cj] (+)= scale · A[:, ar] · B[bj][:, br]ᵀ (+ bias[bj])`` in place; returns ``c``.
 
@@ -211,7 +279,15 @@ def gather_gemm(
         bias: 1-D, added at ``b_row_idx`` (the forward's bias of the kept output units).
         scale: factor on the product (not on the bias or on what is accumulated).
         accumulate: add to ``c`` instead of overwriting it.
+        product: ``"forward"``, ``"grad_x"`` or ``"grad_w"``: which tuning cache (:data:`PRODUCT_KERNELS`).
+
+    Index vectors must hold distinct entries (a duplicate among C's would race); they are checked at every launch
+    only under ``LIGHTNING_ARD_CHECK_INDICES=1`` (:mod:`lightning_ard.kernels.indices`), since the check needs a
+    device sync; the backend checks each pattern's indices once instead. Operands past 2**31 elements switch to
+    64-bit offsets.
     """
+    if product not in PRODUCT_KERNELS:
+        raise ValueError(f"product must be one of {sorted(PRODUCT_KERNELS)}, got {product!r}")
     if a.dim() != 2 or b.dim() != 2 or c.dim() != 2:
         raise ValueError(f"gather_gemm needs 2-D operands, got {a.dim()}-D, {b.dim()}-D, {c.dim()}-D")
     device = a.device
@@ -241,7 +317,7 @@ def gather_gemm(
         raise ValueError("zero_idx needs c_col_idx (the zero-filled columns are the complement of the written ones)")
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != b.shape[0]):
         raise ValueError(f"bias must be 1-D with {b.shape[0]} entries, got {tuple(bias.shape)}")
-    check_offsets(a=a, b=b, c=c)
+    int64 = needs_int64(a, b, c)
     if M == 0 or (N == 0 and n_zero == 0):
         return c
 
@@ -249,7 +325,7 @@ def gather_gemm(
         pm = triton.cdiv(M, meta["BLOCK_M"])
         return (pm * triton.cdiv(N, meta["BLOCK_N"]) + pm * triton.cdiv(n_zero, meta["BLOCK_N"]),)
 
-    _gather_gemm_kernel[grid](
+    PRODUCT_KERNELS[product][grid](
         a, b, c, bias,
         a_red_idx, b_row_idx, b_red_idx, c_row_idx, c_col_idx, zero_idx,
         M, N, R, n_zero,
@@ -259,7 +335,7 @@ def gather_gemm(
         A_RED_IDX=a_red_idx is not None, B_ROW_IDX=b_row_idx is not None, B_RED_IDX=b_red_idx is not None,
         C_ROW_IDX=c_row_idx is not None, C_COL_IDX=c_col_idx is not None, HAS_BIAS=bias is not None,
         ACCUMULATE=bool(accumulate), ZERO_FILL=n_zero > 0,
-        DOT_DTYPE=precision.dtype, INPUT_PRECISION=precision.input_precision, UPCAST=precision.upcast,
+        DOT_DTYPE=precision.dtype, INPUT_PRECISION=precision.input_precision, UPCAST=precision.upcast, INT64=int64,
         **(INTERPRETER_CONFIG if INTERPRET else {}),
     )  # fmt: skip
     return c
@@ -274,21 +350,23 @@ COLUMN_SUM_BLOCKS = (16, 16) if INTERPRET else (128, 32)
 @triton.jit
 def _column_sum_kernel(
     g_ptr, out_ptr, idx_ptr, M, N, stride_gm, stride_gn,
-    HAS_IDX: tl.constexpr, ACCUMULATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_IDX: tl.constexpr, ACCUMULATE: tl.constexpr, INT64: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """out[idx[j]] (+)= Σ_m g[m, j] for one block of BLOCK_N columns, summed in float32."""
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
+    cols = _positions(idx_ptr, offs_n, mask_n, False, INT64)
     acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for m0 in range(0, M, BLOCK_M):
-        offs_m = m0 + tl.arange(0, BLOCK_M)
+        offs_m = _positions(idx_ptr, m0 + tl.arange(0, BLOCK_M), None, False, INT64)
         tile = tl.load(
-            g_ptr + offs_m[:, None] * stride_gm + offs_n[None, :] * stride_gn,
+            g_ptr + offs_m[:, None] * stride_gm + cols[None, :] * stride_gn,
             mask=(offs_m < M)[:, None] & mask_n[None, :],
             other=0.0,
         )
         acc += tl.sum(tile.to(tl.float32), axis=0)
-    dst = _positions(idx_ptr, offs_n, mask_n, HAS_IDX)
+    dst = _positions(idx_ptr, offs_n, mask_n, HAS_IDX, INT64)
     if ACCUMULATE:
         acc += tl.load(out_ptr + dst, mask=mask_n, other=0.0).to(tl.float32)
     tl.store(out_ptr + dst, acc.to(out_ptr.dtype.element_ty), mask=mask_n)
@@ -304,13 +382,13 @@ def column_sum(
     _check_index("idx", idx, g.device, out.shape[0])
     if (idx.numel() if idx is not None else out.shape[0]) != N:
         raise ValueError(f"g has {N} columns for {out.shape[0]} outputs (or {idx.numel()} indices)")
-    check_offsets(g=g)
     if N == 0:
         return out
     block_m, block_n = COLUMN_SUM_BLOCKS
     _column_sum_kernel[(triton.cdiv(N, block_n),)](
         g, out, idx, g.shape[0], N, g.stride(0), g.stride(1),
-        HAS_IDX=idx is not None, ACCUMULATE=bool(accumulate), BLOCK_M=block_m, BLOCK_N=block_n,
+        HAS_IDX=idx is not None, ACCUMULATE=bool(accumulate), INT64=needs_int64(g, out),
+        BLOCK_M=block_m, BLOCK_N=block_n,
     )  # fmt: skip
     return out
 
@@ -347,6 +425,7 @@ def row_forward(
     return gather_gemm(
         x, weight, out, precision,
         a_red_idx=None if x_compact else in_idx, b_row_idx=out_idx, b_red_idx=in_idx, bias=bias, scale=scale,
+        product="forward",
     )  # fmt: skip
 
 
@@ -369,7 +448,7 @@ def row_grad_input(
     return gather_gemm(
         g, weight.t(), out, precision,
         b_row_idx=in_idx, b_red_idx=out_idx, c_col_idx=in_idx if scatter else None,
-        zero_idx=dropped_idx if scatter else None, scale=scale,
+        zero_idx=dropped_idx if scatter else None, scale=scale, product="grad_x",
     )  # fmt: skip
 
 
@@ -389,7 +468,7 @@ def row_grad_weight(
     return gather_gemm(
         g.t(), x.t(), grad_weight, precision,
         b_row_idx=None if x_compact else in_idx, c_row_idx=out_idx, c_col_idx=in_idx, scale=scale,
-        accumulate=accumulate,
+        accumulate=accumulate, product="grad_w",
     )  # fmt: skip
 
 

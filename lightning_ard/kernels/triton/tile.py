@@ -23,6 +23,7 @@ from lightning_ard.kernels.triton.common import (
     load_mma,
     tune_bucket,
     tuned,
+    tuning_list,
 )
 from lightning_ard.patterns import TilePattern
 
@@ -96,10 +97,10 @@ def tile_tables(pattern: TilePattern, device: torch.device | str) -> TileTables:
 
 
 def _cuda_configs(block_ms: tuple[int, ...]) -> list[triton.Config]:
+    full = [(m, s, w) for m in block_ms for s, w in ((3, 4), (4, 4), (3, 8))]
+    short = [(block_ms[-1], 3, 8), (block_ms[0], 4, 4)]
     return [
-        triton.Config({"BLOCK_M": m, "GROUP_M": 8}, num_stages=s, num_warps=w)
-        for m in block_ms
-        for s, w in ((3, 4), (4, 4), (3, 8))
+        triton.Config({"BLOCK_M": m, "GROUP_M": 8}, num_stages=s, num_warps=w) for m, s, w in tuning_list(full, short)
     ]
 
 
