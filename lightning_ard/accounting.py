@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 if TYPE_CHECKING:
@@ -32,7 +33,10 @@ def lstm_layer_step_flops(tokens: int, input_width: int, hidden: int, directions
     """FLOPs of forward + backward of one LSTM layer over ``tokens`` = T·B inputs.
 
     Input projection 4H×input (forward, weight gradient, input gradient when needed) plus the recurrent 4H×H
-    products (forward, weight gradient, hidden-state gradient), per direction.
+    products (forward, weight gradient, hidden-state gradient), per direction. ``hidden`` is the number of units
+    that run (the kept units of a structured layer). Counted analytically: ``FlopCounterMode`` does not see the
+    fused LSTM op on every device and layout (on the CPU it counts 0 for padded input). The hidden-state gradient is
+    counted at every step, also the first (where PyTorch skips it when the initial state needs no gradient).
     """
     gates = 4 * hidden
     projection = 2 * tokens * gates * input_width * (3 if grad_input else 2)
@@ -57,20 +61,16 @@ def ard_linear_flops(lin: ARDLinear) -> tuple[int, int]:
 
 
 def ard_lstm_flops(lstm: ARDLSTM) -> tuple[int, int]:
-    """(dense, executed) FLOPs of an ARD LSTM's last training step, layer by layer and group by group."""
+    """(dense, executed) FLOPs of an ARD LSTM's last training step, layer by layer and fused call by fused call
+    (time chunks or sequence groups: the work each call recorded in ``ard_work``)."""
     dirs = 2 if lstm.bidirectional else 1
     dense = executed = 0
-    for layer, slot in enumerate(lstm.ard_patterns):
-        width = lstm.layer_input_size(layer)
+    for layer in range(lstm.num_layers):
         grad_in = layer > 0 or lstm.ard_grad_input
-        full = lstm_layer_step_flops(lstm.ard_rows, width, lstm.hidden_size, dirs, grad_in)
+        full = lstm_layer_step_flops(lstm.ard_rows, lstm.layer_input_size(layer), lstm.hidden_size, dirs, grad_in)
         dense += full
-        if slot is None:
-            executed += full
-            continue
-        group_rows = lstm.ard_group_rows if len(slot) > 1 else [lstm.ard_rows]
-        for pat, rows in zip(slot, group_rows, strict=True):
-            executed += lstm_layer_step_flops(rows, pat.num_kept, lstm.hidden_size, dirs, grad_in)
+        work = lstm.ard_work[layer] if layer < len(lstm.ard_work) else []
+        executed += sum(lstm_layer_step_flops(t, k_in, k_h, dirs, grad_in) for t, k_in, k_h in work) if work else full
     return dense, executed
 
 
@@ -95,6 +95,25 @@ def expected_saving(layers: Iterable[tuple[float, float]]) -> float:
     return 1.0 - executed / dense if dense else 0.0
 
 
+def _seen_in(mode: FlopCounterMode, modules: Mapping[str, nn.Module]) -> int:
+    """FLOPs ``mode`` attributed to ``modules`` (outermost ones only, so nested ARD layers count once).
+
+    ``FlopCounterMode`` names a module ``<RootClass>.<path>`` after the first module called under it; its module
+    tracker knows each module's name (``_known_modules``, read defensively), else the path after the root is used.
+    """
+    counts = {name: sum(per_op.values()) for name, per_op in mode.get_flop_counts().items()}
+    known = getattr(getattr(mode, "mod_tracker", None), "_known_modules", None)
+    names: list[str] = []
+    for path, module in modules.items():
+        name = known.get(module) if known is not None else None
+        if name is None:
+            name = next((k for k in counts if k.partition(".")[2] == path), None)
+        if name is not None and name in counts:
+            names.append(name)
+    outer = [n for n in names if not any(n.startswith(f"{o}.") for o in names if o != n)]
+    return sum(counts[n] for n in outer)
+
+
 class OtherFlops:
     """The FLOPs of a step outside the ARD layers (the rest of the model), counted once with ``FlopCounterMode``.
 
@@ -116,13 +135,19 @@ class OtherFlops:
         self._mode = FlopCounterMode(display=False)
         self._mode.__enter__()
 
-    def stop(self, ard_executed: int) -> bool:
-        """Stop counting and keep the total minus the ARD layers' share; True when this call took the count."""
+    def stop(self, ard_executed: int, ard_modules: Mapping[str, nn.Module] | None = None) -> bool:
+        """Stop counting and keep the total minus the ARD layers' share; True when this call took the count.
+
+        With ``ard_modules`` (path -> ARD layer), the share removed is what ``FlopCounterMode`` itself saw inside
+        those modules, so a fused op it does not see (the LSTM on the CPU) removes nothing from the rest of the
+        step; without it, ``ard_executed`` (the analytic count) is removed.
+        """
         mode = self._mode
         if mode is None:
             return False
         self.close()
-        self.value = max(mode.get_total_flops() - ard_executed, 0)
+        seen = ard_executed if ard_modules is None else _seen_in(mode, ard_modules)
+        self.value = max(mode.get_total_flops() - seen, 0)
         return True
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from lightning_ard._validate import check_choice, check_in_range, check_positive_int, check_rate, check_seed, check_tile
+from lightning_ard.layers.lstm import LSTM_MODES
 from lightning_ard.patterns.groups import MAX_GROUPS
 from lightning_ard.search import FAMILIES, SearchSettings
 
@@ -65,6 +66,14 @@ class ARDConfig:
         lstm_groups: time chunks (patterns per step) for sites whose consumer is an LSTM; ``None`` uses
             ``groups`` (and, with ``groups="auto"``, leaves those sites as ``nn.Dropout``). Each chunk is one
             fused-LSTM call, whose fixed cost (large on the CPU) is what limits it.
+        lstm_mode: what ``lstm_groups`` cut: ``"time"`` (chunks of time steps, each chunk one fused-LSTM call over
+            the whole batch) or ``"sequence"`` (groups of sequences that keep one pattern for all their time steps,
+            as locked / variational dropout does: one fused call per group and layer; a Linear site that reads the
+            LSTM's output groups its tokens by their sequence's group).
+        lstm_recurrent_p: rate of recurrent-path structured dropout (opt-in, needs ``lstm_mode="sequence"``; ``None``
+            is off): per group of sequences and layer, a dropped hidden unit is absent (gates, recurrent column,
+            output), the group runs a smaller LSTM on weight slices, and the inter-layer sites and the Linear site
+            after the LSTM drop exactly those units, at this rate. Unidirectional LSTMs only.
         seed: seed of the pattern generator; ``None`` takes Lightning's global seed (``seed_everything``) or 0.
             The Lightning callback adds an offset per rank so that DDP ranks draw different patterns.
     """
@@ -80,6 +89,8 @@ class ARDConfig:
     groups: int | str = "auto"
     pool: int | None = None
     lstm_groups: int | None = None
+    lstm_mode: str = "time"
+    lstm_recurrent_p: float | None = None
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -104,7 +115,22 @@ class ARDConfig:
         for name in ("pool", "lstm_groups"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, check_positive_int(name, getattr(self, name)))
+        self._check_lstm()
         object.__setattr__(self, "seed", check_seed("seed", self.seed, allow_none=True))
+
+    def _check_lstm(self) -> None:
+        check_choice("lstm_mode", self.lstm_mode, LSTM_MODES)
+        q = self.lstm_recurrent_p
+        if q is None:
+            return
+        if check_rate("lstm_recurrent_p", q) == 0.0:
+            raise ValueError("lstm_recurrent_p must be in (0, 1) or None (off), got 0.0")
+        object.__setattr__(self, "lstm_recurrent_p", float(q))
+        if self.lstm_mode != "sequence":
+            raise ValueError(
+                f"lstm_recurrent_p={q} needs lstm_mode='sequence' (one hidden-unit pattern per group of sequences), "
+                f"got lstm_mode={self.lstm_mode!r}; set lstm_mode='sequence'"
+            )
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -24,6 +24,7 @@ from lightning_ard._validate import check_seed
 from lightning_ard.config import ARDConfig
 from lightning_ard.kernels import get_backend
 from lightning_ard.layers import ARDLSTM, ARDLinear
+from lightning_ard.layers.lstm import SequenceFollower, lstm_layer_input_size, unscaled
 from lightning_ard.patterns import PatternDistribution, PatternSampler, RowPattern, TilePattern
 from lightning_ard.patterns.groups import resolve_groups
 from lightning_ard.patterns.tile import auto_tile
@@ -42,10 +43,37 @@ class _LinearPlan:
 
 @dataclass
 class _LSTMPlan:
-    """Which site (or none) sets each layer's input pattern of an ARD LSTM each step."""
+    """Which site (or none) sets each layer's input pattern of an ARD LSTM each step; with recurrent structured
+    dropout, which distribution sets each layer's hidden-unit pattern (an inter-layer site, the Linear site after
+    the LSTM, or the LSTM's own ``<path>.h<layer>``)."""
 
     module: ARDLSTM
     layer_sites: list[str | None] = field(default_factory=list)
+    hidden_sources: list[str] | None = None
+    followers: dict[str, SequenceFollower] = field(default_factory=dict)  # Linear path -> its follower
+
+
+def _qualify(prefix: str, target: str) -> str:
+    return f"{prefix}.{target}" if prefix else target
+
+
+def _traced_lstm_roots(model: nn.Module, lstm_paths: set[str]) -> list[tuple[str, Any]]:
+    """``(prefix, GraphModule)`` of the model traced by ``torch.fx``, or else of its largest traceable submodules
+    that hold one of ``lstm_paths`` (breadth first); torch.nn modules (LSTM, Dropout, Linear) stay leaves."""
+    from torch import fx
+
+    roots, pending = [], [("", model)]
+    while pending:
+        prefix, module = pending.pop(0)
+        if not any(p == prefix or p.startswith(f"{prefix}.") or not prefix for p in lstm_paths):
+            continue
+        try:
+            roots.append((prefix, fx.GraphModule(module, fx.Tracer().trace(module))))
+            continue
+        except Exception:  # noqa: BLE001 - any trace failure means "look at the children"
+            pass
+        pending += [(_qualify(prefix, name), child) for name, child in module.named_children()]
+    return roots
 
 
 class ARDController:
@@ -77,6 +105,8 @@ class ARDController:
         self._lstms: list[_LSTMPlan] = []
         self._site_groups: dict[str, int] | None = None
         self._plans: dict[str, _LinearPlan | _LSTMPlan] = {}
+        self._lstm_followers: dict[str, str] = {}  # Linear site -> the LSTM whose sequence groups it follows
+        self._hidden_distributions: dict[str, PatternDistribution] = {}  # <lstm>.h<layer> (structured, no site)
         self._modes: dict[str, bool] = {}  # module path -> training, at the last step's start
         self._plain_dropouts: set[str] = set()  # dropouts running as nn.Dropout in the last step
         self._mode_warnings: set[tuple[str, tuple[tuple[str, bool], ...]]] = set()
@@ -134,8 +164,11 @@ class ARDController:
 
     def _leave_lstm_sites(self, report: SiteReport) -> None:
         """Under ``groups="auto"`` with no ``lstm_groups``, LSTM sites stay nn.Dropout: no LSTM setting is both
-        accurate and fast yet (one pattern per step costs perplexity, time chunks cost speed)."""
-        if self.config.groups != "auto" or self.config.lstm_groups is not None:
+        accurate and fast yet (one pattern per step costs perplexity, time chunks cost speed). Served LSTM sites are
+        prepared for ``lstm_mode`` and ``lstm_recurrent_p`` (:meth:`_prepare_lstm_sites`)."""
+        c = self.config
+        if c.groups != "auto" or c.lstm_groups is not None or c.lstm_recurrent_p is not None:
+            self._prepare_lstm_sites(report)
             return
         lstm = [s for s in report.sites if s.kind.feeds_lstm]
         plain = {s.dropout for s in lstm if s.dropout is not None}  # a dropout module is served whole or not at all
@@ -149,6 +182,81 @@ class ARDController:
         report.skipped += [
             Skipped(s.name, f"another use of {s.dropout} stays nn.Dropout (an LSTM site)") for s in shared
         ]
+
+    def _prepare_lstm_sites(self, report: SiteReport) -> None:
+        """Before any swap: in sequence mode, find the Linear sites that read an LSTM's output (they follow its
+        sequence groups); with ``lstm_recurrent_p``, check the LSTMs, give the sites on their hidden units (inter-
+        layer, and the Linear site after the LSTM) that rate, and search the hidden-unit distributions that have no
+        site."""
+        c = self.config
+        lstm_paths = {s.consumer for s in report.sites if s.kind.feeds_lstm}
+        self._lstm_followers = self._find_lstm_followers(report, lstm_paths) if c.lstm_mode == "sequence" else {}
+        self._hidden_distributions = {}
+        q = c.lstm_recurrent_p
+        if q is None:
+            return
+        from lightning_ard.search import search_distribution
+
+        for path in sorted(lstm_paths):
+            lstm = self.model.get_submodule(path)
+            if lstm.bidirectional:
+                raise ValueError(
+                    f"lstm_recurrent_p={q} supports unidirectional LSTMs only, got bidirectional {path!r}; set "
+                    "lstm_recurrent_p=None (sequence groups serve bidirectional LSTMs)"
+                )
+            follows = [s for s in report.sites if self._lstm_followers.get(s.name) == path]
+            inter = {s.consumer_layer: s for s in report.sites if s.consumer == path and s.kind == SiteKind.LSTM_INTER}
+            for site in [*follows, *inter.values()]:
+                site.p = q  # these sites drop the LSTM's hidden units: the structured dropout's rate
+            last = lstm.num_layers - 1
+            for layer in range(lstm.num_layers):
+                if layer + 1 in inter or (layer == last and follows):
+                    continue
+                family = "row" if c.pattern == "tile" else c.pattern  # LSTM units take row patterns
+                try:
+                    dist = search_distribution(q, lstm.hidden_size, family, **c.search)
+                except ValueError as err:
+                    raise ValueError(f"LSTM {path!r} hidden units (lstm_recurrent_p={q}): {err}") from err
+                self._hidden_distributions[f"{path}.h{layer}"] = dist
+
+    def _find_lstm_followers(self, report: SiteReport, lstm_paths: set[str]) -> dict[str, str]:
+        """Linear sites whose dropout reads an ARD-served LSTM's output (``out`` of ``out, h = lstm(x)``, through
+        ``.data``, ``pad_packed_sequence``, reshapes and ``.contiguous()``), by tracing: site name -> LSTM path."""
+        import operator
+
+        import torch
+        from torch.nn.utils.rnn import pad_packed_sequence
+
+        passthrough_methods = {"contiguous", "reshape", "view", "flatten"}
+        passthrough_functions = {torch.reshape, torch.flatten}
+        by_dropout: dict[str, list[Site]] = {}
+        producers = {site.producer for site in report.sites}
+        for site in report.sites:
+            eligible = site.producer is None and site.consumer not in producers and self.family_for(site) != "tile"
+            if site.kind.feeds_linear and eligible and site.dropout is not None:
+                by_dropout.setdefault(site.dropout, []).append(site)
+        found: dict[str, str] = {}
+        for prefix, gm in _traced_lstm_roots(self.model, lstm_paths):
+            for node in gm.graph.nodes:
+                if node.op != "call_module" or _qualify(prefix, node.target) not in lstm_paths:
+                    continue
+                lstm_path = _qualify(prefix, node.target)
+                pending = [u for u in node.users if u.target is operator.getitem and u.args[1] == 0]
+                while pending:
+                    cur = pending.pop()
+                    for user in cur.users:
+                        if user.op == "call_module":
+                            for site in by_dropout.get(_qualify(prefix, user.target), []):
+                                found[site.name] = lstm_path
+                        elif (
+                            (user.op == "call_method" and user.target in passthrough_methods)
+                            or (user.op == "call_function" and user.target in passthrough_functions)
+                            or (user.op == "call_function" and user.target is getattr and user.args[1] == "data")
+                        ) and user.args[0] is cur:
+                            pending.append(user)
+                        elif user.op == "call_function" and user.target is pad_packed_sequence:
+                            pending += [u for u in user.users if u.target is operator.getitem and u.args[1] == 0]
+        return found
 
     def family_for(self, site: Site) -> str:
         """The family a site uses: the chosen one, except row for LSTM sites under the tile family."""
@@ -205,15 +313,34 @@ class ARDController:
         self._linears, self._lstms = list(linears.values()), list(lstms.values())
         self._plans: dict[str, _LinearPlan | _LSTMPlan] = {**linears, **lstms}
         c = self.config
-        lstm_sites = {s for plan in self._lstms for s in plan.layer_sites if s is not None}
-        self._site_groups = {  # patterns per step per site; None = the paper's one pattern (the plain draw)
-            site.name: (c.lstm_groups or resolve_groups(c.groups, site.p))
-            if site.name in lstm_sites
-            else resolve_groups(c.groups, site.p)
-            for site in self.report.sites
+        lstm_groups = self._plan_lstms(lstms, linears)
+        self._site_groups = {  # patterns per step per draw; None = the paper's one pattern (the plain draw)
+            site.name: lstm_groups.get(site.name, resolve_groups(c.groups, site.p)) for site in self.report.sites
         }
+        self._site_groups.update({name: lstm_groups[name] for name in self._hidden_distributions})
         if all(g == 1 for g in self._site_groups.values()):
             self._site_groups = None
+
+    def _plan_lstms(self, lstms: dict[str, _LSTMPlan], linears: dict[str, _LinearPlan]) -> dict[str, int]:
+        """Sequence followers and hidden-unit sources of every LSTM plan; returns one group count per LSTM for
+        every draw tied to it (its sites, its followers' sites, its hidden-unit distributions)."""
+        c = self.config
+        self.distributions.update(self._hidden_distributions)
+        by_name = {site.name: site for site in self.report.sites}
+        out: dict[str, int] = {}
+        for path, plan in lstms.items():
+            follow = [name for name, owner in self._lstm_followers.items() if owner == path and name in by_name]
+            for lin_path, lplan in linears.items():
+                if lplan.in_site in follow:
+                    plan.followers[lin_path] = SequenceFollower(plan.module, lplan.module)
+            hidden = [f"{path}.h{layer}" for layer in range(plan.module.num_layers)]
+            if c.lstm_recurrent_p is not None:
+                sources = [*plan.layer_sites[1:], follow[0] if follow else None]  # the site on layer l's units
+                plan.hidden_sources = [name if name is not None else hidden[i] for i, name in enumerate(sources)]
+            names = [s for s in plan.layer_sites if s is not None] + follow
+            groups = c.lstm_groups or max(resolve_groups(c.groups, by_name[n].p) for n in names)
+            out.update({name: groups for name in names + [h for h in hidden if h in self._hidden_distributions]})
+        return out
 
     def step(self) -> dict[str, RowPattern | TilePattern | tuple[RowPattern | TilePattern, ...]]:
         """Draw this step's pattern for every site (``config.groups`` per site when > 1) and set it on the layers;
@@ -235,11 +362,29 @@ class ARDController:
                     out_pattern=pats[plan.out_site] if plan.out_site in served else None,
                 )
         for lplan in self._lstms:
-            lplan.module.set_patterns([pats[s] if s in served else None for s in lplan.layer_sites])
+            self._set_lstm_patterns(lplan, pats, served)
         for path, drop in self.surgery.dropouts.items():
             drop.ard_calls = 0
             drop.ard_enabled = path not in self._plain_dropouts
         return pats
+
+    def _set_lstm_patterns(self, plan: _LSTMPlan, pats: dict, served: set[str]) -> None:
+        """This step's patterns on an LSTM and on the Linears that follow its sequence groups. Recurrent structured
+        dropout needs every hidden-unit source served; otherwise the step runs the plain sequence groups."""
+        c = self.config
+        inputs = [pats[s] if s in served else None for s in plan.layer_sites]
+        sources = plan.hidden_sources
+        if sources is not None and all(s in served or s in self._hidden_distributions for s in sources):
+            hidden = [pats[s] for s in sources]
+            plan.module.set_patterns([inputs[0]] + [None] * (len(inputs) - 1), mode=c.lstm_mode, hidden=hidden)
+            last = hidden[-1] if isinstance(hidden[-1], tuple) else (hidden[-1],)
+            for follower in plan.followers.values():  # they read the LSTM's already scaled output
+                follower.set_patterns(in_pattern=tuple(unscaled(p) for p in last))
+            return
+        plan.module.set_patterns(inputs, mode=c.lstm_mode)
+        sites = {path: self._plans[path].in_site for path in plan.followers}
+        for path, follower in plan.followers.items():
+            follower.set_patterns(in_pattern=pats[sites[path]] if sites[path] in served else None)
 
     def plain_step(self) -> None:
         """Run the next step as the plain model (full products, nn.Dropout's random masks): a valid training step,
@@ -340,7 +485,8 @@ class ARDController:
 
     def expected_site_saving(self, site: Site) -> float:
         """Expected share of the products of the layers ``site`` touches that ARD removes (every site at its
-        expected keep fraction; for an LSTM, the layer whose input the site is)."""
+        expected keep fraction; for an LSTM, the layer whose input the site is, and with recurrent structured
+        dropout the layer whose hidden units it drops)."""
         keep = {name: dist.expected_keep_fraction for name, dist in self.distributions.items()}
         layers: list[tuple[float, float]] = []
         for path in (site.consumer, site.producer):
@@ -350,10 +496,26 @@ class ARDController:
                 for name in (plan.in_site, plan.out_site, plan.tile_site):
                     kept *= keep[name] if name is not None else 1.0
                 layers.append((plan.module.in_features * plan.module.out_features, kept))
-            elif isinstance(plan, _LSTMPlan):
-                width, hidden = plan.module.layer_input_size(site.consumer_layer), plan.module.hidden_size
-                layers.append((width + hidden, (width * keep[site.name] + hidden) / (width + hidden)))
+        for lplan in self._lstms:
+            touched = {site.consumer_layer} if lplan is self._plans.get(site.consumer) else set()
+            touched |= {i for i, name in enumerate(lplan.hidden_sources or ()) if name == site.name}
+            layers += [self._lstm_layer_kept(lplan, layer, keep) for layer in sorted(touched)]
         return accounting.expected_saving(layers)
+
+    @staticmethod
+    def _lstm_layer_kept(plan: _LSTMPlan, layer: int, keep: dict[str, float]) -> tuple[float, float]:
+        """(dense products, expected kept share) of one LSTM layer: 4H x (input + H), the input columns at their
+        site's keep fraction and, under structured dropout, the gate rows and recurrent columns at the hidden one.
+        Works on the restored ``nn.LSTM`` too (after fit)."""
+        lstm, sources = plan.module, plan.hidden_sources
+        width, hidden = lstm_layer_input_size(lstm, layer), lstm.hidden_size
+        unit = keep[sources[layer]] if sources else 1.0
+        if sources and layer > 0:
+            k_in = keep[sources[layer - 1]]
+        else:
+            k_in = keep[plan.layer_sites[layer]] if plan.layer_sites[layer] is not None else 1.0
+        size = 4 * hidden * (width + hidden)
+        return size, 4 * hidden * (width * k_in * unit + hidden * unit * unit) / size
 
     def clear(self) -> None:
         """Keep the ARD layers but remove patterns: the model acts as the plain one."""

@@ -63,10 +63,13 @@ class Record:
     grouped_limit_ms: float | None = None
     grouped_limit: float | None = None
     of_grouped_limit: float | None = None
+    setting: str | None = None
 
     @property
     def label(self) -> str:
-        """Family, with the pattern-group settings when they are not the default."""
+        """Family, with the pattern-group settings when they are not the default (or the named LSTM setting)."""
+        if self.setting is not None:
+            return f"{self.family} {self.setting}"
         return describe(self.family, self.groups, self.pool, self.lstm_groups)
 
 
@@ -281,6 +284,98 @@ def bench_case(
     )
 
 
+@dataclass(frozen=True)
+class LSTMSetting:
+    """One LSTM setting of the ``--lstm-settings`` comparison: its ARDConfig group settings."""
+
+    name: str
+    groups: int
+    lstm_groups: int
+    lstm_mode: str = "time"
+    recurrent: bool = False  # recurrent-path structured dropout at the case's rate
+
+
+LSTM_SETTINGS = (
+    LSTMSetting("one pattern per step", 1, 1),
+    LSTMSetting("time chunks G=4", 4, 4),
+    LSTMSetting("sequence G=2", 2, 2, "sequence"),
+    LSTMSetting("sequence G=4", 4, 4, "sequence"),
+    LSTMSetting("structured G=1", 1, 1, "sequence", True),
+    LSTMSetting("structured G=2", 2, 2, "sequence", True),
+    LSTMSetting("structured G=4", 4, 4, "sequence", True),
+)
+"""The LSTM settings of issue 13, beside nn.Dropout (every record's ``dense_ms``)."""
+
+
+def bench_lstm_settings(
+    case: Case,
+    family: str,
+    p: float,
+    device: torch.device,
+    warmup: int,
+    rounds: int,
+    steps: int,
+    settings: tuple[LSTMSetting, ...] = LSTM_SETTINGS,
+) -> list[Record]:
+    """nn.Dropout, the compact limit and every LSTM setting on one case, each round timing all of them in turn (one
+    run: drift on a shared machine hits every setting alike); one record per setting, with its FLOP ratio."""
+    batch = case.batch(device)
+    torch.manual_seed(0)
+    runners = {"dense": _Runner(case.build(p).to(device), batch, None)}
+    controllers = {}
+    for setting in settings:
+        torch.manual_seed(0)
+        model = case.build(p).to(device)
+        ctl = ARDController(
+            model,
+            pattern=family,
+            seed=0,
+            groups=setting.groups,
+            lstm_groups=setting.lstm_groups,
+            lstm_mode=setting.lstm_mode,
+            lstm_recurrent_p=p if setting.recurrent else None,
+        ).apply()
+        if not ctl.active:
+            raise RuntimeError(f"no ARD site found in case {case.name}")
+        runners[setting.name], controllers[setting.name] = _Runner(model, batch, ctl), ctl
+    runners["limit"] = _Runner(case.build_limit(p).to(device), batch, None)
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for runner in runners.values():
+        _time(runner, device, warmup)
+        runner.flops.clear()
+    for _ in range(rounds):
+        for name, runner in runners.items():
+            times[name] += _time(runner, device, steps)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    limit = med["dense"] / med["limit"]
+    records = []
+    for setting in settings:
+        controllers[setting.name].restore()
+        flops = runners[setting.name].flops
+        ideal = sum(d for d, _ in flops) / sum(e for _, e in flops)
+        speedup = med["dense"] / med[setting.name]
+        records.append(
+            Record(
+                case=case.name,
+                family=family,
+                p=p,
+                device=device_name(device),
+                dense_ms=round(med["dense"], 3),
+                ard_ms=round(med[setting.name], 3),
+                speedup=round(speedup, 3),
+                ideal=round(ideal, 3),
+                limit_ms=round(med["limit"], 3),
+                limit=round(limit, 3),
+                of_ideal=round(speedup / ideal, 3),
+                of_limit=round(speedup / limit, 3),
+                groups=setting.groups,
+                lstm_groups=setting.lstm_groups,
+                setting=setting.name,
+            )
+        )
+    return records
+
+
 def format_table(records: list[Record]) -> str:
     """Markdown table of the records: speedup with the three yardsticks side by side."""
     head = (
@@ -341,6 +436,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--groups", default="1", help="comma-separated pattern groups per step, integers or auto")
     parser.add_argument("--pool", type=int, default=None, help="distinct patterns per step when groups > 1")
     parser.add_argument("--lstm-groups", type=int, default=None, help="time chunks for LSTM sites (default: groups)")
+    parser.add_argument(
+        "--lstm-settings",
+        action="store_true",
+        help="LSTM case: time nn.Dropout and every LSTM setting (one pattern per step, time chunks, sequence groups, "
+        "structured) in one interleaved run, instead of --groups",
+    )
     args = parser.parse_args(argv)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -376,6 +477,13 @@ def main(argv: list[str] | None = None) -> int:
 
     records: list[Record] = []
     for case in cases:
+        if args.lstm_settings and case.name.startswith("lstm"):
+            for family in families:
+                for p in rates:
+                    for rec in bench_lstm_settings(case, family, p, device, warmup, rounds, steps):
+                        records.append(rec)
+                        print(f"{rec.case} {rec.label} p={rec.p}: speedup {rec.speedup:.2f}x (ideal {rec.ideal:.2f}x)")
+            continue
         for family in families:
             for groups in group_counts:
                 for p in rates:

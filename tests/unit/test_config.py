@@ -37,6 +37,8 @@ def test_defaults() -> None:
         "groups": "auto",
         "pool": None,
         "lstm_groups": None,
+        "lstm_mode": "time",
+        "lstm_recurrent_p": None,
         "seed": None,
     }
 
@@ -56,6 +58,8 @@ def test_names_are_the_fields_in_order() -> None:
         "groups",
         "pool",
         "lstm_groups",
+        "lstm_mode",
+        "lstm_recurrent_p",
         "seed",
     )
 
