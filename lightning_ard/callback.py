@@ -55,7 +55,8 @@ class ApproximateDropout(pl.Callback):
             ``groups``, ``seed``, ...) raises, naming both values; True resumes with the new settings (and a fresh
             pattern stream from the new seed) after a warning that names them.
         **settings: any :class:`~lightning_ard.ARDConfig` field: ``pattern``, ``p``, ``search``, ``include``,
-            ``exclude``, ``sites``, ``backend``, ``tile``, ``groups``, ``pool``, ``lstm_groups``, ``seed``.
+            ``exclude``, ``sites``, ``backend``, ``tile``, ``groups``, ``pool``, ``lstm_groups``, ``lstm_mode``,
+            ``lstm_recurrent_p``, ``seed``.
     """
 
     def __init__(
@@ -103,6 +104,8 @@ class ApproximateDropout(pl.Callback):
         self._step_ms: tuple[float, float] | None = None  # (plain, ARD) medians of the last window
         self._last_step: tuple[accounting.LayerFlops, int] | None = None  # the last ARD step's FLOPs and number
         self._logged_step = -1
+        self.gave_up: str | None = None  # why never_slower gave the plain model back in this fit, if it did
+        self.backends: dict[str, str] = {}  # ARD Linear path -> backend that backend="auto" measured fastest
 
     @property
     def seed(self) -> int | None:
@@ -230,7 +233,13 @@ class ApproximateDropout(pl.Callback):
         except RuntimeError as err:
             raise RuntimeError(f"ApproximateDropout: {err}") from err
         layer_flops = ctl.layer_flops()
-        if self._other_flops.stop(sum(e for _, e in layer_flops.values())) and self.measure_speedup:
+        first = self._other_flops.stop(
+            sum(e for _, e in layer_flops.values()),
+            {**ctl.surgery.linears, **ctl.surgery.lstms},  # type: ignore[union-attr]
+        )
+        if first and ctl.config.backend == "auto":
+            self._choose_backends(trainer)
+        if first and self.measure_speedup:
             self._calibrate(trainer)
             if not self.active:  # never slower: no site was faster, the plain model is back
                 return
@@ -239,6 +248,21 @@ class ApproximateDropout(pl.Callback):
         if self._steps == 1 or self._steps % max(trainer.log_every_n_steps, 1) == 0:
             self._log(trainer, pl_module, self._metrics(layer_flops))
             self._logged_step = self._steps
+
+    def _choose_backends(self, trainer: pl.Trainer) -> None:
+        """``backend="auto"``: time every candidate backend of each ARD Linear at this step's real shapes and keep
+        the fastest (on a CPU the only candidate is the PyTorch path: nothing is timed); rank 0 decides."""
+        from lightning_ard.kernels.select import candidate_backends, fastest_layer_backend
+
+        linears = self.controller.surgery.linears  # type: ignore[union-attr]
+        if all(len(candidate_backends(lin.weight.device)) < 2 for lin in linears.values()):
+            return
+        choices = {path: fastest_layer_backend(lin, profiling.median_time) for path, lin in linears.items()}
+        names = trainer.strategy.broadcast({path: c.name for path, c in choices.items()}, src=0)
+        for path, name in names.items():
+            linears[path].use_backend(name)
+            rank_zero_info(f"ApproximateDropout: {path} uses backend {choices[path].describe()}")
+        self.backends = dict(names)
 
     def _calibrate(self, trainer: pl.Trainer) -> None:
         """Time every ARD layer's share of a training step dense vs ARD at this step's shapes, on the real device;
@@ -271,6 +295,7 @@ class ApproximateDropout(pl.Callback):
         """Never slower: give the plain modules back for the rest of the fit (no ARD overhead left), logging the
         last figures with nothing saved from here on."""
         self.controller.restore()  # type: ignore[union-attr]
+        self.gave_up = why
         rank_zero_warn(
             f"ApproximateDropout: the model trains with its plain modules for the rest of the fit: {why} "
             "(never_slower=False keeps ARD)"

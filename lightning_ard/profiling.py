@@ -96,9 +96,11 @@ def time_linear(
     b = lin.bias.detach().clone().requires_grad_(True) if lin.bias is not None else None
     params = [w] if b is None else [w, b]
     rows, grad_x = max(lin.ard_rows, 1), lin.ard_grad_input
-    x = torch.randn(rows, lin.in_features, device=device, dtype=w.dtype, requires_grad=grad_x)
+    width = lin.ard_input[0][-1] if lin.ard_input is not None else lin.in_features  # compact when fed by a producer
+    x = torch.randn(rows, width, device=device, dtype=w.dtype, requires_grad=grad_x)
+    x_dense = torch.randn(rows, lin.in_features, device=device, dtype=w.dtype, requires_grad=grad_x)
     opt = _optimizer_like(optimizers, lin.weight, params)
-    dense = _train_step(lambda: F.linear(F.dropout(x, dropout_p) if dropout_p else x, w, b), opt)
+    dense = _train_step(lambda: F.linear(F.dropout(x_dense, dropout_p) if dropout_p else x_dense, w, b), opt)
     ard = _train_step(lambda: lin.ard_product(x, w, b), opt)
     return median_time(dense, device), median_time(ard, device)
 
@@ -117,10 +119,10 @@ def time_lstm(
         return nn.LSTM(*args).to(device)
 
     tokens = max(lstm.ard_rows, 1)
-    batch = max(min(tokens, 32), 1)
+    batch = lstm.ard_layout.batch if lstm.ard_layout is not None else max(min(tokens, 32), 1)
     x = torch.randn(batch, max(tokens // batch, 1), lstm.input_size, device=device)
     dense_copy, ard_copy = copy(), ARDLSTM.from_lstm(copy())
-    ard_copy.set_patterns(list(lstm.ard_patterns))
+    ard_copy.set_patterns(**lstm.ard_settings())
     dense_opt = _optimizer_like(optimizers, lstm.weight_hh_l0, list(dense_copy.parameters()))
     ard_opt = _optimizer_like(optimizers, lstm.weight_hh_l0, list(ard_copy.parameters()))
     dense = _train_step(lambda: dense_copy(F.dropout(x, dropout_p) if dropout_p else x)[0], dense_opt)

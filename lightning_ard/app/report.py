@@ -127,7 +127,11 @@ def read_config(run_dir: Path) -> DictConfig:
         loaded = OmegaConf.load(path)
         if not isinstance(loaded, DictConfig):
             raise SkippedRun(f"{path} holds a {type(loaded).__name__}, not a mapping of settings")
-        cfg = OmegaConf.create(OmegaConf.to_container(loaded, resolve=True))
+        # resolve what the report reads (ard, model); the rest may hold ${hydra:...}, unset outside a Hydra job
+        parts = {key: loaded.get(key) for key in ("ard", "model")}
+        cfg = OmegaConf.create(
+            {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v for k, v in parts.items()}
+        )
     except SkippedRun:
         raise
     except Exception as err:  # YAML syntax, missing interpolation keys, bad values: all make the run unreadable

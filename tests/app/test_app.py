@@ -7,6 +7,7 @@ import csv
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -52,9 +53,9 @@ def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
 def test_every_group_has_the_documented_options() -> None:
     assert set(options("ard")) == {"default", "row", "block", "random", "tile", "dropout"}
     assert set(options("ard/search")) == {"sgd", "exact"}
-    assert {"mlp", "lstm_lm"} <= set(options("model")) and {"fashion_mnist", "ptb"} <= set(options("data"))
+    assert {"mlp", "lstm_lm"} <= set(options("model")) and {"fashion_mnist", "ptb", "kjv"} <= set(options("data"))
     assert {"cpu", "gpu", "ddp"} <= set(options("trainer")) and "tensorboard" in options("logger")
-    assert {"mlp_fashion", "lstm_ptb", "paper_mlp", "paper_lstm"} <= set(options("experiment"))
+    assert {"mlp_fashion", "lstm_ptb", "lstm_kjv", "paper_mlp", "paper_lstm"} <= set(options("experiment"))
 
 
 CASES = [(g, o) for g in GROUPS for o in options(g)]
@@ -65,8 +66,12 @@ def test_every_config_composes_and_instantiates(group: str, option: str, tmp_pat
     overrides = [f"{group}={option}"]
     if group == "model" and option == "lstm_lm":
         overrides.append("data=ptb")
-    if group == "data" and option == "ptb":
+    if group == "data" and option in ("ptb", "kjv"):
         overrides.append("model=lstm_lm")
+    if option in ("kjv", "lstm_kjv"):
+        if shutil.which("bible") is None:
+            pytest.skip("the KJV corpus needs the Debian package bible-kjv (apt-get install -y bible-kjv)")
+        overrides.append(f"data.cache_dir={tmp_path / 'kjv'}")  # not the user's cache
     if group in ("trainer", "experiment") and not torch.cuda.is_available():
         overrides.append("trainer.accelerator=cpu")  # gpu/ddp configs still instantiate on a CPU-only machine
     cfg = compose_cfg(overrides, tmp_path)
@@ -112,7 +117,7 @@ def test_ard_config_passes_every_setting_to_the_callback(tmp_path: Path, monkeyp
     instantiate_ard(cfg.ard)
     assert received["pattern"] == "tile" and received["p"] == 0.3 and received["seed"] == 7
     assert received["search"] == {"method": "exact", "dp_max": 16} and isinstance(received["search"], dict)
-    assert "enabled" not in received and received["tile"] == [64, 64]
+    assert "enabled" not in received and received["tile"] == "auto"
 
 
 def test_objective_returns_the_monitored_metric(tmp_path: Path) -> None:
@@ -157,9 +162,9 @@ def test_bad_rate_fails_before_training_with_the_callbacks_message(tmp_path: Pat
 
 def test_train_in_process_writes_metrics_and_tensorboard(tmp_path: Path) -> None:
     cfg = compose_cfg(
-        [*FAST, "ard=row", "ard.p=0.3", "trainer.max_epochs=1", "trainer.limit_train_batches=6",
-         "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "trainer.log_every_n_steps=1",
-         "trainer.enable_progress_bar=false", "timing.warmup_steps=1"],
+        [*FAST, "ard=row", "ard.p=0.3", "ard.never_slower=false", "trainer.max_epochs=1",
+         "trainer.limit_train_batches=6", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
+         "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false", "timing.warmup_steps=1"],
         tmp_path,
     )  # fmt: skip
     metrics = train(cfg)
@@ -176,7 +181,7 @@ def test_train_in_process_writes_metrics_and_tensorboard(tmp_path: Path) -> None
 def test_lstm_experiment_runs_fast_dev_run(tmp_path: Path) -> None:
     cfg = compose_cfg(
         ["experiment=lstm_ptb", "model.hidden_size=32", "model.embed_dim=32", "trainer.fast_dev_run=true",
-         "trainer.enable_progress_bar=false"],
+         "ard.never_slower=false", "trainer.enable_progress_bar=false"],
         tmp_path,
     )  # fmt: skip
     metrics = train(cfg)

@@ -173,7 +173,7 @@ def test_second_fit_without_restore_trains_with_ard_again() -> None:
     data = DataLoader(TensorDataset(torch.randn(16, 5, 16), torch.randint(0, 3, (16,))), batch_size=8)
     tables = []
     for _ in range(2):
-        cb = ApproximateDropout(restore_on_fit_end=False, verbose=False)
+        cb = ApproximateDropout(restore_on_fit_end=False, never_slower=False, verbose=False)  # tiny: slower
         trainer = pl.Trainer(
             max_steps=2,
             callbacks=[cb],

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# LSTM settings vs nn.Dropout on the King James Bible corpus (data=kjv, PTB size; needs `apt-get install -y bible-kjv`).
+# Zaremba-style LM sized for a 2-core CPU: 2 x 128 (embedding 128), 10k vocabulary, batch 20 x 35 tokens, SGD lr 1
+# halved after epoch 2, 4 epochs of 300 batches each (840k training tokens seen: about one pass over the 809k),
+# OMP_NUM_THREADS=1 per run. Usage: docs/results/lstm_kjv_study.sh <out_root> <stage>; then `ard-report <out_root>`.
+#   p05a / p05b: p = 0.5, 3 seeds: nn.Dropout, one pattern per step, time chunks G=4, sequence G=2/4, structured
+#                G=1/2 (the two halves run side by side, one per core)
+#   rates:       p = 0.3 and 0.7, 2 seeds: nn.Dropout, one pattern per step, structured G=2
+set -euo pipefail
+out=${1:?out root}; stage=${2:?stage}
+export OMP_NUM_THREADS=1
+common=(experiment=lstm_kjv model.embed_dim=128 model.hidden_size=128 model.decay_after=2 trainer.max_epochs=4
+        trainer.limit_train_batches=300 trainer.enable_progress_bar=false trainer.enable_model_summary=false
+        callbacks=none ard.never_slower=false ard.measure_speedup=false)  # the settings as given, all steps
+run() { python -m lightning_ard.app.train -m "${common[@]}" "hydra.sweep.dir=$out/$1" "${@:2}"; }
+one=(ard.groups=1 ard.lstm_groups=1)
+time4=(ard.groups=4 ard.lstm_groups=4)
+seq() { echo "ard.groups=$1 ard.lstm_groups=$1 ard.lstm_mode=sequence"; }
+struct() { echo "ard.groups=$1 ard.lstm_groups=$1 ard.lstm_mode=sequence ard.lstm_recurrent_p=\${ard.p}"; }
+case $stage in
+  p05a)
+    run p05_dropout ard=dropout ard.p=0.5 seed=0,1,2
+    run p05_one "${one[@]}" ard.p=0.5 seed=0,1,2
+    run p05_struct1 $(struct 1) ard.p=0.5 seed=0,1,2
+    run p05_struct2 $(struct 2) ard.p=0.5 seed=0,1,2 ;;
+  p05b)
+    run p05_seq2 $(seq 2) ard.p=0.5 seed=0,1,2
+    run p05_seq4 $(seq 4) ard.p=0.5 seed=0,1,2
+    run p05_time4 "${time4[@]}" ard.p=0.5 seed=0,1,2 ;;
+  rates)
+    run rates_dropout ard=dropout ard.p=0.3,0.7 seed=0,1
+    run rates_one "${one[@]}" ard.p=0.3,0.7 seed=0,1
+    run rates_struct2 $(struct 2) ard.p=0.3,0.7 seed=0,1 ;;
+  *) echo "unknown stage $stage" >&2; exit 2 ;;
+esac
