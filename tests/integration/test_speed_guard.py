@@ -146,3 +146,30 @@ def test_short_fit_ends_with_the_last_steps_metrics(tmp_path) -> None:
     assert len(scalars["ard/net.2/keep_fraction"]) == 2  # step 1 (the first) and step 6 (fit end)
     assert scalars["ard/net.2/keep_fraction"][-1] == pytest.approx(last)
     assert scalars["ard/tflops_saved_total"][-1] == pytest.approx(cb.tflops_saved_total)
+
+
+def test_auto_backend_takes_the_measured_fastest_per_layer(tmp_path, monkeypatch) -> None:
+    """backend='auto' with several candidates (as on CUDA): after the first step each layer uses the backend the
+    measurement picked (here a fake timer makes 'gathered' faster), and the choice is logged in cb.backends."""
+    from lightning_ard.kernels import select
+
+    monkeypatch.setattr(select, "candidate_backends", lambda device: ("torch", "gathered"))
+    seconds = {"torch": 2e-3, "gathered": 1e-3}
+    chosen: dict[str, str] = {}
+
+    class Spy(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if batch_idx == 1:
+                chosen.update({n: m.ard_backend_name for n, m in pl_module.named_modules() if isinstance(m, ARDLinear)})
+
+    original = select.fastest_layer_backend
+
+    def with_fake_timer(layer, timer, candidates=None):
+        names = iter(["torch", "gathered"])
+        return original(layer, lambda fn, device: (fn(), seconds[next(names)])[1], ("torch", "gathered"))
+
+    monkeypatch.setattr(select, "fastest_layer_backend", with_fake_timer)
+    cb = ApproximateDropout(pattern="block", groups=1, measure_speedup=False, verbose=False)
+    _trainer(tmp_path, None, max_steps=3, callbacks=[cb, Spy()]).fit(MLP(), _data())
+    assert cb.backends == {"net.0": "gathered", "net.3": "gathered", "net.6": "gathered"}
+    assert chosen == {"net.0": "gathered", "net.3": "gathered", "net.6": "gathered"}
