@@ -13,6 +13,7 @@ from lightning_ard.kernels.torch_backend import TorchBackend
 from lightning_ard.layers import ARDLSTM, ARDLinear
 from lightning_ard.patterns import BlockRow, PeriodicRow, PeriodicTile, RandomSubsetRow, RowPattern
 from lightning_ard.patterns.groups import as_groups, common_groups, group_bounds
+from tests.grads import take_grads
 from tests.row_families import row_family
 
 TOL = dict(rtol=1e-10, atol=1e-10)
@@ -23,13 +24,6 @@ def _row_masks(patterns, rows: int, dtype, scaled: bool) -> torch.Tensor:
     out = torch.zeros(rows, patterns[0].width, dtype=dtype)
     for pat, (r0, r1) in zip(patterns, group_bounds(rows, len(patterns)), strict=True):
         out[r0:r1] = pat.mask(dtype, scaled=scaled)
-    return out
-
-
-def _grads(*tensors):
-    out = [t.grad.clone() if t.grad is not None else None for t in tensors]
-    for t in tensors:
-        t.grad = None
     return out
 
 
@@ -55,8 +49,11 @@ def test_group_helpers_reject_bad_values() -> None:
     with pytest.raises(ValueError, match=r"same number of groups, got \{'in_pattern': 2, 'out_pattern': 3\}"):
         lin.set_patterns(in_pattern=[PeriodicRow(8, 2).sample()] * 2, out_pattern=[PeriodicRow(6, 2).sample()] * 3)
     lin.set_patterns(in_pattern=[PeriodicRow(8, 2).pattern(0), PeriodicRow(8, 2).pattern(1)])
-    with pytest.raises(ValueError, match=r"got input width 5: expected in_features=8, or the kept count its groups "
-                       r"share \(\[4\]\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"got input width 5: expected in_features=8, or the kept count its groups "
+        r"share \(\[4\]\)",
+    ):
         lin(torch.randn(4, 5))
 
 
@@ -97,9 +94,9 @@ def test_grouped_row_linear_matches_per_row_masks(
     torch.testing.assert_close(y, y_ref, **TOL)
     cot = torch.randn(y.shape, dtype=dt, generator=gen)
     y.backward(cot)
-    got = _grads(x, weight, *([b] if bias else []))
+    got = take_grads(x, weight, *([b] if bias else []))
     y_ref.backward(cot)
-    want = _grads(x, weight, *([b] if bias else []))
+    want = take_grads(x, weight, *([b] if bias else []))
     for a, w in zip(got, want, strict=True):
         torch.testing.assert_close(a, w, **TOL)
 
@@ -136,9 +133,9 @@ def test_compact_per_group_chain_matches_masked_dense(data, n_in, hidden, rows, 
     torch.testing.assert_close(y, y_ref, **TOL)
     cot = torch.randn(y.shape, dtype=dt, generator=gen)
     y.backward(cot)
-    got = _grads(x, w1, b1, w2)
+    got = take_grads(x, w1, b1, w2)
     y_ref.backward(cot)
-    for a, w in zip(got, _grads(x, w1, b1, w2), strict=True):
+    for a, w in zip(got, take_grads(x, w1, b1, w2), strict=True):
         torch.testing.assert_close(a, w, **TOL)
 
 
@@ -257,7 +254,7 @@ def test_grouped_lstm_matches_per_time_step_masks(data, bidirectional, batch_fir
     h0 = torch.randn(layers * (2 if bidirectional else 1), 3, hidden, dtype=dt, generator=gen)
     y, (h, c) = layer(x, (h0, h0.flip(1)))
     (y.pow(2).sum() + h.sum() + c.pow(2).sum()).backward()
-    got = _grads(x, *layer.parameters())
+    got = take_grads(x, *layer.parameters())
     xr = x_tm.clone().requires_grad_(True)
     # reference with the same initial state: fold it in by running the plain LSTMs with hx
     inp, hs, cs, subs = xr, [], [], []

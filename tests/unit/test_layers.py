@@ -8,29 +8,23 @@ from torch import nn
 
 from lightning_ard.layers import ARDLSTM, ARDDropout, ARDLinear
 from lightning_ard.patterns import PeriodicRow, PeriodicTile
+from tests.grads import take_grads
 from tests.row_families import row_family
 
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=1e-5)}
 
 
-def _assert_same_values_and_grads(y, y_ref, x, layer, ref, gen) -> None:
+def _assert_same_values_andtake_grads(y, y_ref, x, layer, ref, gen) -> None:
     """Outputs equal, and after one backward with the same random cotangent, the grads of x and all parameters."""
     tol = TOL[y.dtype]
     torch.testing.assert_close(y, y_ref, **tol)
     g = torch.randn(y.shape, dtype=y.dtype, generator=gen)
     y.backward(g)
-    got = _grads(x, *layer.parameters())
+    got = take_grads(x, *layer.parameters())
     y_ref.backward(g)
-    want = _grads(x, *ref.parameters())
+    want = take_grads(x, *ref.parameters())
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, **tol)
-
-
-def _grads(*tensors):
-    out = [t.grad.clone() for t in tensors]
-    for t in tensors:
-        t.grad = None
-    return out
 
 
 @given(
@@ -63,7 +57,7 @@ def test_row_linear_matches_masked_dense(data, n_in, n_out, dtype, kind, use_in,
     y_ref = ref(x * mask)
     if pout is not None:
         y_ref = y_ref[..., pout.kept]
-    _assert_same_values_and_grads(y, y_ref, x, layer, ref, gen)
+    _assert_same_values_andtake_grads(y, y_ref, x, layer, ref, gen)
 
 
 @given(
@@ -89,7 +83,7 @@ def test_tile_linear_matches_masked_dense(data, n_in, n_out, bm, bk, dtype) -> N
     x = torch.randn(5, n_in, dtype=dtype, generator=gen, requires_grad=True)
     y = layer(x)
     y_ref = nn.functional.linear(x, ref.weight * pat.element_mask(dtype), ref.bias)
-    _assert_same_values_and_grads(y, y_ref, x, layer, ref, gen)
+    _assert_same_values_andtake_grads(y, y_ref, x, layer, ref, gen)
 
 
 def test_producer_consumer_chain_and_grad_accumulation() -> None:
@@ -147,7 +141,7 @@ def test_lstm_matches_masked_layer_by_layer(data, bidirectional, batch_first, la
     y, (h, c) = layer(x)
     loss = y.pow(2).sum() + h.sum() + c.pow(2).sum()
     loss.backward()
-    got = _grads(x, *layer.parameters())
+    got = take_grads(x, *layer.parameters())
     # reference: one plain single-layer LSTM per layer on the masked input
     xr = x.detach().clone().requires_grad_(True)
     inp, hs, cs, subs = xr, [], [], []

@@ -18,6 +18,7 @@ from lightning_ard import ApproximateDropout, ARDConfig, ARDController
 from lightning_ard.layers import ARDLSTM
 from lightning_ard.patterns import BlockRow, RowPattern
 from lightning_ard.patterns.groups import group_bounds
+from tests.grads import take_grads
 from tests.row_families import row_family
 
 TOL = dict(rtol=1e-10, atol=1e-10)
@@ -30,13 +31,6 @@ def _seq_masks(patterns: tuple[RowPattern, ...], order: list[int], dtype=DT) -> 
     for pat, (b0, b1) in zip(patterns, group_bounds(len(order), len(patterns)), strict=True):
         for pos in range(b0, b1):
             out[order[pos]] = pat.mask(dtype)
-    return out
-
-
-def _grads(*tensors):
-    out = [t.grad.clone() if t.grad is not None else None for t in tensors]
-    for t in tensors:
-        t.grad = None
     return out
 
 
@@ -83,7 +77,7 @@ def test_sequence_groups_match_per_sequence_masks(data, bidirectional, batch_fir
     c0 = torch.randn(layers * dirs, batch, hidden, dtype=DT, generator=gen)
     y, (h, c) = layer(x, (h0, c0))
     (y.pow(2).sum() + h.sum() + c.pow(2).sum()).backward()
-    got = _grads(x, *layer.parameters())
+    got = take_grads(x, *layer.parameters())
 
     xr = x_tm.clone().requires_grad_(True)
     inp, hs, cs, subs = xr, [], [], []
@@ -122,7 +116,7 @@ def test_sequence_groups_on_packed_sequences(bidirectional: bool, groups: int) -
     out, (h, c) = layer(pack_padded_sequence(x, lengths, enforce_sorted=False), (h0, h0.flip(1)))
     y = pad_packed_sequence(out, total_length=7)[0]
     (y.pow(2).sum() + h.sum() + c.sum()).backward()
-    got = _grads(x, *layer.parameters())
+    got = take_grads(x, *layer.parameters())
 
     xr = x.detach().clone().requires_grad_(True)
     dirs = 2 if bidirectional else 1
@@ -202,7 +196,7 @@ def test_structured_layer_equals_masked_dense_lstm(groups, batch_first, layers, 
     c0 = torch.randn(layers, batch, 9, dtype=DT, generator=gen, requires_grad=True)
     y, (h, c) = layer(x, (h0, c0))
     (y.pow(2).sum() + h.pow(2).sum() + c.sum()).backward()
-    got = _grads(x, h0, c0, *layer.parameters())
+    got = take_grads(x, h0, c0, *layer.parameters())
 
     params = {n: p.detach().clone().requires_grad_(True) for n, p in layer.named_parameters()}
     xr = x_tm.clone().requires_grad_(True)
