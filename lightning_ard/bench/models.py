@@ -126,18 +126,28 @@ class _MixerBlock(nn.Module):
         return x + self.channels(self.norm2(x))
 
 
+class _DropoutHead(nn.Module):
+    """A classifier head written with the functional API: fc1 -> ReLU -> F.dropout -> fc2."""
+
+    def __init__(self, d: int = 32 * 14 * 14, hidden: int = 512, classes: int = 10) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(d, hidden), nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.dropout(F.relu(self.fc1(x)), 0.5, self.training))
+
+
 class _CNNHead(pl.LightningModule):
-    """A small CNN whose head calls F.dropout; the LightningModule has no forward (training_step runs the parts)."""
+    """A small CNN with that head; the LightningModule has no forward (training_step runs the parts)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
-        self.fc1, self.fc2 = nn.Linear(32 * 14 * 14, 512), nn.Linear(512, 10)
+        self.head = _DropoutHead()
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
-        h = F.dropout(F.relu(self.fc1(self.features(x))), 0.5, self.training)
-        return F.cross_entropy(self.fc2(h), y)
+        return F.cross_entropy(self.head(self.features(x)), y)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
