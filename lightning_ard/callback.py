@@ -3,15 +3,20 @@
 Hooks, one job each (each delegates: the controller does the work, :mod:`lightning_ard.accounting` counts,
 :mod:`lightning_ard.profiling` times):
 
-* ``on_fit_start``: detect sites, search a pattern distribution per site, swap the modules in place, print the
-  site table. Swapping here (not in ``setup``) sees layers built in ``configure_model`` and runs after a
+* ``on_fit_start``: check a resumed checkpoint's settings, detect sites, search a pattern distribution per site,
+  swap the modules in place, print the site table. Swapping here (not in ``setup``) sees layers built in ``configure_model`` and runs after a
   checkpoint restore; it is safe for the optimizer and DDP because the swap changes the class of the same module
   objects, which keep the same Parameter objects (DDP's reducer and the optimizer hold those).
-* ``on_train_batch_start``: draw this step's patterns (every micro-batch under gradient accumulation).
+* ``on_train_batch_start``: draw this step's patterns (every micro-batch under gradient accumulation), or, in a
+  timing window (:mod:`lightning_ard.step_speedup`), run the plain modules as the reference step.
 * ``on_train_batch_end``: check every swapped dropout ran as often as it has sites, account FLOPs, log ``ard/…``
-  (to the loggers and ``trainer.callback_metrics``); after the first step, calibrate the measured per-site speedups.
-* ``on_fit_end`` / ``on_exception``: give back the original modules (same Parameters, trained values).
-* ``state_dict`` / ``load_state_dict``: the sampler's generator, so a resumed fit draws the same patterns.
+  (to the loggers and ``trainer.callback_metrics``); after the first step choose each layer's backend
+  (``backend="auto"``), calibrate the per-site speedups and send sites that are not faster back to nn.Dropout
+  (``never_slower``); at the end of a timing window log ``ard/step_speedup``.
+* ``on_fit_end`` / ``on_exception``: log the last step's figures, give back the original modules (same
+  Parameters, trained values).
+* ``state_dict`` / ``load_state_dict``: the sampler's generator and the settings, so a resumed fit draws the same
+  patterns and a resume with other settings is caught.
 """
 
 from __future__ import annotations
