@@ -5,6 +5,7 @@
 # OMP_NUM_THREADS=1 per run. Usage: docs/results/lstm_kjv_study.sh <out_root> <stage>; then `ard-report <out_root>`.
 #   p05a / p05b: p = 0.5, 3 seeds: nn.Dropout, one pattern per step, time chunks G=4, sequence G=2/4, structured
 #                G=1/2 (the two halves run side by side, one per core)
+#   p05c:        p = 0.5, 3 seeds: structured G=4 (run after the others: it is the one fast setting left at 1.37x)
 #   rates03 / rates07: p = 0.3 / 0.7, 1 seed (time ran out for more): nn.Dropout, one pattern per step, sequence G=4
 # Then: python docs/results/lstm_kjv/pareto.py --runs <out_root> --bench <ard-bench --lstm-settings json> --out ...
 set -euo pipefail
@@ -28,6 +29,8 @@ case $stage in
     run p05_seq2 $(seq 2) ard.p=0.5 seed=0,1,2
     run p05_seq4 $(seq 4) ard.p=0.5 seed=0,1,2
     run p05_time4 "${time4[@]}" ard.p=0.5 seed=0,1,2 ;;
+  p05c)
+    run p05_struct4 $(struct 4) ard.p=0.5 seed=0,1,2 ;;
   rates03|rates07)
     rate=0.${stage#rates0}
     run ${stage}_dropout ard=dropout ard.p=$rate seed=0

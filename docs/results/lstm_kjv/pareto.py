@@ -28,6 +28,7 @@ SETTINGS = {
     "seq4": "sequence G=4",
     "struct1": "structured G=1",
     "struct2": "structured G=2",
+    "struct4": "structured G=4",
 }
 """Folder suffix -> the setting's name in ``ard-bench --lstm-settings``."""
 
