@@ -111,6 +111,7 @@ class ARDController:
         self._plain_dropouts: set[str] = set()  # dropouts running as nn.Dropout in the last step
         self._mode_warnings: set[tuple[str, tuple[tuple[str, bool], ...]]] = set()
         self.fallen_back: set[str] = set()  # sites served as the plain modules for the rest of the fit
+        self._modules: dict[str, nn.Module] = {}
 
     @property
     def active(self) -> bool:
@@ -143,12 +144,13 @@ class ARDController:
         surgery = Surgery(self.model, report.sites, c.backend)
         try:
             surgery.apply()
+            self.surgery = surgery
+            self._plan()
+            self.sampler = PatternSampler(self.distributions, self.seed)
         except BaseException:
             surgery.restore()
+            self.surgery = self.sampler = None
             raise
-        self.surgery = surgery
-        self._plan()
-        self.sampler = PatternSampler(self.distributions, self.seed)
         return self
 
     @property
@@ -411,7 +413,14 @@ class ARDController:
     def _site_modes(self, site: Site) -> dict[str, bool]:
         """Module path -> ``training`` of every module a site involves (dropout, consumer, producer)."""
         paths = (site.dropout, site.consumer, site.producer)
-        return {path: self.model.get_submodule(path).training for path in paths if path is not None}
+        return {path: self._module(path).training for path in paths if path is not None}
+
+    def _module(self, path: str) -> nn.Module:
+        """The module at ``path`` (looked up once: the mode checks run every step)."""
+        module = self._modules.get(path)
+        if module is None:
+            module = self._modules[path] = self.model.get_submodule(path)
+        return module
 
     def _served_sites(self) -> set[str]:
         """Sites ARD serves this step: all their modules in training mode. A site whose modules disagree (a Linear
@@ -455,7 +464,7 @@ class ARDController:
         """Raise if a swapped dropout ran a different number of times than it has sites (since :meth:`step`)."""
         if self.surgery is None:
             return
-        changed = {path: mode for path, mode in self._modes.items() if self.model.get_submodule(path).training != mode}
+        changed = {path: mode for path, mode in self._modes.items() if self._module(path).training != mode}
         if changed:
             listed = ", ".join(
                 f"{path}: {'train' if mode else 'eval'} at the step's start, {'eval' if mode else 'train'} now"

@@ -86,7 +86,9 @@ def _steps_equal_plain(model: nn.Module, eval_path: str, kind: str, steps: int =
     x = torch.randn(8, 20)
     with pytest.warns(UserWarning, match=r"disagree on train/eval mode \(.*" + eval_path.replace(".", r"\.") + " eval"):
         ctl.step()
-    outputs = []
+    with torch.no_grad():
+        no_dropout = copy.deepcopy(plain).eval()(x)
+    dropped = False
     for step in range(steps):
         if step:
             ctl.step()
@@ -96,17 +98,15 @@ def _steps_equal_plain(model: nn.Module, eval_path: str, kind: str, steps: int =
         ref = plain(x)
         ctl.check_calls()
         assert torch.equal(out, ref)
-        outputs.append(out)
+        dropped |= not torch.equal(out, no_dropout)
+    dropout_trains = not isinstance(model.get_submodule(eval_path), nn.Dropout)
+    assert dropped == dropout_trains  # dropout ran (not silently lost) unless the dropout itself is in eval
     ctl.restore()
 
 
 def test_consumer_in_eval_runs_the_site_plainly() -> None:
     """Consumer Linear in eval, dropout training: dropout is applied (as nn.Dropout), not silently lost."""
-    model = _consumer_only()
-    _steps_equal_plain(model, "4", "consumer")
-    with torch.no_grad():
-        nodrop = copy.deepcopy(model).eval()(torch.randn(8, 20))
-    assert nodrop.shape == (8, 5)
+    _steps_equal_plain(_consumer_only(), "4", "consumer")
 
 
 def test_consumer_in_eval_with_a_producer_does_not_break_shapes() -> None:
@@ -191,3 +191,26 @@ def test_resume_with_the_same_settings_is_silent(tmp_path, recwarn) -> None:
     cb = ApproximateDropout(seed=3, measure_speedup=False, verbose=False)
     _trainer(tmp_path, cb, max_steps=-1, max_epochs=2, logger=False).fit(MLP(), _data(), ckpt_path=ckpt)
     assert not [w for w in recwarn if "ARD settings" in str(w.message)]
+
+
+@pytest.mark.parametrize("step", ["_plan", "sampler"])
+def test_a_failure_after_the_swap_leaves_the_model_plain(monkeypatch, step: str) -> None:
+    """A failure after the modules were converted (planning, the sampler) undoes the swap: plain classes, a usable
+    model, no controller state left."""
+    import lightning_ard.controller as controller_module
+
+    def boom(*args, **kwargs):
+        raise RuntimeError(f"{step} failed")
+
+    if step == "_plan":
+        monkeypatch.setattr(ARDController, "_plan", boom)
+    else:
+        monkeypatch.setattr(controller_module, "PatternSampler", boom)
+    model = _producer_consumer()
+    ctl = ARDController(model, pattern="block", groups=1)
+    with pytest.raises(RuntimeError, match=f"{step} failed"):
+        ctl.apply()
+    assert [type(m) for m in model] == [nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]
+    assert not ctl.active and ctl.sampler is None
+    model.eval()
+    assert model(torch.randn(2, 20)).shape == (2, 5)
