@@ -4,9 +4,10 @@ Hooks, one job each (each delegates: the controller does the work, :mod:`lightni
 :mod:`lightning_ard.profiling` times):
 
 * ``on_fit_start``: check a resumed checkpoint's settings, detect sites, search a pattern distribution per site,
-  swap the modules in place, print the site table. Swapping here (not in ``setup``) sees layers built in ``configure_model`` and runs after a
-  checkpoint restore; it is safe for the optimizer and DDP because the swap changes the class of the same module
-  objects, which keep the same Parameter objects (DDP's reducer and the optimizer hold those).
+  swap the modules in place, print the site table. Swapping here (not in ``setup``) sees layers built in
+  ``configure_model`` and runs after a checkpoint restore; it is safe for the optimizer and DDP because the swap
+  changes the class of the same module objects, which keep the same Parameter objects (DDP's reducer and the
+  optimizer hold those).
 * ``on_train_batch_start``: draw this step's patterns (every micro-batch under gradient accumulation), or, in a
   timing window (:mod:`lightning_ard.step_speedup`), run the plain modules as the reference step.
 * ``on_train_batch_end``: check every swapped dropout ran as often as it has sites, account FLOPs, log ``ard/…``
@@ -87,7 +88,6 @@ class ApproximateDropout(pl.Callback):
         self.measure_speedup = measure_speedup
         self.never_slower = never_slower
         self.measure_every = measure_every
-        step_speedup.StepSpeedMeter(every=measure_every)  # validates measure_every now, not at fit start
         self.restore_on_fit_end = restore_on_fit_end
         self.verbose = verbose
         self.allow_settings_change = allow_settings_change
@@ -227,7 +227,7 @@ class ApproximateDropout(pl.Callback):
                 plain, ard = self._step_ms
                 if trainer.strategy.broadcast(self.never_slower and not ard < plain, src=0):  # rank 0 decides
                     self._steps += 1
-                    self._give_up(trainer, pl_module, f"the measured step is not faster ({plain / ard:.2f}x)")
+                    self._give_up(trainer, f"the measured step is not faster ({plain / ard:.2f}x)")
                     return
         self._steps += 1
         if self._mode == step_speedup.PLAIN:
@@ -251,7 +251,7 @@ class ApproximateDropout(pl.Callback):
         self.tflops_saved_total += sum(d - e for d, e in layer_flops.values()) / 1e12
         self._last_step = (layer_flops, self._steps)
         if self._steps == 1 or self._steps % max(trainer.log_every_n_steps, 1) == 0:
-            self._log(trainer, pl_module, self._metrics(layer_flops))
+            self._log(trainer, self._metrics(layer_flops), pl_module)
             self._logged_step = self._steps
 
     def _choose_backends(self, trainer: pl.Trainer) -> None:
@@ -294,9 +294,9 @@ class ApproximateDropout(pl.Callback):
                 f"there ({why} at this step's shapes; never_slower=False keeps it)"
             )
         if {s.name for s in ctl.report.sites} <= ctl.fallen_back:
-            self._give_up(trainer, trainer.lightning_module, "no site is faster with ARD")
+            self._give_up(trainer, "no site is faster with ARD")
 
-    def _give_up(self, trainer: pl.Trainer, pl_module: pl.LightningModule, why: str) -> None:
+    def _give_up(self, trainer: pl.Trainer, why: str) -> None:
         """Never slower: give the plain modules back for the rest of the fit (no ARD overhead left), logging the
         last figures with nothing saved from here on."""
         self.controller.restore()  # type: ignore[union-attr]
@@ -306,13 +306,7 @@ class ApproximateDropout(pl.Callback):
             "(never_slower=False keeps ARD)"
         )
         metrics = {"ard/flops_saved": 0.0, "ard/tflops_saved_total": self.tflops_saved_total}
-        if self._step_ms is not None:
-            plain, ard = self._step_ms
-            metrics.update({"ard/step_ms_plain": plain, "ard/step_ms_ard": ard, "ard/step_speedup": plain / ard})
-        if trainer.loggers and trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=trainer.global_step)
-        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+        self._log(trainer, {**metrics, **self._step_time_metrics()})
 
     def _metrics(self, layer_flops: accounting.LayerFlops) -> dict[str, float]:
         ctl: ARDController = self.controller  # type: ignore[assignment]
@@ -328,32 +322,35 @@ class ApproximateDropout(pl.Callback):
         total_dense = sum(d for d, _ in layer_flops.values()) + (self._other_flops.value or 0)
         metrics["ard/flops_saved"] = saved / total_dense if total_dense else 0.0
         metrics["ard/tflops_saved_total"] = self.tflops_saved_total
-        if self._step_ms is not None:
-            plain, ard = self._step_ms
-            metrics["ard/step_ms_plain"], metrics["ard/step_ms_ard"] = plain, ard
-            metrics["ard/step_speedup"] = plain / ard if ard > 0 else float("nan")
-        return metrics
+        return {**metrics, **self._step_time_metrics()}
+
+    def _step_time_metrics(self) -> dict[str, float]:
+        """The last timing window's medians and their ratio (empty before the first window ends)."""
+        if self._step_ms is None:
+            return {}
+        plain, ard = self._step_ms
+        return {"ard/step_ms_plain": plain, "ard/step_ms_ard": ard, "ard/step_speedup": plain / ard}
 
     def _log_last_step(self, trainer: pl.Trainer) -> None:
         """At fit end: the last ARD step's values to the loggers and ``trainer.callback_metrics`` when the logging
         cadence skipped it (a 6-step fit must not leave step 1's values behind)."""
         if self._last_step is None or self._last_step[1] == self._logged_step:
             return
-        metrics = self._metrics(self._last_step[0])
-        if trainer.loggers and trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=trainer.global_step)
-        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+        self._log(trainer, self._metrics(self._last_step[0]))
         self._logged_step = self._last_step[1]
 
     @staticmethod
-    def _log(trainer: pl.Trainer, pl_module: pl.LightningModule, metrics: dict[str, float]) -> None:
+    def _log(trainer: pl.Trainer, metrics: dict[str, float], pl_module: pl.LightningModule | None = None) -> None:
+        """To the loggers (rank zero, at ``global_step``) and to ``trainer.callback_metrics``, so the values are there
+        for other callbacks, after fit, and in runs without a logger (fast_dev_run): through ``log_dict`` inside a
+        batch hook (``pl_module`` given), directly elsewhere (fit end, where ``self.log`` is not allowed)."""
         if trainer.loggers and trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
-        # also into trainer.callback_metrics (progress bar off, loggers already written above), so the values
-        # are there for other callbacks, after fit, and in runs without a logger (fast_dev_run)
-        pl_module.log_dict(metrics, on_step=True, on_epoch=False, logger=False, batch_size=1)
+        if pl_module is not None:
+            pl_module.log_dict(metrics, on_step=True, on_epoch=False, logger=False, batch_size=1)
+        else:
+            trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
 
     # ------------------------------------------------------------------ report and state
     def site_table(self) -> str:

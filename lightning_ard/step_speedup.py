@@ -36,6 +36,7 @@ class StepSpeedMeter:
     steps: int = STEPS
     plain_ms: list[float] = field(default_factory=list, init=False)
     ard_ms: list[float] = field(default_factory=list, init=False)
+    _last: tuple[float, float] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         check_positive_int("start", self.start, minimum=0)
@@ -64,4 +65,6 @@ class StepSpeedMeter:
 
     def result(self) -> tuple[float, float]:
         """(median plain step, median ARD step) in ms of the last completed window."""
+        if self._last is None:
+            raise RuntimeError("no timing window has completed yet")
         return self._last
