@@ -119,3 +119,17 @@ def compile_for_sm90(kernel: Any, types_: dict, consts: dict, config: Any | None
     compiled = triton.compile(ASTSource(fn, signature, constexprs=constexprs), target=GPUTarget("cuda", 90, 32),
                               options=options)  # fmt: skip
     assert "cubin" in compiled.asm
+
+
+def compile_offline_in_child(module: str, function: str) -> None:
+    """Run ``module.function()`` (which compiles kernel variants with :func:`compile_for_sm90` and prints
+    "compiled all variants") in a child Python without the interpreter; skip when Triton's ptxas is missing."""
+    pytest.importorskip("triton.backends.nvidia")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    code = f"import {module} as t; t.{function}()"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0 and "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
+        pytest.skip("Triton's bundled ptxas is not available")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "compiled all variants" in proc.stdout

@@ -12,14 +12,11 @@ already interprets, and each parent test reports its child's outcome.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import zlib
 
 import pytest
 
-from tests.kernels.interpreter import ROOT, InterpreterTests, assert_close, compile_for_sm90  # noqa: E402 (before triton)
+from tests.kernels.interpreter import InterpreterTests, assert_close, compile_for_sm90, compile_offline_in_child  # noqa: E402 (before triton)
 
 _CHILD = InterpreterTests(__file__)
 interpreted = _CHILD.interpreted
@@ -267,12 +264,4 @@ def _compile_variants() -> None:
 @pytest.mark.slow
 def test_grouped_kernels_compile_for_cuda():
     """The compiler (not only the interpreter) accepts the grouped kernels: PTX + cubin for sm_90, offline."""
-    pytest.importorskip("triton.backends.nvidia")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    code = "import tests.kernels.test_triton_grouped as t; t._compile_variants()"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0 and "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
-        pytest.skip("Triton's bundled ptxas is not available")
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "compiled all variants" in proc.stdout
+    compile_offline_in_child("tests.kernels.test_triton_grouped", "_compile_variants")

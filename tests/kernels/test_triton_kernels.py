@@ -25,15 +25,13 @@ A last test compiles every kernel variant the backend launches for an sm_90 GPU 
 from __future__ import annotations
 
 import importlib
-import os
-import subprocess
 import sys
 import types
 import zlib
 
 import pytest
 
-from tests.kernels.interpreter import ROOT, InterpreterTests, assert_close, compile_for_sm90  # noqa: E402 (before triton)
+from tests.kernels.interpreter import InterpreterTests, assert_close, compile_for_sm90, compile_offline_in_child  # noqa: E402 (before triton)
 
 _CHILD = InterpreterTests(__file__)
 interpreted = _CHILD.interpreted
@@ -652,12 +650,4 @@ def _compile_all_variants() -> None:
 @pytest.mark.slow
 def test_kernels_compile_for_cuda():
     """The compiler (not the interpreter) accepts every launched kernel variant: PTX + cubin for sm_90, offline."""
-    pytest.importorskip("triton.backends.nvidia")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    code = "import tests.kernels.test_triton_kernels as t; t._compile_all_variants()"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0 and "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
-        pytest.skip("Triton's bundled ptxas is not available")
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "compiled all variants" in proc.stdout
+    compile_offline_in_child("tests.kernels.test_triton_kernels", "_compile_all_variants")

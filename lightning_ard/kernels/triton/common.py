@@ -39,6 +39,19 @@ def tuning_list(full: list, short: list) -> list:
     return short if SHORT_TUNING else full
 
 
+GEMM_SHORT = [(128, 128, 64, 3, 8), (128, 64, 64, 4, 4)]
+"""The short tuning list of the gather GEMMs (row and grouped): ``(BLOCK_M, BLOCK_N, BLOCK_R, stages, warps)``."""
+
+
+def gemm_configs(full: list[tuple[int, int, int, int, int]]) -> list[triton.Config]:
+    """Autotune configurations of a gather GEMM from ``(BLOCK_M, BLOCK_N, BLOCK_R, stages, warps)`` blocks
+    (:data:`GEMM_SHORT` under :data:`SHORT_TUNING`), grouped launch order ``GROUP_M = 8``."""
+    return [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_R": r, "GROUP_M": 8}, num_stages=s, num_warps=w)
+        for m, n, r, s, w in tuning_list(full, GEMM_SHORT)
+    ]
+
+
 _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 

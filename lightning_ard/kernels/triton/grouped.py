@@ -34,12 +34,12 @@ from lightning_ard.kernels.triton.common import (
     INTERPRET,
     Precision,
     check_offsets,
+    gemm_configs,
     grouped_pid,
     load_mma,
     precision_for,
     tune_bucket,
     tuned,
-    tuning_list,
 )
 from lightning_ard.kernels.triton.row import prune_configs
 from lightning_ard.patterns import RowPattern
@@ -64,11 +64,7 @@ def _cuda_configs() -> list[triton.Config]:
         (64, 64, 64, 3, 4),
         (64, 64, 32, 5, 2),
     ]
-    shapes = tuning_list(shapes, [(128, 128, 64, 3, 8), (128, 64, 64, 4, 4)])
-    return [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_R": r, "GROUP_M": 8}, num_stages=s, num_warps=w)
-        for m, n, r, s, w in shapes
-    ]
+    return gemm_configs(shapes)
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -17,11 +17,11 @@ from lightning_ard.kernels.indices import check_device_index
 from lightning_ard.kernels.triton.common import (
     INTERPRET,
     Precision,
+    gemm_configs,
     grouped_pid,
     load_mma,
     tune_bucket,
     tuned,
-    tuning_list,
 )
 
 INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_R": 16, "GROUP_M": 2}
@@ -41,11 +41,7 @@ def _cuda_configs() -> list[triton.Config]:
         (64, 64, 64, 3, 4),
         (64, 64, 32, 5, 2),
     ]
-    shapes = tuning_list(shapes, [(128, 128, 64, 3, 8), (128, 64, 64, 4, 4)])
-    return [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_R": r, "GROUP_M": 8}, num_stages=s, num_warps=w)
-        for m, n, r, s, w in shapes
-    ]
+    return gemm_configs(shapes)
 
 
 def smem_bytes(config: triton.Config, a_size: int, b_size: int) -> int:
