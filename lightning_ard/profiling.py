@@ -85,6 +85,21 @@ def _train_step(forward: Callable[[], torch.Tensor], optimizer: torch.optim.Opti
     return step
 
 
+def interleaved_medians(
+    fns: Sequence[Callable[[], object]], device: torch.device | str, reps: int = 7, warmup: int = 2
+) -> list[float]:
+    """Median seconds of each of ``fns``, timed in turn (one call of each per round, ``reps`` rounds after
+    ``warmup`` untimed ones): load that comes and goes on a shared machine hits every candidate alike, where
+    timing one after the other lets a burst decide which looks faster."""
+    for fn in fns:
+        time_calls(fn, device, warmup)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(reps):
+        for fn, out in zip(fns, times, strict=True):
+            out += time_calls(fn, device, 1)
+    return [statistics.median(t) / 1e3 for t in times]
+
+
 def time_linear(
     lin: ARDLinear, dropout_p: float = 0.0, optimizers: Sequence[torch.optim.Optimizer] = ()
 ) -> tuple[float, float]:
@@ -102,7 +117,8 @@ def time_linear(
     opt = _optimizer_like(optimizers, lin.weight, params)
     dense = _train_step(lambda: F.linear(F.dropout(x_dense, dropout_p) if dropout_p else x_dense, w, b), opt)
     ard = _train_step(lambda: lin.ard_product(x, w, b), opt)
-    return median_time(dense, device), median_time(ard, device)
+    dense_s, ard_s = interleaved_medians([dense, ard], device)
+    return dense_s, ard_s
 
 
 def time_lstm(
@@ -127,7 +143,8 @@ def time_lstm(
     ard_opt = _optimizer_like(optimizers, lstm.weight_hh_l0, list(ard_copy.parameters()))
     dense = _train_step(lambda: dense_copy(F.dropout(x, dropout_p) if dropout_p else x)[0], dense_opt)
     ard = _train_step(lambda: ard_copy(x)[0], ard_opt)
-    return median_time(dense, device), median_time(ard, device)
+    dense_s, ard_s = interleaved_medians([dense, ard], device)
+    return dense_s, ard_s
 
 
 def calibrate(
