@@ -10,6 +10,9 @@ from lightning_ard.layers.lstm import LSTM_MODES
 from lightning_ard.patterns.groups import MAX_GROUPS
 from lightning_ard.search import FAMILIES, SearchSettings
 
+GROUP_DRAWS = ("stratified", "independent")
+"""``group_draws`` choices: offsets of a step's pattern groups in equal strata of one base, or independent."""
+
 BACKENDS = ("auto", "torch", "gathered", "triton")
 """``backend`` choices: measured per layer on CUDA, PyTorch elsewhere (``auto``), or one forced."""
 
@@ -63,6 +66,11 @@ class ARDConfig:
         pool: distinct patterns per site per step when ``groups > 1``: each group takes one of ``pool`` drawn
             patterns at random, so a layer runs at most ``pool`` compact GEMMs however many groups there are.
             ``None`` draws every group independently.
+        group_draws: how a step's groups draw their offsets: ``"stratified"`` (default: one random base, the
+            offsets in equal strata of the period, so every unit is kept by almost exactly (1 - p) x groups of
+            them; each group's pattern is still marginally the family's) or ``"independent"`` (each group its
+            own uniform offset). Stratified groups remove the step-to-step noise of how many groups keep a unit,
+            which is what makes few groups unsafe under SGD with momentum (docs/results.md, "Safe defaults").
         lstm_groups: time chunks (patterns per step) for sites whose consumer is an LSTM; ``None`` uses
             ``groups`` (and, with ``groups="auto"``, leaves those sites as ``nn.Dropout``). Each chunk is one
             fused-LSTM call, whose fixed cost (large on the CPU) is what limits it.
@@ -88,6 +96,7 @@ class ARDConfig:
     tile: tuple[int, int] | str = "auto"
     groups: int | str = "auto"
     pool: int | None = None
+    group_draws: str = "stratified"
     lstm_groups: int | None = None
     lstm_mode: str = "time"
     lstm_recurrent_p: float | None = None
@@ -98,6 +107,7 @@ class ARDConfig:
         if self.p is not None:
             object.__setattr__(self, "p", check_rate("p", self.p))  # NumPy scalars become floats
         check_choice("backend", self.backend, BACKENDS)
+        check_choice("group_draws", self.group_draws, GROUP_DRAWS)
         for name in ("include", "exclude", "sites"):
             object.__setattr__(self, name, _check_strings(name, getattr(self, name)))
         for pair in self.sites or ():

@@ -352,7 +352,9 @@ class ARDController:
         if self._site_groups is None:
             pats: dict = self.sampler.draw()
         else:
-            pats = self.sampler.draw_groups(self._site_groups, self.config.pool)
+            pats = self.sampler.draw_groups(
+                self._site_groups, self.config.pool, stratified=self.config.group_draws == "stratified"
+            )
         self.patterns = pats
         served = self._served_sites()
         for plan in self._linears:

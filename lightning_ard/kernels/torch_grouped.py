@@ -22,6 +22,7 @@ from typing import Union
 
 import torch
 
+from lightning_ard.kernels.cover import plan_cover
 from lightning_ard.kernels.torch_ops import Index, compute_dtype, put, take
 
 Selection = Union[tuple[tuple[int, int], ...], slice, torch.Tensor, None]
@@ -113,8 +114,7 @@ class _GroupedLinear(torch.autograd.Function):
         if want_x:
             covered = x_compact or all(g.in_units is None for g in groups)
             grad_x = (torch.empty if covered else torch.zeros)(x2.shape[0], x_shape[-1], dtype=dtype, device=gy.device)
-        if want_w:
-            grad_w = torch.zeros(n_out, n_in, dtype=weight.dtype, device=gy.device)
+        blocks: list[tuple[Index, Index, torch.Tensor, torch.Tensor, float]] = []  # weight-gradient blocks
         if want_b:
             grad_b = torch.zeros(n_out, dtype=weight.dtype, device=gy.device)
         for g in groups:
@@ -129,8 +129,10 @@ class _GroupedLinear(torch.autograd.Function):
                     if want_x:
                         _grad_input(grad_x, g.rows, i_cols if x_compact else i_units, go, w, g.scale, o > 0)
                     if want_w:
-                        a = take(xg, 1, i_cols if x_compact else i_units).to(dtype)
-                        _accumulate_weight(grad_w, o_units, i_units, go, a, g.scale)
+                        blocks.append((o_units, i_units, go, take(xg, 1, i_cols if x_compact else i_units).to(dtype),
+                                       g.scale))  # fmt: skip
+        if want_w:
+            grad_w = _weight_gradient(blocks, weight)
         if want_x:
             grad_x = grad_x.to(x_dtype).reshape(x_shape)
         return grad_x, grad_w, grad_b, None, None, None, None
@@ -149,17 +151,50 @@ def _grad_input(grad_x: torch.Tensor, rows: slice | torch.Tensor, cols: Index, g
     put(grad_x, rows, cols, gx, accumulate=accumulate)
 
 
-def _accumulate_weight(grad_w: torch.Tensor, rows: Index, cols: Index, go: torch.Tensor, a: torch.Tensor,
-                       scale: float) -> None:  # fmt: skip
-    """``grad_w[rows][:, cols] += scale · goᵀ a``, in place on a view when both are ranges."""
+def _weight_gradient(
+    blocks: list[tuple[Index, Index, torch.Tensor, torch.Tensor, float]], weight: torch.Tensor
+) -> torch.Tensor:
+    """The full-size weight gradient: the sum of every group's block ``scale · goᵀ a`` at (rows, cols).
+
+    When every block is a pair of ranges, disjoint blocks overwrite (``beta = 0``) and only what none of them
+    covers is zeroed (:func:`~lightning_ard.kernels.cover.plan_cover`); gathered units fall back to zeros and
+    adding every block."""
+    n_out, n_in = weight.shape
+    rects = [_rect(rows, cols, n_out, n_in) for rows, cols, *_ in blocks]
+    if any(r is None for r in rects):
+        grad_w = torch.zeros(n_out, n_in, dtype=weight.dtype, device=weight.device)
+        for rows, cols, go, a, scale in blocks:
+            _write_weight(grad_w, rows, cols, go, a, scale, accumulate=True)
+        return grad_w
+    first, fills = plan_cover(rects, n_out, n_in)  # type: ignore[arg-type]
+    grad_w = torch.empty(n_out, n_in, dtype=weight.dtype, device=weight.device)
+    for r0, r1, c0, c1 in fills:
+        grad_w[r0:r1, c0:c1].zero_()
+    for k in sorted(range(len(blocks)), key=lambda k: not first[k]):  # overwriting blocks before adding ones
+        rows, cols, go, a, scale = blocks[k]
+        _write_weight(grad_w, rows, cols, go, a, scale, accumulate=not first[k])
+    return grad_w
+
+
+def _rect(rows: Index, cols: Index, n_rows: int, n_cols: int) -> tuple[int, int, int, int] | None:
+    """``(r0, r1, c0, c1)`` of a block whose rows and columns are both ranges; ``None`` otherwise."""
+    if not (_unit_stride(rows) and _unit_stride(cols)):
+        return None
+    r, c = range(n_rows)[rows], range(n_cols)[cols]  # type: ignore[index]
+    return (r.start, r.stop, c.start, c.stop)
+
+
+def _write_weight(grad_w: torch.Tensor, rows: Index, cols: Index, go: torch.Tensor, a: torch.Tensor,
+                  scale: float, accumulate: bool) -> None:  # fmt: skip
+    """``grad_w[rows][:, cols] (+)= scale · goᵀ a``, in place on a view when both are ranges."""
     if _unit_stride(rows) and _unit_stride(cols) and grad_w.dtype == go.dtype:
         block = grad_w[rows, cols]
-        torch.addmm(block, go.t(), a, alpha=scale, out=block)  # out= (not addmm_): FlopCounterMode counts it
+        torch.addmm(block, go.t(), a, beta=1 if accumulate else 0, alpha=scale, out=block)  # out=: counted FLOPs
         return
     block = torch.mm(go.t(), a)
     if scale != 1.0:
         block.mul_(scale)
-    put(grad_w, rows, cols, block.to(grad_w.dtype), accumulate=True)
+    put(grad_w, rows, cols, block.to(grad_w.dtype), accumulate=accumulate)
 
 
 def _unit_stride(index: Index) -> bool:

@@ -86,6 +86,13 @@ class PatternDistribution:
         kept count) follows the distribution from step to step."""
         return list(self._candidate(generator).sample_many(n, generator))
 
+    def sample_group_stratified(self, n: int, generator: torch.Generator | None = None) -> list[Pattern]:
+        """Like :meth:`sample_group`, with the ``n`` offsets in equal strata of one random base
+        (:meth:`RowFamily.sample_stratified`): each group's pattern is marginally the same, and every unit is kept
+        by (almost) the same number of groups, so a step's gradient of a unit no longer depends on how many groups
+        happened to keep it."""
+        return list(self._candidate(generator).sample_stratified(n, generator))
+
     def _candidate(self, generator: torch.Generator | None) -> Family:
         u = torch.rand((), generator=generator, dtype=torch.float64)
         i = min(int(torch.searchsorted(self._cdf, u, right=True)), len(self.candidates) - 1)  # type: ignore[attr-defined]

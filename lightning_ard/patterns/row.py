@@ -135,6 +135,12 @@ class RowFamily(ABC):
         """``n`` independent draws (pattern groups); families with few distinct patterns return cached objects."""
         return [self.sample(generator) for _ in range(n)]
 
+    def sample_stratified(self, n: int, generator: torch.Generator | None = None) -> list[RowPattern]:
+        """``n`` draws that share one random base and split the family's offsets into ``n`` equal strata, in
+        random order: every unit is kept in (almost) exactly ``n`` x keep-probability of them. Families without
+        an offset to stratify draw independently."""
+        return self.sample_many(n, generator)
+
     @abstractmethod
     def kept_count_pmf(self) -> torch.Tensor:
         """Exact distribution (float64, length width + 1) of the number of kept units in one draw."""
@@ -164,6 +170,14 @@ def _cached_block(family: "BlockRow", start: int) -> RowPattern:
 
 def _randint(high: int, generator: torch.Generator | None) -> int:
     return int(torch.randint(high, (1,), generator=generator).item())
+
+
+def stratified_offsets(n: int, period: int, generator: torch.Generator | None = None) -> list[int]:
+    """``n`` offsets in ``[0, period)`` evenly spaced from one uniform base, in a uniformly random order: each is
+    marginally uniform, and together they cover the period in equal strata."""
+    base = _randint(period, generator)
+    order = torch.randperm(n, generator=generator).tolist()
+    return [(base + (g * period) // n) % period for g in order]
 
 
 @dataclass(frozen=True)
@@ -214,6 +228,9 @@ class PeriodicRow(RowFamily):
 
     def sample_many(self, n: int, generator: torch.Generator | None = None) -> list[RowPattern]:
         return [self.pattern(b) for b in torch.randint(self.dp, (n,), generator=generator).tolist()]
+
+    def sample_stratified(self, n: int, generator: torch.Generator | None = None) -> list[RowPattern]:
+        return [self.pattern(b) for b in stratified_offsets(n, self.dp, generator)]
 
     def kept_count_pmf(self) -> torch.Tensor:
         q, rmd = divmod(self.width, self.dp)
@@ -273,6 +290,9 @@ class BlockRow(RowFamily):
     def sample_many(self, n: int, generator: torch.Generator | None = None) -> list[RowPattern]:
         return [self.pattern(s) for s in torch.randint(self.width, (n,), generator=generator).tolist()]
 
+    def sample_stratified(self, n: int, generator: torch.Generator | None = None) -> list[RowPattern]:
+        return [self.pattern(s) for s in stratified_offsets(n, self.width, generator)]
+
     def kept_count_pmf(self) -> torch.Tensor:
         pmf = torch.zeros(self.width + 1, dtype=torch.float64)
         pmf[self.keep] = 1.0
@@ -313,6 +333,17 @@ class RandomSubsetRow(RowFamily):
         if self.keep == self.width:
             return RowPattern(self.width, kept, self.scale, (0, 1), ("all",))
         return RowPattern(self.width, kept, self.scale, None)
+
+    def sample_stratified(self, n: int, generator: torch.Generator | None = None) -> list[RowPattern]:
+        """Windows of ``keep`` consecutive positions of one random permutation, at ``n`` evenly spaced starts."""
+        if self.keep == self.width:
+            return [self.sample(generator) for _ in range(n)]
+        perm = torch.randperm(self.width, generator=generator)
+        window = torch.arange(self.keep)
+        return [
+            RowPattern(self.width, perm[(start + window) % self.width].sort().values, self.scale, None)
+            for start in stratified_offsets(n, self.width, generator)
+        ]
 
     def kept_count_pmf(self) -> torch.Tensor:
         pmf = torch.zeros(self.width + 1, dtype=torch.float64)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lightning_ard._validate import check_in_range, check_positive_int, check_tile
+from lightning_ard.patterns.row import stratified_offsets
 
 
 @dataclass(frozen=True, eq=False)
@@ -149,6 +150,10 @@ class PeriodicTile:
     def sample_many(self, n: int, generator: torch.Generator | None = None) -> list[TilePattern]:
         """``n`` independent draws (pattern groups)."""
         return [self.pattern(b) for b in torch.randint(self.dp, (n,), generator=generator).tolist()]
+
+    def sample_stratified(self, n: int, generator: torch.Generator | None = None) -> list[TilePattern]:
+        """``n`` draws whose offsets split the period in equal strata (every tile kept by almost the same number)."""
+        return [self.pattern(b) for b in stratified_offsets(n, self.dp, generator)]
 
     def kept_count_pmf(self) -> torch.Tensor:
         """Exact distribution (float64, length tiles + 1) of the number of kept tiles in one draw."""

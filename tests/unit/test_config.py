@@ -23,7 +23,8 @@ def _raises(message: str, **kwargs: Any) -> None:
 
 
 def test_defaults() -> None:
-    """The defaults: the paper's row pattern, each dropout's own rate, automatic backend, one group, no seed."""
+    """The defaults: block pattern, each dropout's own rate, automatic backend and tile, the measured safe groups
+    with stratified offsets, no seed."""
     config = ARDConfig()
     assert dataclasses.asdict(config) == {
         "pattern": "block",
@@ -36,6 +37,7 @@ def test_defaults() -> None:
         "tile": "auto",
         "groups": "auto",
         "pool": None,
+        "group_draws": "stratified",
         "lstm_groups": None,
         "lstm_mode": "time",
         "lstm_recurrent_p": None,
@@ -57,6 +59,7 @@ def test_names_are_the_fields_in_order() -> None:
         "tile",
         "groups",
         "pool",
+        "group_draws",
         "lstm_groups",
         "lstm_mode",
         "lstm_recurrent_p",
@@ -84,6 +87,12 @@ def test_pattern_error(pattern: Any) -> None:
 def test_backend_error(backend: Any) -> None:
     """An unknown backend names the value and the allowed backends."""
     _raises(f"backend must be one of ['auto', 'torch', 'gathered', 'triton'], got {backend!r}", backend=backend)
+
+
+@pytest.mark.parametrize("draws", ["strata", "", None])
+def test_group_draws_error(draws: Any) -> None:
+    """An unknown group_draws names the value and the two ways groups draw their offsets."""
+    _raises(f"group_draws must be one of ['stratified', 'independent'], got {draws!r}", group_draws=draws)
 
 
 @pytest.mark.parametrize("p", [0.0, 0.5, 0.999, 0])

@@ -109,16 +109,21 @@ def test_grouped_row_linear_matches_per_row_masks(
     groups=st.integers(2, 5),
     kind=st.sampled_from(["block", "random"]),
     default_loop=st.booleans(),
+    stratified=st.booleans(),
 )
 @settings(max_examples=80, deadline=None)
-def test_compact_per_group_chain_matches_masked_dense(data, n_in, hidden, rows, groups, kind, default_loop) -> None:
+def test_compact_per_group_chain_matches_masked_dense(
+    data, n_in, hidden, rows, groups, kind, default_loop, stratified
+) -> None:
     """producer (out patterns, compact output) -> ReLU -> consumer (same patterns, compact input) equals the
-    masked dense chain, forward and every gradient; blocks that wrap included (weight views in two pieces)."""
+    masked dense chain, forward and every gradient; blocks that wrap included (weight views in two pieces), and
+    stratified groups, whose blocks tile the weight (overwriting blocks, little or nothing zeroed)."""
     dt = torch.float64
     gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
     keep = data.draw(st.integers(1, hidden))
     fam = BlockRow(hidden, keep) if kind == "block" else RandomSubsetRow(hidden, keep)
-    pats = tuple(fam.sample_many(groups, gen))  # one candidate per step: every group keeps `keep` units
+    draw = fam.sample_stratified if stratified else fam.sample_many
+    pats = tuple(draw(groups, gen))  # one candidate per step: every group keeps `keep` units
     w1 = torch.randn(hidden, n_in, dtype=dt, generator=gen, requires_grad=True)
     b1 = torch.randn(hidden, dtype=dt, generator=gen, requires_grad=True)
     w2 = torch.randn(3, hidden, dtype=dt, generator=gen, requires_grad=True)

@@ -165,3 +165,51 @@ def test_distribution_expected_rate_and_sampling() -> None:
     gen = torch.Generator().manual_seed(1)
     kept = torch.stack([dist.sample(gen).mask(scaled=False) for _ in range(4000)]).mean()
     assert abs(float(kept) - dist.expected_keep_fraction) < 0.02
+
+
+@given(kind=st.sampled_from(["periodic", "block", "random"]), width=st.integers(1, 60), n=st.integers(1, 12),
+       data=st.data())  # fmt: skip
+@settings(max_examples=150, deadline=None)
+def test_stratified_groups_keep_every_unit_equally_often(kind, width, n, data) -> None:
+    """n stratified draws keep every unit floor or ceil of n x keep-probability times (independent draws: binomial)."""
+    from tests.row_families import row_family
+
+    fam = row_family(kind, width, data.draw)
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    pats = fam.sample_stratified(n, gen)
+    assert len(pats) == n and all(p.width == width and p.scale == fam.scale for p in pats)
+    counts = torch.stack([p.mask(scaled=False) for p in pats]).sum(0)
+    expect = n * fam.keep_probability
+    assert math.floor(expect + 1e-9) <= int(counts.min()) and int(counts.max()) <= math.ceil(expect - 1e-9)
+
+
+@pytest.mark.parametrize("fam", [BlockRow(8, 3), PeriodicRow(8, 4, 1), RandomSubsetRow(8, 3),
+                                 PeriodicTile(8, 8, 4, 1, (2, 2))])  # fmt: skip
+def test_stratified_groups_are_marginally_the_family(fam) -> None:
+    """Each group of a stratified draw keeps every unit (tile) with the family's keep probability."""
+    gen = torch.Generator().manual_seed(3)
+    draws = [fam.sample_stratified(3, gen) for _ in range(6000)]
+    for g in range(3):
+        if isinstance(fam, PeriodicTile):
+            freq = torch.stack([d[g].kept_tiles.double() for d in draws]).mean(0)
+        else:
+            freq = torch.stack([d[g].mask(scaled=False) for d in draws]).mean(0)
+        assert float((freq - fam.keep_probability).abs().max()) < 0.03
+
+
+def test_sampler_stratified_groups_share_a_candidate_and_resume() -> None:
+    dist = PatternDistribution((BlockRow(64, 30), BlockRow(64, 34)), torch.tensor([0.5, 0.5]), 0.5)
+    full = PatternSampler({"a": dist}, seed=5)
+    seq = [full.draw_groups(4, stratified=True)["a"] for _ in range(10)]
+    for pats in seq:
+        assert len({p.num_kept for p in pats}) == 1
+        counts = torch.stack([p.mask(scaled=False) for p in pats]).sum(0)
+        assert set(counts.tolist()) <= {math.floor(4 * pats[0].keep_fraction), math.ceil(4 * pats[0].keep_fraction)}
+    part = PatternSampler({"a": dist}, seed=5)
+    for _ in range(4):
+        part.draw_groups(4, stratified=True)
+    resumed = PatternSampler({"a": dist}, seed=0)
+    resumed.load_state_dict(part.state_dict())
+    for want in seq[4:]:
+        got = resumed.draw_groups(4, stratified=True)["a"]
+        assert [p.kept.tolist() for p in got] == [p.kept.tolist() for p in want]
