@@ -5,11 +5,15 @@
 #   sgd:     the defaults (ApproximateDropout()) vs nn.Dropout, SGD lr 0.05 momentum 0.9, batch 128, p = 0.3/0.5/0.7, 3 seeds
 #   sgd07:   the defaults at p = 0.7 (rate-dependent auto groups), same SGD setting, 3 seeds
 #   adam:    the defaults vs nn.Dropout, Adam lr 1e-3, batch 256, p = 0.3/0.5/0.7, 3 seeds
+#   strat_sgd, strat_adam: the defaults after group_draws="stratified" became the default (3 seeds, p = 0.3/0.5/0.7),
+#            and 2 stratified groups at p = 0.3; the setting's own accuracy (never_slower and timing windows off)
 #   batch:   the defaults vs nn.Dropout, SGD momentum 0.9, p = 0.5, batch 32 (lr 0.01) and 1024 (lr 0.1), 2 seeds
 set -euo pipefail
 out=${1:?out root}; stage=${2:?stage}
 common=(experiment=mlp_fashion trainer.max_epochs=4 trainer.enable_progress_bar=false trainer.enable_model_summary=false)
 sgd=(model.optimizer=sgd model.lr=0.05 model.momentum=0.9 data.batch_size=128)
+adam=(model.optimizer=adam model.lr=0.001 data.batch_size=256)
+own=(ard.never_slower=false ard.measure_speedup=false)  # train with the setting itself, never the fallback
 run() { python -m lightning_ard.app.train -m "${common[@]}" "hydra.sweep.dir=$out/$stage/$1" "${@:2}"; }
 case $stage in
   groups)
@@ -21,9 +25,14 @@ case $stage in
   sgd07)  # p = 0.7 again after groups="auto" became rate-dependent (10 groups at p = 0.7; 4 lost 9 points)
     run default_p07 "${sgd[@]}" ard=default ard.p=0.7 seed=0,1,2 ;;
   adam)
-    adam=(model.optimizer=adam model.lr=0.001 data.batch_size=256)
     run dropout "${adam[@]}" ard=dropout ard.p=0.3,0.5,0.7 seed=0,1,2
     run default "${adam[@]}" ard=default ard.p=0.3,0.5,0.7 seed=0,1,2 ;;
+  strat_sgd)
+    run default "${sgd[@]}" ard=default ard.p=0.3,0.5,0.7 seed=0,1,2 "${own[@]}"
+    run g2_p03 "${sgd[@]}" ard=default ard.groups=2 ard.p=0.3 seed=0,1,2 "${own[@]}" ;;
+  strat_adam)
+    run default "${adam[@]}" ard=default ard.p=0.3,0.5,0.7 seed=0,1,2 "${own[@]}"
+    run g2_p03 "${adam[@]}" ard=default ard.groups=2 ard.p=0.3 seed=0,1,2 "${own[@]}" ;;
   batch)
     for b in "32 0.01" "1024 0.1"; do set -- $b
       bs=(model.optimizer=sgd model.momentum=0.9 data.batch_size=$1 model.lr=$2)

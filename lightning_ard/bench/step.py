@@ -35,6 +35,7 @@ from lightning_ard.app.models.mlp import build_mlp
 from lightning_ard.bench.cli import check_outputs, parse_rates, select_cases
 from lightning_ard.controller import ARDController
 from lightning_ard.patterns.groups import describe
+from lightning_ard import profiling
 from lightning_ard.profiling import time_calls
 from lightning_ard.search import FAMILIES
 
@@ -64,13 +65,15 @@ class Record:
     grouped_limit: float | None = None
     of_grouped_limit: float | None = None
     setting: str | None = None
+    served: str | None = None  # "k/n" sites ARD served after the never-slower rule (None: rule off, all served)
 
     @property
     def label(self) -> str:
         """Family, with the pattern-group settings when they are not the default (or the named LSTM setting)."""
         if self.setting is not None:
             return f"{self.family} {self.setting}"
-        return describe(self.family, self.groups, self.pool, self.lstm_groups)
+        label = describe(self.family, self.groups, self.pool, self.lstm_groups)
+        return label if self.served is None else f"{label} (never slower: {self.served} sites)"
 
 
 class LogitsOnly(nn.Module):
@@ -231,9 +234,12 @@ def bench_case(
     groups: int | str = 1,
     pool: int | None = None,
     lstm_groups: int | None = None,
+    never_slower: bool = False,
 ) -> Record:
     """Time dense, ARD and limit steps of one case, interleaved, and build the record (``groups`` patterns per
-    step per site)."""
+    step per site). ``never_slower``: after the warm-up, the callback's rule sends sites that are not faster at
+    their measured shapes back to nn.Dropout (all of them: the plain model), so the row is what a fit with the
+    defaults runs."""
     batch = case.batch(device)
     torch.manual_seed(0)
     dense = _Runner(case.build(p).to(device), batch, None)
@@ -252,13 +258,14 @@ def bench_case(
     times: dict[str, list[float]] = {k: [] for k in runners}
     for runner in runners.values():
         _time(runner, device, warmup)
+    served = _never_slower(ctl, ard) if never_slower else None
     ard.flops.clear()
     for _ in range(rounds):
         for name, runner in runners.items():
             times[name] += _time(runner, device, steps)
     ctl.restore()
     med = {k: statistics.median(v) for k, v in times.items()}
-    ideal = sum(d for d, _ in ard.flops) / sum(e for _, e in ard.flops)
+    ideal = sum(d for d, _ in ard.flops) / sum(e for _, e in ard.flops) if ard.flops else 1.0
     speedup = med["dense"] / med["ard"]
     limit_speedup = med["dense"] / med["limit"]
     grouped = med.get("grouped_limit", med["limit"])  # one group: the compact limit itself
@@ -281,7 +288,23 @@ def bench_case(
         round(grouped, 3),
         round(med["dense"] / grouped, 3),
         round(speedup / (med["dense"] / grouped), 3),
+        served=served,
     )
+
+
+def _never_slower(ctl: ARDController, runner: _Runner) -> str:
+    """The callback's never-slower rule on a benchmark model after its warm-up: time each site's layers dense vs
+    ARD at the last step's shapes (:func:`~lightning_ard.profiling.calibrate`), send the sites that are not faster
+    back to nn.Dropout, and give the plain model back when none is faster. Returns "served/total"."""
+    sites = ctl.report.sites
+    rates = {site.consumer: site.p for site in sites}
+    times = profiling.calibrate(ctl.surgery.linears, ctl.surgery.lstms, rates, [runner.opt])  # type: ignore[union-attr]
+    ctl.fall_back([name for name, x in profiling.site_speedups(times, sites).items() if not x > 1.0])
+    kept = [s for s in sites if s.name not in ctl.fallen_back]
+    if not kept:
+        ctl.restore()
+        runner.ctl = None
+    return f"{len(kept)}/{len(sites)}"
 
 
 @dataclass(frozen=True)
@@ -442,6 +465,12 @@ def main(argv: list[str] | None = None) -> int:
         help="LSTM case: time nn.Dropout and every LSTM setting (one pattern per step, time chunks, sequence groups, "
         "structured) in one interleaved run, instead of --groups",
     )
+    parser.add_argument(
+        "--never-slower",
+        action="store_true",
+        help="apply the callback's never-slower rule after the warm-up (sites not faster go back to nn.Dropout): "
+        "time what a fit with these settings runs",
+    )
     args = parser.parse_args(argv)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -488,8 +517,9 @@ def main(argv: list[str] | None = None) -> int:
             for groups in group_counts:
                 for p in rates:
                     rec = bench_case(
-                        case, family, p, device, warmup, rounds, steps, groups, args.pool, args.lstm_groups
-                    )
+                        case, family, p, device, warmup, rounds, steps, groups, args.pool, args.lstm_groups,
+                        args.never_slower,
+                    )  # fmt: skip
                     records.append(rec)
                     print(
                         f"{rec.case} {rec.label} p={rec.p}: dense {rec.dense_ms:.1f} ms, ARD {rec.ard_ms:.1f} ms, "

@@ -73,19 +73,21 @@ class _GroupedLinear(torch.autograd.Function):
         out_width = selection_size(groups[0].out_units, n_out) if out_compact else n_out
         covered = out_compact or all(g.out_units is None for g in groups)
         y = (torch.empty if covered else torch.zeros)(x2.shape[0], out_width, dtype=dtype, device=x.device)
-        for g in groups:
-            xg = take(x2, 0, g.rows)
-            view_rows = isinstance(g.rows, slice)
-            for o_units, o_cols in _parts(g.out_units, n_out):
+        parts = [(_parts(g.out_units, n_out), _parts(g.in_units, n_in)) for g in groups]  # reused by backward
+        w_cast = _cast(weight, dtype)
+        for g, (o_parts, i_parts) in zip(groups, parts):
+            xg = _take(x2, 0, g.rows)
+            y_rows = _take(y, 0, g.rows) if isinstance(g.rows, slice) else None
+            for o_units, o_cols in o_parts:
                 dst_cols = o_cols if out_compact else o_units
-                w_rows = take(weight, 0, o_units)
-                direct = view_rows and isinstance(dst_cols, slice)
-                acc = y[g.rows][:, dst_cols] if direct else None
-                for i, (i_units, i_cols) in enumerate(_parts(g.in_units, n_in)):
-                    a = take(xg, 1, i_cols if x_compact else i_units).to(dtype)
-                    w = take(w_rows, 1, i_units).to(dtype)
+                w_rows = _take(w_cast, 0, o_units)
+                direct = y_rows is not None and isinstance(dst_cols, slice)
+                acc = _take(y_rows, 1, dst_cols) if direct else None  # type: ignore[arg-type]
+                for i, (i_units, i_cols) in enumerate(i_parts):
+                    a = _cast(_take(xg, 1, i_cols if x_compact else i_units), dtype)
+                    w = _take(w_rows, 1, i_units)
                     if i == 0:
-                        b = take(bias, 0, o_units).to(dtype) if bias is not None else None
+                        b = _cast(_take(bias, 0, o_units), dtype) if bias is not None else None
                         if acc is None:
                             acc = torch.mm(a, w.t()).mul_(g.scale) if g.scale != 1.0 else torch.mm(a, w.t())
                             if b is not None:
@@ -99,15 +101,15 @@ class _GroupedLinear(torch.autograd.Function):
                 if not direct:
                     put(y, g.rows, dst_cols, acc)  # type: ignore[arg-type]
         ctx.save_for_backward(x2, weight)
-        ctx.meta = (x.shape, x.dtype, groups, x_compact, out_compact, bias is not None, dtype)
+        ctx.meta = (x.shape, x.dtype, groups, parts, x_compact, out_compact, bias is not None, dtype)
         return y.reshape(*x.shape[:-1], out_width)
 
     @staticmethod
     def backward(ctx, grad_y):  # type: ignore[override]
         x2, weight = ctx.saved_tensors
-        x_shape, x_dtype, groups, x_compact, out_compact, has_bias, dtype = ctx.meta
+        x_shape, x_dtype, groups, parts, x_compact, out_compact, has_bias, dtype = ctx.meta
         n_out, n_in = weight.shape
-        gy = grad_y.reshape(-1, grad_y.shape[-1]).to(dtype)
+        gy = _cast(grad_y.reshape(-1, grad_y.shape[-1]), dtype)
         want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         want_b = has_bias and ctx.needs_input_grad[2]
         grad_x = grad_w = grad_b = None
@@ -117,20 +119,21 @@ class _GroupedLinear(torch.autograd.Function):
         blocks: list[tuple[Index, Index, torch.Tensor, torch.Tensor, float]] = []  # weight-gradient blocks
         if want_b:
             grad_b = torch.zeros(n_out, dtype=weight.dtype, device=gy.device)
-        for g in groups:
-            xg, gyg = take(x2, 0, g.rows), take(gy, 0, g.rows)
-            for o, (o_units, o_cols) in enumerate(_parts(g.out_units, n_out)):
-                go = take(gyg, 1, o_cols if out_compact else o_units)
-                w_rows = take(weight, 0, o_units)
+        w_cast = _cast(weight, dtype)
+        for g, (o_parts, i_parts) in zip(groups, parts):
+            xg, gyg = _take(x2, 0, g.rows), _take(gy, 0, g.rows)
+            for o, (o_units, o_cols) in enumerate(o_parts):
+                go = _take(gyg, 1, o_cols if out_compact else o_units)
+                w_rows = _take(w_cast, 0, o_units)
                 if want_b:
-                    put(grad_b[:, None], o_units, None, go.sum(0).to(weight.dtype)[:, None], accumulate=True)
-                for i_units, i_cols in _parts(g.in_units, n_in):
-                    w = take(w_rows, 1, i_units).to(dtype)
+                    put(grad_b[:, None], o_units, None, _cast(go.sum(0), weight.dtype)[:, None], accumulate=True)
+                for i_units, i_cols in i_parts:
                     if want_x:
+                        w = _take(w_rows, 1, i_units)
                         _grad_input(grad_x, g.rows, i_cols if x_compact else i_units, go, w, g.scale, o > 0)
                     if want_w:
-                        blocks.append((o_units, i_units, go, take(xg, 1, i_cols if x_compact else i_units).to(dtype),
-                                       g.scale))  # fmt: skip
+                        a = _cast(_take(xg, 1, i_cols if x_compact else i_units), dtype)
+                        blocks.append((o_units, i_units, go, a, g.scale))
         if want_w:
             grad_w = _weight_gradient(blocks, weight)
         if want_x:
@@ -195,6 +198,18 @@ def _write_weight(grad_w: torch.Tensor, rows: Index, cols: Index, go: torch.Tens
     if scale != 1.0:
         block.mul_(scale)
     put(grad_w, rows, cols, block.to(grad_w.dtype), accumulate=accumulate)
+
+
+def _take(t: torch.Tensor, dim: int, index: Index) -> torch.Tensor:
+    """:func:`~lightning_ard.kernels.torch_ops.take` with ranges as ``narrow`` views (the per-piece Python cost
+    of a grouped step is what groups pay per group)."""
+    if type(index) is slice and index.step is None:
+        return t.narrow(dim, index.start, index.stop - index.start)
+    return take(t, dim, index)
+
+
+def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _unit_stride(index: Index) -> bool:

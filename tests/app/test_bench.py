@@ -110,3 +110,24 @@ def test_fit_bench_checks_rate_and_outputs(capsys, monkeypatch) -> None:
         with pytest.raises(SystemExit):
             fit_bench.main(argv)
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("slow", "served"), [((), "2/2"), (("6",), "1/2"), (("3", "6"), "0/2")])
+def test_bench_never_slower_applies_the_callbacks_rule(slow, served, monkeypatch) -> None:
+    """--never-slower: sites whose layers time slower go back to nn.Dropout; none faster: the plain model (no FLOP
+    saving left), as the callback would run them."""
+    seen = {}
+
+    def fake_calibrate(linears, lstms, rates, optimizers):
+        seen["layers"] = sorted(linears)
+        return {path: (1.0, 2.0 if path in slow else 0.5) for path in linears}
+
+    monkeypatch.setattr(bench.profiling, "calibrate", fake_calibrate)
+    rec = bench.bench_case(_tiny_case(), "block", 0.5, torch.device("cpu"), 1, 1, 2, groups=2, never_slower=True)
+    assert seen["layers"] == ["0", "3", "6"]
+    assert rec.served == served and rec.label == f"block x2 groups (never slower: {served} sites)"
+    if served == "0/2":
+        assert rec.ideal == 1.0  # the plain model ran: nothing saved
+    else:
+        assert rec.ideal > 1.0
+    assert f"(never slower: {served} sites)" in bench.format_table([rec])
