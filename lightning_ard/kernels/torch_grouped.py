@@ -126,7 +126,7 @@ class _GroupedLinear(torch.autograd.Function):
                 go = _take(gyg, 1, o_cols if out_compact else o_units)
                 w_rows = _take(w_cast, 0, o_units)
                 if want_b:
-                    put(grad_b[:, None], o_units, None, _cast(go.sum(0), weight.dtype)[:, None], accumulate=True)
+                    _add_bias_grad(grad_b, o_units, _cast(go.sum(0), weight.dtype))
                 for i_units, i_cols in i_parts:
                     if want_x:
                         w = _take(w_rows, 1, i_units)
@@ -145,7 +145,7 @@ def _grad_input(grad_x: torch.Tensor, rows: slice | torch.Tensor, cols: Index, g
                 scale: float, accumulate: bool) -> None:  # fmt: skip
     """``grad_x[rows][:, cols] (+)= scale · go w``, straight into the view when rows and columns are ranges."""
     if isinstance(rows, slice) and _unit_stride(cols):
-        view = grad_x[rows, cols]
+        view = _take(_take(grad_x, 0, rows), 1, cols)
         torch.addmm(view, go, w, beta=1 if accumulate else 0, alpha=scale, out=view)
         return
     gx = torch.mm(go, w)
@@ -191,13 +191,21 @@ def _write_weight(grad_w: torch.Tensor, rows: Index, cols: Index, go: torch.Tens
                   scale: float, accumulate: bool) -> None:  # fmt: skip
     """``grad_w[rows][:, cols] (+)= scale · goᵀ a``, in place on a view when both are ranges."""
     if _unit_stride(rows) and _unit_stride(cols) and grad_w.dtype == go.dtype:
-        block = grad_w[rows, cols]
+        block = _take(_take(grad_w, 0, rows), 1, cols)
         torch.addmm(block, go.t(), a, beta=1 if accumulate else 0, alpha=scale, out=block)  # out=: counted FLOPs
         return
     block = torch.mm(go.t(), a)
     if scale != 1.0:
         block.mul_(scale)
     put(grad_w, rows, cols, block.to(grad_w.dtype), accumulate=accumulate)
+
+
+def _add_bias_grad(grad_b: torch.Tensor, units: Index, summed: torch.Tensor) -> None:
+    """``grad_b[units] += summed`` (a view for ranges)."""
+    if type(units) is slice and units.step is None:
+        grad_b.narrow(0, units.start, units.stop - units.start).add_(summed)
+    else:
+        put(grad_b[:, None], units, None, summed[:, None], accumulate=True)
 
 
 def _take(t: torch.Tensor, dim: int, index: Index) -> torch.Tensor:
