@@ -60,6 +60,16 @@ def test_fit_bench_writes_json(tmp_path) -> None:
     assert result["steps_timed"] == 3 and result["dense_ms"] > 0 and result["ard_ms"] > 0
     assert 0 < result["callback_overhead"] < 1
     assert result["family"] == "block x4 groups" and result["groups"] == 4  # the library's defaults
+    assert result["logged_step_speedup"] is None  # a 5-step fit ends before the first timing window (step 10)
+
+
+def test_fit_bench_leaves_the_callbacks_window_steps_out() -> None:
+    """Half of a timing window's steps run nn.Dropout: the ARD median must not include them."""
+    cb = fit_bench._TimedARD(verbose=False)
+    times = [float(i) for i in range(30)]
+    kept = fit_bench._ard_steps(times, cb, skip=5)
+    assert kept == [float(i) for i in (*range(5, 10), *range(20, 30))]  # window: steps 10-19
+    assert fit_bench._ard_steps(times[:15], cb, skip=12) == [12.0, 13.0, 14.0]  # all in the window: all of them
 
 
 def test_fit_bench_arguments_fail_clearly(capsys) -> None:
