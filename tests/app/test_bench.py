@@ -55,9 +55,10 @@ def test_bench_case_with_groups(tmp_path) -> None:
 
 def test_fit_bench_writes_json(tmp_path) -> None:
     out = tmp_path / "fit.json"
-    assert fit_bench.main(["--steps", "5", "--skip", "2", "--json", str(out)]) == 0
+    assert fit_bench.main(["--steps", "5", "--skip", "2", "--rounds", "2", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert result["steps_timed"] == 3 and result["dense_ms"] > 0 and result["ard_ms"] > 0
+    assert result["steps_timed"] == 6 and result["rounds"] == 2  # 3 steps from each of the two ARD fits
+    assert result["dense_ms"] > 0 and result["ard_ms"] > 0
     assert 0 < result["callback_overhead"] < 1
     assert result["family"] == "block x4 groups" and result["groups"] == 4  # the library's defaults
     assert result["logged_step_speedup"] is None  # a 5-step fit ends before the first timing window (step 10)
@@ -79,6 +80,9 @@ def test_fit_bench_arguments_fail_clearly(capsys) -> None:
     with pytest.raises(SystemExit):
         fit_bench.main(["--groups", "0", "--steps", "3", "--skip", "1"])
     assert "groups must be an integer in [1, 1048576] or 'auto', got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        fit_bench.main(["--rounds", "0", "--steps", "3", "--skip", "1"])
+    assert "--rounds must be an integer >= 1, got 0" in capsys.readouterr().err
 
 
 def test_bench_records_the_grouped_compact_limit() -> None:
