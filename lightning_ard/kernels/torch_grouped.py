@@ -4,7 +4,8 @@ Group g owns a set of rows of the (flattened) input and its own kept input units
 ``y_g = scale_g · x_g[:, in_g] · W[out_g][:, in_g]ᵀ + b[out_g]`` is computed on weight *views* where the kept
 units are contiguous ranges (block patterns: one range, or two where the block wraps around the end), with the
 result written straight into its place in the output (``addmm(..., out=view)``, no per-group temporaries), and the
-backward adds each group's block of the weight gradient into one full-size gradient in place.
+backward writes each group's block of the weight gradient into one full-size gradient in place: disjoint blocks
+overwrite, the rest add on, and only what no block covers is zeroed (:mod:`lightning_ard.kernels.cover`).
 
 Compact layouts: when every group keeps the same number K of input (output) units, the input (output) may be a
 dense ``(rows, K)`` tensor whose row r holds the kept units of r's group, in sorted unit order ("compact per
