@@ -8,6 +8,7 @@
 #   p05c:        p = 0.5, 3 seeds: structured G=4 (run after the others: it is the one fast setting left at 1.37x)
 #   p05d:        p = 0.5, 3 seeds: the decoder site in 4 stratified groups, the LSTM sites one pattern per step
 #                (the one-pattern LSTM speed with grouped decoder tokens)
+#   p05e:        p = 0.5, 3 seeds: decoder in 4 groups, LSTM sites in 2 time chunks (stratified)
 #   rates03 / rates07: p = 0.3 / 0.7, 1 seed (time ran out for more): nn.Dropout, one pattern per step, sequence G=4
 # Then: python docs/results/lstm_kjv/pareto.py --runs <out_root> --bench <ard-bench --lstm-settings json> --out ...
 set -euo pipefail
@@ -35,6 +36,8 @@ case $stage in
     run p05_struct4 $(struct 4) ard.p=0.5 seed=0,1,2 ;;
   p05d)
     run p05_dec4 ard.groups=4 ard.lstm_groups=1 ard.p=0.5 seed=0,1,2 ;;
+  p05e)
+    run p05_dec4_time2 ard.groups=4 ard.lstm_groups=2 ard.p=0.5 seed=0,1,2 ;;
   rates03|rates07)
     rate=0.${stage#rates0}
     run ${stage}_dropout ard=dropout ard.p=$rate seed=0

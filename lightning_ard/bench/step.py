@@ -322,6 +322,7 @@ LSTM_SETTINGS = (
     LSTMSetting("one pattern per step", 1, 1),
     LSTMSetting("time chunks G=4", 4, 4),
     LSTMSetting("decoder G=4, LSTM one pattern", 4, 1),
+    LSTMSetting("decoder G=4, LSTM time chunks G=2", 4, 2),
     LSTMSetting("sequence G=2", 2, 2, "sequence"),
     LSTMSetting("sequence G=4", 4, 4, "sequence"),
     LSTMSetting("structured G=1", 1, 1, "sequence", True),
