@@ -60,8 +60,9 @@ class ARDConfig:
         groups: independent patterns per forward pass, each serving a contiguous share of the rows (samples or
             tokens of a Linear's input, time steps of an LSTM; :mod:`lightning_ard.patterns.groups`). ``"auto"``
             (default) takes the measured safe count for the site's rate at Linear sites
-            (:func:`~lightning_ard.patterns.groups.auto_groups`: 4 up to p = 0.5, 10 at p = 0.7) and leaves LSTM
-            sites as ``nn.Dropout`` unless ``lstm_groups`` is set. 1 is the paper's one
+            (:func:`~lightning_ard.patterns.groups.auto_groups`: 4 up to p = 0.5, 10 at p = 0.7) and 2 time chunks
+            at unidirectional LSTM sites (:data:`~lightning_ard.patterns.groups.AUTO_LSTM_GROUPS`; bidirectional
+            ones and ``lstm_mode="sequence"`` stay ``nn.Dropout`` unless ``lstm_groups`` is set). 1 is the paper's one
             pattern per mini-batch: fastest, but with SGD + momentum it can break training (docs/results.md).
         pool: distinct patterns per site per step when ``groups > 1``: each group takes one of ``pool`` drawn
             patterns at random, so a layer runs at most ``pool`` compact GEMMs however many groups there are.
@@ -72,7 +73,7 @@ class ARDConfig:
             own uniform offset). Stratified groups remove the step-to-step noise of how many groups keep a unit,
             which is what makes few groups unsafe under SGD with momentum (docs/results.md, "Safe defaults").
         lstm_groups: time chunks (patterns per step) for sites whose consumer is an LSTM; ``None`` uses
-            ``groups`` (and, with ``groups="auto"``, leaves those sites as ``nn.Dropout``). Each chunk is one
+            ``groups`` (with ``groups="auto"``: 2 time chunks, see ``groups``). Each chunk is one
             fused-LSTM call, whose fixed cost (large on the CPU) is what limits it.
         lstm_mode: what ``lstm_groups`` cut: ``"time"`` (chunks of time steps, each chunk one fused-LSTM call over
             the whole batch) or ``"sequence"`` (groups of sequences that keep one pattern for all their time steps,

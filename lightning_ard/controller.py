@@ -26,7 +26,7 @@ from lightning_ard.kernels import get_backend
 from lightning_ard.layers import ARDLSTM, ARDLinear
 from lightning_ard.layers.lstm import SequenceFollower, lstm_layer_input_size, unscaled
 from lightning_ard.patterns import PatternDistribution, PatternSampler, RowPattern, TilePattern
-from lightning_ard.patterns.groups import resolve_groups
+from lightning_ard.patterns.groups import AUTO_LSTM_GROUPS, resolve_groups
 from lightning_ard.patterns.tile import auto_tile
 from lightning_ard.sites import Site, SiteKind, SiteReport, Skipped, Surgery, find_sites
 
@@ -165,25 +165,36 @@ class ARDController:
         return 1 if self._site_groups is None else self._site_groups[site]
 
     def _leave_lstm_sites(self, report: SiteReport) -> None:
-        """Under ``groups="auto"`` with no ``lstm_groups``, LSTM sites stay nn.Dropout: no LSTM setting is both
-        accurate and fast yet (one pattern per step costs perplexity, time chunks cost speed). Served LSTM sites are
-        prepared for ``lstm_mode`` and ``lstm_recurrent_p`` (:meth:`_prepare_lstm_sites`)."""
+        """Under ``groups="auto"`` with no ``lstm_groups``, unidirectional LSTM sites in time mode are served with
+        :data:`~lightning_ard.patterns.groups.AUTO_LSTM_GROUPS` time chunks (the measured accurate and fast
+        setting); the others stay nn.Dropout, with the reason: sequence mode and structured dropout have no
+        measured safe default, and time chunks do not run on packed bidirectional input (unknown at fit start).
+        Served LSTM sites are prepared for ``lstm_mode`` and ``lstm_recurrent_p`` (:meth:`_prepare_lstm_sites`)."""
         c = self.config
-        if c.groups != "auto" or c.lstm_groups is not None or c.lstm_recurrent_p is not None:
-            self._prepare_lstm_sites(report)
-            return
-        lstm = [s for s in report.sites if s.kind.feeds_lstm]
-        plain = {s.dropout for s in lstm if s.dropout is not None}  # a dropout module is served whole or not at all
-        shared = [s for s in report.sites if not s.kind.feeds_lstm and s.dropout in plain]
-        report.sites = [s for s in report.sites if s not in lstm and s not in shared]
-        reason = (
-            "LSTM sites stay nn.Dropout under groups='auto' (one pattern per step costs perplexity); "
-            "set lstm_groups=N to serve them"
-        )
-        report.skipped += [Skipped(s.name, reason) for s in lstm]
-        report.skipped += [
-            Skipped(s.name, f"another use of {s.dropout} stays nn.Dropout (an LSTM site)") for s in shared
-        ]
+        if c.groups == "auto" and c.lstm_groups is None and c.lstm_recurrent_p is None:
+            lstm = [s for s in report.sites if s.kind.feeds_lstm and self._auto_lstm_reason(s) is not None]
+            plain = {s.dropout for s in lstm if s.dropout is not None}  # a dropout module is served whole or not
+            shared = [s for s in report.sites if not s.kind.feeds_lstm and s.dropout in plain]
+            report.sites = [s for s in report.sites if s not in lstm and s not in shared]
+            report.skipped += [Skipped(s.name, self._auto_lstm_reason(s)) for s in lstm]  # type: ignore[misc]
+            report.skipped += [
+                Skipped(s.name, f"another use of {s.dropout} stays nn.Dropout (an LSTM site)") for s in shared
+            ]
+        self._prepare_lstm_sites(report)
+
+    def _auto_lstm_reason(self, site: Site) -> str | None:
+        """Why ``groups="auto"`` leaves an LSTM site as nn.Dropout (None: it serves it with time chunks)."""
+        if self.config.lstm_mode != "time":
+            return (
+                "LSTM sites in lstm_mode='sequence' stay nn.Dropout under groups='auto' (no measured safe default); "
+                "set lstm_groups=N to serve them"
+            )
+        if getattr(self.model.get_submodule(site.consumer), "bidirectional", False):
+            return (
+                "bidirectional LSTM sites stay nn.Dropout under groups='auto' (time chunks do not run on packed "
+                "bidirectional input); set lstm_groups=N (or lstm_mode='sequence') to serve them"
+            )
+        return None
 
     def _prepare_lstm_sites(self, report: SiteReport) -> None:
         """Before any swap: in sequence mode, find the Linear sites that read an LSTM's output (they follow its
@@ -340,7 +351,12 @@ class ARDController:
                 sources = [*plan.layer_sites[1:], follow[0] if follow else None]  # the site on layer l's units
                 plan.hidden_sources = [name if name is not None else hidden[i] for i, name in enumerate(sources)]
             names = [s for s in plan.layer_sites if s is not None] + follow
-            groups = c.lstm_groups or max(resolve_groups(c.groups, by_name[n].p) for n in names)
+            if c.lstm_groups is not None:
+                groups = c.lstm_groups
+            elif c.groups == "auto" and c.lstm_mode == "time" and c.lstm_recurrent_p is None:
+                groups = AUTO_LSTM_GROUPS
+            else:
+                groups = max(resolve_groups(c.groups, by_name[n].p) for n in names)
             out.update({name: groups for name in names + [h for h in hidden if h in self._hidden_distributions]})
         return out
 

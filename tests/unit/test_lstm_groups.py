@@ -394,11 +394,38 @@ def test_config_checks_lstm_settings() -> None:
     assert ARDConfig().lstm_mode == "time" and ARDConfig().lstm_recurrent_p is None  # opt-in, never on silently
 
 
-def test_defaults_leave_lstm_sites_as_dropout() -> None:
-    """groups='auto' without lstm_groups: LSTM sites stay nn.Dropout (the default is unchanged); asking for the
-    structured dropout serves them."""
+class _BiLM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.drop_in, self.drop_out = nn.Embedding(30, 12), nn.Dropout(0.5), nn.Dropout(0.5)
+        self.lstm, self.dec = nn.LSTM(12, 10, bidirectional=True), nn.Linear(20, 30)
+
+    def forward(self, x):
+        return self.dec(self.drop_out(self.lstm(self.drop_in(self.emb(x)))[0]))
+
+
+def test_defaults_serve_lstm_sites_in_two_time_chunks() -> None:
+    """groups='auto' without lstm_groups: unidirectional LSTM sites get AUTO_LSTM_GROUPS stratified time chunks and
+    the decoder site the Linear safe count; sequence mode and bidirectional LSTMs stay nn.Dropout, with the reason;
+    asking for structured dropout serves them in sequence groups."""
+    from lightning_ard.patterns.groups import AUTO_LSTM_GROUPS
+
+    assert AUTO_LSTM_GROUPS == 2
     ctl = ARDController(_lm(True)).apply()
-    assert all(not s.kind.feeds_lstm for s in ctl.report.sites)
+    assert {s.name for s in ctl.report.sites} == {"drop_in", "lstm.l1", "drop_out"}
+    assert ctl.site_groups("drop_in") == ctl.site_groups("lstm.l1") == 2 and ctl.site_groups("drop_out") == 4
+    assert ctl.config.group_draws == "stratified"
+    ctl.restore()
+    ctl = ARDController(_lm(True), lstm_mode="sequence").apply()
+    skipped = {s.name: s.reason for s in ctl.report.skipped}
+    assert {s.name for s in ctl.report.sites} == {"drop_out"}
+    assert "lstm_mode='sequence' stay nn.Dropout under groups='auto'" in skipped["lstm.l1"]
+    assert "set lstm_groups=N" in skipped["drop_in"]
+    ctl.restore()
+    ctl = ARDController(_BiLM()).apply()
+    skipped = {s.name: s.reason for s in ctl.report.skipped}
+    assert {s.name for s in ctl.report.sites} == {"drop_out"}
+    assert skipped["drop_in"].startswith("bidirectional LSTM sites stay nn.Dropout under groups='auto'")
     ctl.restore()
     ctl = ARDController(_lm(True), lstm_mode="sequence", lstm_recurrent_p=0.5).apply()
     assert {s.name for s in ctl.report.sites} == {"drop_in", "lstm.l1", "drop_out"}
