@@ -9,6 +9,7 @@
 #   p05d:        p = 0.5, 3 seeds: the decoder site in 4 stratified groups, the LSTM sites one pattern per step
 #                (the one-pattern LSTM speed with grouped decoder tokens)
 #   p05e:        p = 0.5, 3 seeds: decoder in 4 groups, LSTM sites in 2 time chunks (stratified)
+#   p05f:        p = 0.5, 3 seeds: decoder in 10 stratified groups, LSTM sites one pattern per step
 #   rates03e / rates07e: p = 0.3 / 0.7, 3 seeds of the new LSTM default (decoder groups="auto", LSTM sites in 2
 #                stratified time chunks) and nn.Dropout seeds 1, 2 (seed 0: the rates03 / rates07 stages)
 #   rates03 / rates07: p = 0.3 / 0.7, 1 seed (time ran out for more): nn.Dropout, one pattern per step, sequence G=4
@@ -40,6 +41,8 @@ case $stage in
     run p05_dec4 ard.groups=4 ard.lstm_groups=1 ard.p=0.5 seed=0,1,2 ;;
   p05e)
     run p05_dec4_time2 ard.groups=4 ard.lstm_groups=2 ard.p=0.5 seed=0,1,2 ;;
+  p05f)
+    run p05_dec10one ard.groups=10 ard.lstm_groups=1 ard.p=0.5 seed=${SEEDS:-0,1,2} ;;
   rates03e|rates07e)
     rate=0.${stage:6:1}
     run ${stage%e}_dropout_s12 ard=dropout ard.p=$rate seed=1,2

@@ -322,6 +322,7 @@ LSTM_SETTINGS = (
     LSTMSetting("one pattern per step", 1, 1),
     LSTMSetting("time chunks G=4", 4, 4),
     LSTMSetting("decoder G=4, LSTM one pattern", 4, 1),
+    LSTMSetting("decoder G=10, LSTM one pattern", 10, 1),
     LSTMSetting("defaults: decoder auto groups, LSTM time chunks G=2", "auto", None),
     LSTMSetting("sequence G=2", 2, 2, "sequence"),
     LSTMSetting("sequence G=4", 4, 4, "sequence"),

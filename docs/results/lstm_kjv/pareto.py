@@ -30,6 +30,7 @@ SETTINGS = {
     "struct2": "structured G=2",
     "struct4": "structured G=4",
     "dec4one": "decoder G=4, LSTM one pattern",
+    "dec10one": "decoder G=10, LSTM one pattern",
     "defaults": "defaults: decoder auto groups, LSTM time chunks G=2",
 }
 """Folder suffix -> the setting's name in ``ard-bench --lstm-settings``."""
