@@ -170,17 +170,23 @@ class ARDController:
         setting); the others stay nn.Dropout, with the reason: sequence mode and structured dropout have no
         measured safe default, and time chunks do not run on packed bidirectional input (unknown at fit start).
         Served LSTM sites are prepared for ``lstm_mode`` and ``lstm_recurrent_p`` (:meth:`_prepare_lstm_sites`)."""
-        c = self.config
-        if c.groups == "auto" and c.lstm_groups is None and c.lstm_recurrent_p is None:
-            lstm = [s for s in report.sites if s.kind.feeds_lstm and self._auto_lstm_reason(s) is not None]
+        if self._auto_lstm:
+            reasons = {s.name: self._auto_lstm_reason(s) for s in report.sites if s.kind.feeds_lstm}
+            lstm = [s for s in report.sites if reasons.get(s.name) is not None]
             plain = {s.dropout for s in lstm if s.dropout is not None}  # a dropout module is served whole or not
             shared = [s for s in report.sites if not s.kind.feeds_lstm and s.dropout in plain]
             report.sites = [s for s in report.sites if s not in lstm and s not in shared]
-            report.skipped += [Skipped(s.name, self._auto_lstm_reason(s)) for s in lstm]  # type: ignore[misc]
+            report.skipped += [Skipped(s.name, reasons[s.name]) for s in lstm]  # type: ignore[arg-type]
             report.skipped += [
                 Skipped(s.name, f"another use of {s.dropout} stays nn.Dropout (an LSTM site)") for s in shared
             ]
         self._prepare_lstm_sites(report)
+
+    @property
+    def _auto_lstm(self) -> bool:
+        """LSTM sites take the automatic setting: ``groups="auto"``, no ``lstm_groups``, no structured dropout."""
+        c = self.config
+        return c.groups == "auto" and c.lstm_groups is None and c.lstm_recurrent_p is None
 
     def _auto_lstm_reason(self, site: Site) -> str | None:
         """Why ``groups="auto"`` leaves an LSTM site as nn.Dropout (None: it serves it with time chunks)."""
@@ -353,7 +359,7 @@ class ARDController:
             names = [s for s in plan.layer_sites if s is not None] + follow
             if c.lstm_groups is not None:
                 groups = c.lstm_groups
-            elif c.groups == "auto" and c.lstm_mode == "time" and c.lstm_recurrent_p is None:
+            elif self._auto_lstm:  # only time-mode sites are left served (_leave_lstm_sites)
                 groups = AUTO_LSTM_GROUPS
             else:
                 groups = max(resolve_groups(c.groups, by_name[n].p) for n in names)

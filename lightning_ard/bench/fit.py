@@ -34,6 +34,7 @@ from lightning_ard.bench.cli import check_outputs
 from lightning_ard.bench.step import device_name
 from lightning_ard.callback import ApproximateDropout
 from lightning_ard.patterns.groups import describe
+from lightning_ard.step_speedup import StepSpeedMeter
 
 
 class _TimedARD(ApproximateDropout):
@@ -88,8 +89,8 @@ def _fit(
 def _ard_steps(times: list[float], callback: ApproximateDropout, skip: int) -> list[float]:
     """The ARD fit's step times after ``skip``, without the callback's timing-window steps (half of them run
     nn.Dropout)."""
-    meter = callback._meter  # the callback's own window schedule
-    kept = [t for i, t in enumerate(times) if i >= skip and meter.mode(i) is None]
+    meter = StepSpeedMeter(every=callback.measure_every)  # the schedule the callback's windows follow
+    kept = [t for i, t in enumerate(times) if i >= skip and not (callback.measure_speedup and meter.mode(i))]
     return kept or times[skip:]  # every timed step in a window: all of them
 
 

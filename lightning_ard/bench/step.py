@@ -35,8 +35,7 @@ from lightning_ard.app.models.mlp import build_mlp
 from lightning_ard.bench.cli import check_outputs, parse_rates, select_cases
 from lightning_ard.controller import ARDController
 from lightning_ard.patterns.groups import describe
-from lightning_ard import profiling
-from lightning_ard.profiling import time_calls
+from lightning_ard.profiling import calibrate, site_speedups, time_calls
 from lightning_ard.search import FAMILIES
 
 RATES = (0.3, 0.4, 0.5, 0.6, 0.7)
@@ -298,8 +297,8 @@ def _never_slower(ctl: ARDController, runner: _Runner) -> str:
     back to nn.Dropout, and give the plain model back when none is faster. Returns "served/total"."""
     sites = ctl.report.sites
     rates = {site.consumer: site.p for site in sites}
-    times = profiling.calibrate(ctl.surgery.linears, ctl.surgery.lstms, rates, [runner.opt])  # type: ignore[union-attr]
-    ctl.fall_back([name for name, x in profiling.site_speedups(times, sites).items() if not x > 1.0])
+    times = calibrate(ctl.surgery.linears, ctl.surgery.lstms, rates, [runner.opt])  # type: ignore[union-attr]
+    ctl.fall_back([name for name, x in site_speedups(times, sites).items() if not x > 1.0])
     kept = [s for s in sites if s.name not in ctl.fallen_back]
     if not kept:
         ctl.restore()

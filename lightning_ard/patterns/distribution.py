@@ -79,19 +79,16 @@ class PatternDistribution:
                 out[pos] = pattern
         return out  # type: ignore[return-value]
 
-    def sample_group(self, n: int, generator: torch.Generator | None = None) -> list[Pattern]:
-        """``n`` patterns of one candidate drawn for the step (independent offsets): the pattern groups of a step
-        then keep the same number of units, so their compact activations stack into one ``(rows, K)`` tensor.
-        Each unit is still kept with the candidate's probability in every group, and the candidate (hence the
-        kept count) follows the distribution from step to step."""
-        return list(self._candidate(generator).sample_many(n, generator))
-
-    def sample_group_stratified(self, n: int, generator: torch.Generator | None = None) -> list[Pattern]:
-        """Like :meth:`sample_group`, with the ``n`` offsets in equal strata of one random base
-        (:meth:`RowFamily.sample_stratified`): each group's pattern is marginally the same, and every unit is kept
-        by (almost) the same number of groups, so a step's gradient of a unit no longer depends on how many groups
-        happened to keep it."""
-        return list(self._candidate(generator).sample_stratified(n, generator))
+    def sample_group(self, n: int, generator: torch.Generator | None = None, stratified: bool = False) -> list[Pattern]:
+        """``n`` patterns of one candidate drawn for the step: the pattern groups of a step then keep the same number
+        of units, so their compact activations stack into one ``(rows, K)`` tensor. Each unit is still kept with the
+        candidate's probability in every group, and the candidate (hence the kept count) follows the distribution
+        from step to step. Offsets are independent, or with ``stratified`` in equal strata of one random base
+        (:meth:`RowFamily.sample_stratified`): every unit is then kept by (almost) the same number of groups, so a
+        step's gradient of a unit no longer depends on how many groups happened to keep it."""
+        family = self._candidate(generator)
+        draw = family.sample_stratified if stratified else family.sample_many
+        return list(draw(n, generator))
 
     def _candidate(self, generator: torch.Generator | None) -> Family:
         u = torch.rand((), generator=generator, dtype=torch.float64)

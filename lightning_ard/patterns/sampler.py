@@ -38,9 +38,8 @@ class PatternSampler:
         :mod:`lightning_ard.patterns.groups`).
 
         A step's groups share one candidate of the site's distribution (so one kept count). Their offsets are
-        drawn independently (:meth:`PatternDistribution.sample_group`), or, with ``stratified``, in equal strata of
-        one random base (:meth:`PatternDistribution.sample_group_stratified`: every unit kept by almost the same
-        number of groups). With ``pool`` set, each site draws only ``pool`` distinct patterns and every group
+        drawn independently, or, with ``stratified``, in equal strata of one random base (every unit kept by almost
+        the same number of groups; :meth:`PatternDistribution.sample_group`). With ``pool`` set, each site draws only ``pool`` distinct patterns and every group
         takes one of them uniformly at random: as many masks per row as with independent draws, but at most
         ``pool`` compact GEMMs (and weight gathers) per layer.
         """
@@ -48,11 +47,10 @@ class PatternSampler:
         out: dict[str, tuple[Pattern, ...]] = {}
         for name, dist in self.distributions.items():
             n = groups[name] if isinstance(groups, dict) else groups
-            draw = dist.sample_group_stratified if stratified else dist.sample_group
             if pool is None or pool >= n:
-                out[name] = tuple(draw(n, self.generator))
+                out[name] = tuple(dist.sample_group(n, self.generator, stratified))
                 continue
-            drawn = draw(pool, self.generator)
+            drawn = dist.sample_group(pool, self.generator, stratified)
             out[name] = tuple(drawn[i] for i in torch.randint(pool, (n,), generator=self.generator).tolist())
         return out
 

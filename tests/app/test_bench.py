@@ -136,7 +136,7 @@ def test_bench_never_slower_applies_the_callbacks_rule(slow, served, monkeypatch
         seen["layers"] = sorted(linears)
         return {path: (1.0, 2.0 if path in slow else 0.5) for path in linears}
 
-    monkeypatch.setattr(bench.profiling, "calibrate", fake_calibrate)
+    monkeypatch.setattr(bench, "calibrate", fake_calibrate)
     rec = bench.bench_case(_tiny_case(), "block", 0.5, torch.device("cpu"), 1, 1, 2, groups=2, never_slower=True)
     assert seen["layers"] == ["0", "3", "6"]
     assert rec.served == served and rec.label == f"block x2 groups (never slower: {served} sites)"
