@@ -27,7 +27,8 @@ case $stage in
   adam)
     run dropout "${adam[@]}" ard=dropout ard.p=0.3,0.5,0.7 seed=0,1,2
     run default "${adam[@]}" ard=default ard.p=0.3,0.5,0.7 seed=0,1,2 ;;
-  strat_sgd)
+  strat_sgd)  # nn.Dropout again beside them: the SGD runs of an earlier session differ run by run
+    run dropout "${sgd[@]}" ard=dropout ard.p=0.3,0.5,0.7 seed=0,1,2
     run default "${sgd[@]}" ard=default ard.p=0.3,0.5,0.7 seed=0,1,2 "${own[@]}"
     run g2_p03 "${sgd[@]}" ard=default ard.groups=2 ard.p=0.3 seed=0,1,2 "${own[@]}" ;;
   strat_adam)
