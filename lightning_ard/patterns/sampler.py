@@ -39,9 +39,9 @@ class PatternSampler:
 
         A step's groups share one candidate of the site's distribution (so one kept count). Their offsets are
         drawn independently, or, with ``stratified``, in equal strata of one random base (every unit kept by almost
-        the same number of groups; :meth:`PatternDistribution.sample_group`). With ``pool`` set, each site draws only ``pool`` distinct patterns and every group
-        takes one of them uniformly at random: as many masks per row as with independent draws, but at most
-        ``pool`` compact GEMMs (and weight gathers) per layer.
+        the same number of groups; :meth:`PatternDistribution.sample_group`). With ``pool`` set, each site draws
+        only ``pool`` distinct patterns and every group takes one of them uniformly at random: as many masks per
+        row as with independent draws, but at most ``pool`` compact GEMMs (and weight gathers) per layer.
         """
         self.steps += 1
         out: dict[str, tuple[Pattern, ...]] = {}
