@@ -8,6 +8,7 @@
 #   strat_sgd, strat_adam: the defaults after group_draws="stratified" became the default (3 seeds, p = 0.3/0.5/0.7),
 #            and 2 stratified groups at p = 0.3; the setting's own accuracy (never_slower and timing windows off)
 #   batch:   the defaults vs nn.Dropout, SGD momentum 0.9, p = 0.5, batch 32 (lr 0.01) and 1024 (lr 0.1), 2 seeds
+#   batch1024: batch 1024 again (lr 0.1): a third seed of nn.Dropout and the defaults, and 8 groups, 3 seeds
 #   adamw:   the defaults vs nn.Dropout, AdamW lr 1e-3 weight decay 0.01, batch 256, p = 0.5, 3 seeds
 set -euo pipefail
 out=${1:?out root}; stage=${2:?stage}
@@ -41,6 +42,11 @@ case $stage in
       run dropout_b$1 "${bs[@]}" ard=dropout ard.p=0.5 seed=0,1
       run default_b$1 "${bs[@]}" ard=default ard.p=0.5 seed=0,1 "${own[@]}"
     done ;;
+  batch1024)
+    bs=(model.optimizer=sgd model.momentum=0.9 data.batch_size=1024 model.lr=0.1)
+    run dropout_b1024 "${bs[@]}" ard=dropout ard.p=0.5 seed=2
+    run default_b1024 "${bs[@]}" ard=default ard.p=0.5 seed=2 "${own[@]}"
+    run g8_b1024 "${bs[@]}" ard=default ard.groups=8 ard.p=0.5 seed=0,1,2 "${own[@]}" ;;
   adamw)
     aw=(model.optimizer=adamw model.lr=0.001 model.weight_decay=0.01 data.batch_size=256)
     run dropout "${aw[@]}" ard=dropout ard.p=0.5 seed=0,1,2
