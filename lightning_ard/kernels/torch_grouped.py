@@ -4,9 +4,8 @@ Group g owns a set of rows of the (flattened) input and its own kept input units
 ``y_g = scale_g · x_g[:, in_g] · W[out_g][:, in_g]ᵀ + b[out_g]`` is computed on weight *views* where the kept
 units are contiguous ranges (block patterns: one range, or two where the block wraps around the end), with the
 result written straight into its place in the output (``addmm(..., out=view)``, no per-group temporaries), and the
-backward writes each group's block of the weight gradient into one full-size gradient in place: the first block to
-reach an element overwrites it, later ones add on, and only what no block covers is zeroed
-(:mod:`lightning_ard.kernels.cover`).
+backward writes each group's block of the weight gradient into one full-size gradient in place: disjoint blocks
+overwrite, the rest add on, and only what no block covers is zeroed (:mod:`lightning_ard.kernels.cover`).
 
 Compact layouts: when every group keeps the same number K of input (output) units, the input (output) may be a
 dense ``(rows, K)`` tensor whose row r holds the kept units of r's group, in sorted unit order ("compact per
@@ -24,7 +23,7 @@ from typing import Union
 
 import torch
 
-from lightning_ard.kernels.cover import plan_writes
+from lightning_ard.kernels.cover import plan_cover
 from lightning_ard.kernels.torch_ops import Index, compute_dtype, put, take
 
 Selection = Union[tuple[tuple[int, int], ...], slice, torch.Tensor, None]
@@ -161,9 +160,9 @@ def _weight_gradient(
 ) -> torch.Tensor:
     """The full-size weight gradient: the sum of every group's block ``scale · goᵀ a`` at (rows, cols).
 
-    When every block is a pair of ranges, each element is overwritten by the first block that reaches it
-    (``beta = 0``), later blocks add onto it, and only what no block reaches is zeroed
-    (:func:`~lightning_ard.kernels.cover.plan_writes`); gathered units fall back to zeros and adding every block."""
+    When every block is a pair of ranges, disjoint blocks overwrite (``beta = 0``) and only what none of them
+    covers is zeroed (:func:`~lightning_ard.kernels.cover.plan_cover`); gathered units fall back to zeros and
+    adding every block."""
     n_out, n_in = weight.shape
     rects = [_rect(rows, cols, n_out, n_in) for rows, cols, *_ in blocks]
     if any(r is None for r in rects):
@@ -171,15 +170,13 @@ def _weight_gradient(
         for rows, cols, go, a, scale in blocks:
             _write_weight(grad_w, rows, cols, go, a, scale, accumulate=True)
         return grad_w
-    writes, fills = plan_writes(rects, n_out, n_in)  # type: ignore[arg-type]
+    first, fills = plan_cover(rects, n_out, n_in)  # type: ignore[arg-type]
     grad_w = torch.empty(n_out, n_in, dtype=weight.dtype, device=weight.device)
     for r0, r1, c0, c1 in fills:
         grad_w[r0:r1, c0:c1].zero_()
-    for k, (r0, r1, c0, c1), adds in writes:  # overwriting parts come first
-        _, _, go, a, scale = blocks[k]
-        b_r0, _, b_c0, _ = rects[k]  # type: ignore[misc]
-        go_part, a_part = go.narrow(1, r0 - b_r0, r1 - r0), a.narrow(1, c0 - b_c0, c1 - c0)
-        _write_weight(grad_w, slice(r0, r1), slice(c0, c1), go_part, a_part, scale, accumulate=adds)
+    for k in sorted(range(len(blocks)), key=lambda k: not first[k]):  # overwriting blocks before adding ones
+        rows, cols, go, a, scale = blocks[k]
+        _write_weight(grad_w, rows, cols, go, a, scale, accumulate=not first[k])
     return grad_w
 
 
