@@ -8,8 +8,9 @@ Hooks, one job each (each delegates: the controller does the work, :mod:`lightni
   ``configure_model`` and runs after a checkpoint restore; it is safe for the optimizer and DDP because the swap
   changes the class of the same module objects, which keep the same Parameter objects (DDP's reducer and the
   optimizer hold those).
-* ``on_train_batch_start``: draw this step's patterns (every micro-batch under gradient accumulation), or, in a
-  timing window (:mod:`lightning_ard.step_speedup`), run the plain modules as the reference step.
+* ``on_train_batch_start``: at the first batch, let ``groups="auto"`` follow its size (more groups for larger
+  batches); draw this step's patterns (every micro-batch under gradient accumulation), or, in a timing window
+  (:mod:`lightning_ard.step_speedup`), run the plain modules as the reference step.
 * ``on_train_batch_end``: check every swapped dropout ran as often as it has sites, account FLOPs, log ``ard/…``
   (to the loggers and ``trainer.callback_metrics``); after the first step choose each layer's backend
   (``backend="auto"``), calibrate the per-site speedups and send sites that are not faster back to nn.Dropout
@@ -35,6 +36,7 @@ from typing_extensions import override
 from lightning_ard import accounting, profiling, step_speedup
 from lightning_ard.config import ARDConfig
 from lightning_ard.controller import ARDController
+from lightning_ard.patterns.groups import AUTO_SAMPLES_PER_GROUP, batch_samples
 
 RANK_SEED_STRIDE = 1_000_003
 """Seed offset per global rank, so that DDP ranks draw different patterns."""
@@ -203,6 +205,8 @@ class ApproximateDropout(pl.Callback):
         if not self.active:
             return
         ctl: ARDController = self.controller  # type: ignore[assignment]
+        if self._steps == 0:
+            self._follow_batch(ctl, batch)
         self._mode = self._meter.mode(self._steps) if self.measure_speedup else None
         if self._mode == step_speedup.PLAIN:
             ctl.plain_step()
@@ -213,6 +217,20 @@ class ApproximateDropout(pl.Callback):
         if self._mode is not None:
             profiling.synchronize(pl_module.device)
         self._step_start = time.perf_counter()
+
+    @staticmethod
+    def _follow_batch(ctl: ARDController, batch: Any) -> None:
+        """``groups="auto"``: the first batch's size (the first dimension of its first tensor) sets the Linear
+        sites' group count for the fit (:func:`~lightning_ard.patterns.groups.auto_groups`); said in one line when
+        it differs from the site table's."""
+        samples = batch_samples(batch)
+        changed = ctl.follow_batch(samples)
+        if changed:
+            counts = ", ".join(f"{name}: {g}" for name, g in changed.items())
+            rank_zero_info(
+                f"ApproximateDropout: groups='auto' follows the batch of {samples} samples: pattern groups per "
+                f"step {counts} (at most {AUTO_SAMPLES_PER_GROUP} samples per group at p = 0.5)"
+            )
 
     @override
     def on_train_batch_end(

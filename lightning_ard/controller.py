@@ -104,6 +104,8 @@ class ARDController:
         self._linears: list[_LinearPlan] = []
         self._lstms: list[_LSTMPlan] = []
         self._site_groups: dict[str, int] | None = None
+        self._lstm_site_groups: dict[str, int] = {}  # draws tied to an LSTM (time chunks, sequence groups)
+        self.samples: int | None = None  # samples per step that groups="auto" follows (None: not seen yet)
         self._plans: dict[str, _LinearPlan | _LSTMPlan] = {}
         self._lstm_followers: dict[str, str] = {}  # Linear site -> the LSTM whose sequence groups it follows
         self._hidden_distributions: dict[str, PatternDistribution] = {}  # <lstm>.h<layer> (structured, no site)
@@ -158,7 +160,20 @@ class ARDController:
         """Pattern groups per step at Linear sites (``config.groups`` resolved: ``"auto"`` is the safe count for the
         sites' rate; the largest over sites when their rates differ)."""
         rates = [s.p for s in self.report.sites if s.kind.feeds_linear] or [0.5]
-        return max(resolve_groups(self.config.groups, p) for p in rates)
+        return max(resolve_groups(self.config.groups, p, self.samples) for p in rates)
+
+    def follow_batch(self, samples: int | None) -> dict[str, int]:
+        """Let ``groups="auto"`` follow a step of ``samples`` samples (the first training batch's size): Linear
+        sites get :func:`~lightning_ard.patterns.groups.auto_groups` for it from the next draw on (LSTM-tied draws
+        keep their count). Returns the sites whose count changed, with the new count; a no-op for a fixed
+        ``groups``."""
+        if self.config.groups != "auto" or samples is None or samples == self.samples:
+            return {}
+        before = {site.name: self.site_groups(site.name) for site in self.report.sites}
+        self.samples = samples
+        if self.surgery is not None:
+            self._resolve_site_groups()
+        return {name: self.site_groups(name) for name, g in before.items() if self.site_groups(name) != g}
 
     def site_groups(self, site: str) -> int:
         """Patterns per step that ``site`` draws (1: the paper's one pattern per mini-batch)."""
@@ -331,12 +346,16 @@ class ARDController:
                 linears.setdefault(site.producer, _LinearPlan(producer)).out_site = site.name  # type: ignore[arg-type]
         self._linears, self._lstms = list(linears.values()), list(lstms.values())
         self._plans: dict[str, _LinearPlan | _LSTMPlan] = {**linears, **lstms}
-        c = self.config
-        lstm_groups = self._plan_lstms(lstms, linears)
-        self._site_groups = {  # patterns per step per draw; None = the paper's one pattern (the plain draw)
-            site.name: lstm_groups.get(site.name, resolve_groups(c.groups, site.p)) for site in self.report.sites
+        self._lstm_site_groups = self._plan_lstms(lstms, linears)
+        self._resolve_site_groups()
+
+    def _resolve_site_groups(self) -> None:
+        """Patterns per step of every draw (``None``: all 1, the paper's one pattern and the plain draw)."""
+        c, tied = self.config, self._lstm_site_groups
+        self._site_groups = {
+            site.name: tied.get(site.name, resolve_groups(c.groups, site.p, self.samples)) for site in self.report.sites
         }
-        self._site_groups.update({name: lstm_groups[name] for name in self._hidden_distributions})
+        self._site_groups.update({name: tied[name] for name in self._hidden_distributions})
         if all(g == 1 for g in self._site_groups.values()):
             self._site_groups = None
 

@@ -10,6 +10,9 @@
 #   batch:   the defaults vs nn.Dropout, SGD momentum 0.9, p = 0.5, batch 32 (lr 0.01) and 1024 (lr 0.1), 2 seeds
 #   batch1024: batch 1024 again (lr 0.1): a third seed of nn.Dropout and the defaults, and 8 groups, 3 seeds
 #   adamw:   the defaults vs nn.Dropout, AdamW lr 1e-3 weight decay 0.01, batch 256, p = 0.5, 3 seeds
+#   batch_rule: the groups that follow the batch (groups="auto": max(rate count, ceil(samples / 128) x rate
+#            factor)), SGD lr 0.1, 3 seeds: batch 512 at p = 0.5 (4 groups), batch 1024 at p = 0.3 (4 groups)
+#            and p = 0.7 (19 groups; 10, the rate-only count, beside them)
 set -euo pipefail
 out=${1:?out root}; stage=${2:?stage}
 common=(experiment=mlp_fashion trainer.max_epochs=4 trainer.enable_progress_bar=false trainer.enable_model_summary=false)
@@ -51,5 +54,14 @@ case $stage in
     aw=(model.optimizer=adamw model.lr=0.001 model.weight_decay=0.01 data.batch_size=256)
     run dropout "${aw[@]}" ard=dropout ard.p=0.5 seed=0,1,2
     run default "${aw[@]}" ard=default ard.p=0.5 seed=0,1,2 "${own[@]}" ;;
+  batch_rule)
+    b512=(model.optimizer=sgd model.momentum=0.9 data.batch_size=512 model.lr=0.1)
+    b1024=(model.optimizer=sgd model.momentum=0.9 data.batch_size=1024 model.lr=0.1)
+    run dropout_b512 "${b512[@]}" ard=dropout ard.p=0.5 seed=0,1,2
+    run g4_b512 "${b512[@]}" ard=default ard.groups=4 ard.p=0.5 seed=0,1,2 "${own[@]}"
+    run dropout_b1024 "${b1024[@]}" ard=dropout ard.p=0.3,0.7 seed=0,1,2
+    run g4_b1024_p03 "${b1024[@]}" ard=default ard.groups=4 ard.p=0.3 seed=0,1,2 "${own[@]}"
+    run g19_b1024_p07 "${b1024[@]}" ard=default ard.groups=19 ard.p=0.7 seed=0,1,2 "${own[@]}"
+    run g10_b1024_p07 "${b1024[@]}" ard=default ard.groups=10 ard.p=0.7 seed=0,1,2 "${own[@]}" ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac

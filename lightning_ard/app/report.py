@@ -149,6 +149,12 @@ def read_config(run_dir: Path) -> DictConfig:
     return cfg
 
 
+def _batch_size(cfg: dict) -> int | None:
+    """The run's ``data.batch_size`` (what ``groups="auto"`` follows in the app's models), if it has one."""
+    size = (cfg.get("data") or {}).get("batch_size")
+    return int(size) if isinstance(size, int) else None
+
+
 def load_run(run_dir: Path, root: Path) -> RunResult:
     """Config, scalars and final metrics of one run, reduced to a report row (speedup filled in later)."""
     cfg = read_config(run_dir)
@@ -159,7 +165,7 @@ def load_run(run_dir: Path, root: Path) -> RunResult:
         pool, lstm_groups = ard.get("pool"), ard.get("lstm_groups")
         family = describe(
             family,
-            resolve_groups(ard.get("groups", 1) or 1, float(ard.get("p") or 0.5)),
+            resolve_groups(ard.get("groups", 1) or 1, float(ard.get("p") or 0.5), _batch_size(cfg)),
             None if pool is None else int(pool),
             None if lstm_groups is None else int(lstm_groups),
         )

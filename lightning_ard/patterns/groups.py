@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TypeVar, Union
+from typing import Any, TypeVar, Union
+
+import torch
 
 from lightning_ard.patterns.row import RowPattern
 from lightning_ard.patterns.tile import TilePattern
@@ -26,21 +28,40 @@ from lightning_ard.patterns.tile import TilePattern
 P = TypeVar("P")
 
 AUTO_GROUPS = 4
-"""Pattern groups per step under ``groups="auto"`` (the default) at p = 0.5, and the fewest at any rate. Measured
-(docs/results.md, "Safe defaults"): with one pattern per mini-batch a kept unit's gradient carries the noise of one
-mask, of relative size sqrt(p / ((1-p) G)) for G groups whatever the batch size, and SGD with momentum diverged at
-G = 1; at p = 0.5, 2 groups lost 1.1 points, 4 groups 0.15-0.27, 8 none. :func:`auto_groups` keeps that noise at
-its p = 0.5, G = 4 level at every rate (4 groups at p = 0.7 lost 9 points). Stratified draws (the default) remove
-most of it (4 groups at p = 0.5: +0.17 points with SGD, +0.29 with Adam; 2 groups: -0.46), but 2 groups are not
-safe at p = 0.5 nor at p = 0.3 (-0.40 with SGD, -0.30 with Adam), so the count stays. AdamW (+0.37) and batch 32
-(+1.01) keep accuracy too, but batch 1024 with SGD lr 0.1 does not (-0.69 points; 8 groups: -0.19): the count does
-not yet follow the batch size. The price of groups is set by the rows per group (GEMM size), not by their number."""
+"""Pattern groups per step under ``groups="auto"`` (the default) at p = 0.5 up to 512 samples per step, and the
+fewest at any rate. Measured (docs/results.md, "Safe defaults"): with one pattern per mini-batch a kept unit's
+gradient carries the noise of one mask, of relative size sqrt(p / ((1-p) G)) for G groups, and SGD with momentum
+diverged at G = 1; at p = 0.5, batch 128, 2 groups lost 1.1 points, 4 groups 0.15-0.27, 8 none. Stratified draws
+(the default) remove most of it (4 groups: +0.17 points with SGD, +0.29 with Adam, +0.37 with AdamW, +1.01 at
+batch 32), but 2 groups are not safe at p = 0.5 nor at p = 0.3 (-0.40 with SGD, -0.30 with Adam), so the count
+stays. The price of groups is set by the rows per group (GEMM size), not by their number."""
+
+AUTO_SAMPLES_PER_GROUP = 128
+"""Most samples per group under ``groups="auto"`` at p = 0.5: a larger batch gets more groups. The mask noise
+does not shrink with the batch while the data's does, so at batch 1024 (SGD lr 0.1) 4 groups of 256 samples lost
+0.69 points and 8 groups of 128 lost 0.19 (3 seeds; docs/results.md, "Safe defaults")."""
 
 
-def auto_groups(p: float) -> int:
-    """Groups per step under ``groups="auto"`` for a site of rate ``p``: the smallest G >= :data:`AUTO_GROUPS`
-    with p / ((1-p) G) at most its value at p = 0.5, G = 4 (4 up to p = 0.5, 6 at 0.6, 10 at 0.7, 16 at 0.8)."""
-    return max(AUTO_GROUPS, math.ceil(AUTO_GROUPS * p / (1.0 - p) - 1e-9))
+def auto_groups(p: float, samples: int | None = None) -> int:
+    """Groups per step under ``groups="auto"`` for a site of rate ``p`` in steps of ``samples`` samples (None:
+    unknown, as up to 512): the smallest G >= :data:`AUTO_GROUPS` that keeps p / ((1-p) G) at its value for
+    p = 0.5 with max(4, samples / 128) groups (4 up to p = 0.5, 6 at 0.6, 10 at 0.7, 16 at 0.8; 8 at batch 1024
+    and p = 0.5, 19 at p = 0.7)."""
+    reference = max(AUTO_GROUPS, (samples or 0) / AUTO_SAMPLES_PER_GROUP)
+    return max(AUTO_GROUPS, math.ceil(reference * p / (1.0 - p) - 1e-9))
+
+
+def batch_samples(batch: Any) -> int | None:
+    """Samples in a training batch: the first dimension of its first tensor (depth first through sequences and
+    mappings, as Lightning finds a batch size), ``None`` when it holds no tensor with a dimension."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() > 0 else None
+    items = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else ()
+    for item in items:
+        found = batch_samples(item)
+        if found is not None:
+            return found
+    return None
 
 
 AUTO_LSTM_GROUPS = 2
@@ -55,10 +76,12 @@ MAX_GROUPS = 1 << 20
 """Largest accepted ``groups``: more groups than rows are empty (free), but each costs a draw per step."""
 
 
-def resolve_groups(groups: int | str, p: float = 0.5) -> int:
-    """Patterns per step for a ``groups`` setting at rate ``p``: the number itself, or :func:`auto_groups` for
-    ``"auto"``."""
-    return auto_groups(p) if groups == "auto" else int(groups)
+def resolve_groups(groups: int | str, p: float = 0.5, samples: int | None = None) -> int:
+    """Patterns per step for a ``groups`` setting at rate ``p`` and ``samples`` per step: the number itself, or
+    :func:`auto_groups` for ``"auto"``."""
+    return auto_groups(p, samples) if groups == "auto" else int(groups)
+
+
 RowSlot = Union[RowPattern, Sequence[RowPattern], None]
 """What a layer's row-pattern slot takes: nothing, one pattern, or one pattern per group."""
 TileSlot = Union[TilePattern, Sequence[TilePattern], None]

@@ -224,14 +224,17 @@ def test_no_sites_warns_and_trains_unchanged(tmp_path) -> None:
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("groups", [1, 5])
-def test_resume_reproduces_uninterrupted_fit(tmp_path, groups) -> None:
+@pytest.mark.parametrize(("groups", "batch"), [(1, 16), (5, 16), ("auto", 600)])
+def test_resume_reproduces_uninterrupted_fit(tmp_path, groups, batch) -> None:
+    """Same parameters after a resume; with groups="auto" on batches of 600 (5 groups, from the batch) too."""
+
     def fit(epochs, ckpt=None, save=None):
         pl.seed_everything(0)
         model = MLP()
         cb = ApproximateDropout(seed=3, measure_speedup=False, groups=groups)
         trainer = _trainer(tmp_path, cb, max_steps=-1, max_epochs=epochs, logger=False)
-        trainer.fit(model, _data(), ckpt_path=ckpt)
+        trainer.fit(model, _data(n=4 * batch, batch=batch), ckpt_path=ckpt)
+        assert cb.controller.site_groups("net.2") == (groups if groups != "auto" else 5)
         if save:
             trainer.save_checkpoint(save)
         return model
@@ -242,6 +245,23 @@ def test_resume_reproduces_uninterrupted_fit(tmp_path, groups) -> None:
     resumed = fit(2, ckpt=str(tmp_path / "half.ckpt"))
     for a, b in zip(full.parameters(), resumed.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_auto_groups_follow_the_first_batch(tmp_path, caplog) -> None:
+    """groups="auto" at batch 1024 draws 8 groups per Linear site from the first step on (4 in the site table),
+    says so once, and counts them in the benchmark label; a fixed count stays as set."""
+    pl.seed_everything(0)
+    cb = ApproximateDropout(measure_speedup=False)
+    with caplog.at_level("INFO"):
+        _trainer(tmp_path, cb, max_steps=2).fit(MLP(), _data(n=2048, batch=1024))
+    ctl = cb.controller
+    assert ctl.samples == 1024 and ctl.linear_groups == 8
+    assert {s.name: ctl.site_groups(s.name) for s in ctl.report.sites} == {"net.2": 8, "net.5": 8}
+    assert all(len(ctl.patterns[name]) == 8 for name in ("net.2", "net.5"))  # the last step's draws
+    assert "groups='auto' follows the batch of 1024 samples: pattern groups per step net.2: 8, net.5: 8" in caplog.text
+    fixed = ApproximateDropout(groups=4, measure_speedup=False)
+    _trainer(tmp_path / "b", fixed, max_steps=1).fit(MLP(), _data(n=1024, batch=1024))
+    assert fixed.controller.linear_groups == 4 and len(fixed.controller.patterns["net.2"]) == 4
 
 
 def test_metrics_reach_callback_metrics_without_a_logger(tmp_path) -> None:
