@@ -36,7 +36,7 @@ from typing_extensions import override
 from lightning_ard import accounting, profiling, step_speedup
 from lightning_ard.config import ARDConfig
 from lightning_ard.controller import ARDController
-from lightning_ard.patterns.groups import AUTO_SAMPLES_PER_GROUP, batch_samples
+from lightning_ard.patterns.groups import AUTO_BATCH, batch_samples
 
 RANK_SEED_STRIDE = 1_000_003
 """Seed offset per global rank, so that DDP ranks draw different patterns."""
@@ -229,7 +229,7 @@ class ApproximateDropout(pl.Callback):
             counts = ", ".join(f"{name}: {g}" for name, g in changed.items())
             rank_zero_info(
                 f"ApproximateDropout: groups='auto' follows the batch of {samples} samples: pattern groups per "
-                f"step {counts} (at most {AUTO_SAMPLES_PER_GROUP} samples per group at p = 0.5)"
+                f"step {counts} (above {AUTO_BATCH} samples they grow with the square root of the batch)"
             )
 
     @override

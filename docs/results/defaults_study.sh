@@ -13,6 +13,10 @@
 #   batch_rule: the groups that follow the batch (groups="auto": max(rate count, ceil(samples / 128) x rate
 #            factor)), SGD lr 0.1, 3 seeds: batch 512 at p = 0.5 (4 groups), batch 1024 at p = 0.3 (4 groups)
 #            and p = 0.7 (19 groups; 10, the rate-only count, beside them)
+#   batch_rule2a, batch_rule2b: more seeds (6 in all) where batch_rule was short of 0.3 points, and 8 groups
+#            beside them: batch 512 at p = 0.5, batch 1024 at p = 0.3; batch 1024 at p = 0.5 in this session too
+#   batch_rule3a, batch_rule3b: 6 groups at batch 512, p = 0.5 (what groups grown with the square root of the batch
+#            give there), seeds 0-2 and 3-5 (one stage per core)
 set -euo pipefail
 out=${1:?out root}; stage=${2:?stage}
 common=(experiment=mlp_fashion trainer.max_epochs=4 trainer.enable_progress_bar=false trainer.enable_model_summary=false)
@@ -63,5 +67,22 @@ case $stage in
     run g4_b1024_p03 "${b1024[@]}" ard=default ard.groups=4 ard.p=0.3 seed=0,1,2 "${own[@]}"
     run g19_b1024_p07 "${b1024[@]}" ard=default ard.groups=19 ard.p=0.7 seed=0,1,2 "${own[@]}"
     run g10_b1024_p07 "${b1024[@]}" ard=default ard.groups=10 ard.p=0.7 seed=0,1,2 "${own[@]}" ;;
+  batch_rule2a)
+    b512=(model.optimizer=sgd model.momentum=0.9 data.batch_size=512 model.lr=0.1)
+    b1024=(model.optimizer=sgd model.momentum=0.9 data.batch_size=1024 model.lr=0.1)
+    run dropout_b512 "${b512[@]}" ard=dropout ard.p=0.5 seed=3,4,5
+    run g4_b512 "${b512[@]}" ard=default ard.groups=4 ard.p=0.5 seed=3,4,5 "${own[@]}"
+    run g8_b512 "${b512[@]}" ard=default ard.groups=8 ard.p=0.5 seed=0,1,2,3,4,5 "${own[@]}"
+    run dropout_b1024 "${b1024[@]}" ard=dropout ard.p=0.3 seed=3,4,5
+    run g4_b1024_p03 "${b1024[@]}" ard=default ard.groups=4 ard.p=0.3 seed=3,4,5 "${own[@]}" ;;
+  batch_rule2b)
+    b1024=(model.optimizer=sgd model.momentum=0.9 data.batch_size=1024 model.lr=0.1)
+    run g8_b1024_p03 "${b1024[@]}" ard=default ard.groups=8 ard.p=0.3 seed=0,1,2,3,4,5 "${own[@]}"
+    run dropout_b1024_p05 "${b1024[@]}" ard=dropout ard.p=0.5 seed=0,1,2,3,4,5
+    run g8_b1024_p05 "${b1024[@]}" ard=default ard.groups=8 ard.p=0.5 seed=0,1,2,3,4,5 "${own[@]}" ;;
+  batch_rule3a | batch_rule3b)
+    b512=(model.optimizer=sgd model.momentum=0.9 data.batch_size=512 model.lr=0.1)
+    seeds=$([ "$stage" = batch_rule3a ] && echo 0,1,2 || echo 3,4,5)
+    run g6_b512 "${b512[@]}" ard=default ard.groups=6 ard.p=0.5 seed=$seeds "${own[@]}" ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac

@@ -28,26 +28,28 @@ from lightning_ard.patterns.tile import TilePattern
 P = TypeVar("P")
 
 AUTO_GROUPS = 4
-"""Pattern groups per step under ``groups="auto"`` (the default) at p = 0.5 up to 512 samples per step, and the
-fewest at any rate. Measured (docs/results.md, "Safe defaults"): with one pattern per mini-batch a kept unit's
-gradient carries the noise of one mask, of relative size sqrt(p / ((1-p) G)) for G groups, and SGD with momentum
-diverged at G = 1; at p = 0.5, batch 128, 2 groups lost 1.1 points, 4 groups 0.15-0.27, 8 none. Stratified draws
-(the default) remove most of it (4 groups: +0.17 points with SGD, +0.29 with Adam, +0.37 with AdamW, +1.01 at
-batch 32), but 2 groups are not safe at p = 0.5 nor at p = 0.3 (-0.40 with SGD, -0.30 with Adam), so the count
-stays. The price of groups is set by the rows per group (GEMM size), not by their number."""
+"""Pattern groups per step under ``groups="auto"`` (the default) at p = 0.5 up to :data:`AUTO_BATCH` samples per
+step, and the fewest at any rate. Measured (docs/results.md, "Safe defaults"): with one pattern per mini-batch a
+kept unit's gradient carries the noise of one mask, of relative size sqrt(p / ((1-p) G)) for G groups, and SGD
+with momentum diverged at G = 1; at p = 0.5, batch 128, 2 groups lost 1.1 points, 4 groups 0.15-0.27, 8 none.
+Stratified draws (the default) remove most of it (4 groups: +0.17 points with SGD, +0.29 with Adam, +0.37 with
+AdamW, +1.01 at batch 32), but 2 groups are not safe at p = 0.5 nor at p = 0.3 (-0.40 with SGD, -0.30 with Adam),
+so the count stays. The price of groups is set by the rows per group (GEMM size), not by their number."""
 
-AUTO_SAMPLES_PER_GROUP = 128
-"""Most samples per group under ``groups="auto"`` at p = 0.5: a larger batch gets more groups. The mask noise
-does not shrink with the batch while the data's does, so at batch 1024 (SGD lr 0.1) 4 groups of 256 samples lost
-0.69 points and 8 groups of 128 lost 0.19 (3 seeds; docs/results.md, "Safe defaults")."""
+AUTO_BATCH = 256
+"""Samples per step up to which :data:`AUTO_GROUPS` serve p = 0.5; larger batches get more groups, growing with
+the square root of the batch (8 at 1024). Measured with SGD, momentum 0.9, lr 0.1, p = 0.5, 6 seeds
+(docs/results.md, "Safe defaults"): batch 512 lost 0.41 points with 4 groups, 0.15 with 8; batch 1024 lost
+0.12 with 8 groups (0.69 with 4, 3 seeds). Groups in proportion to the batch (16 at 1024) would cost speed
+the accuracy does not ask for."""
 
 
 def auto_groups(p: float, samples: int | None = None) -> int:
     """Groups per step under ``groups="auto"`` for a site of rate ``p`` in steps of ``samples`` samples (None:
-    unknown, as up to 512): the smallest G >= :data:`AUTO_GROUPS` that keeps p / ((1-p) G) at its value for
-    p = 0.5 with max(4, samples / 128) groups (4 up to p = 0.5, 6 at 0.6, 10 at 0.7, 16 at 0.8; 8 at batch 1024
-    and p = 0.5, 19 at p = 0.7)."""
-    reference = max(AUTO_GROUPS, (samples or 0) / AUTO_SAMPLES_PER_GROUP)
+    unknown, as up to :data:`AUTO_BATCH`): the smallest G >= :data:`AUTO_GROUPS` that keeps p / ((1-p) G) at its
+    value for p = 0.5 with 4 sqrt(samples / 256) groups, at least 4 (4 up to p = 0.5, 6 at 0.6, 10 at 0.7, 16 at
+    0.8; at 1024 samples 4 at p = 0.3, 8 at 0.5, 19 at 0.7)."""
+    reference = max(1.0, math.sqrt((samples or 0) / AUTO_BATCH)) * AUTO_GROUPS
     return max(AUTO_GROUPS, math.ceil(reference * p / (1.0 - p) - 1e-9))
 
 

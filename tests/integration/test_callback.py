@@ -226,7 +226,7 @@ def test_no_sites_warns_and_trains_unchanged(tmp_path) -> None:
 
 @pytest.mark.parametrize(("groups", "batch"), [(1, 16), (5, 16), ("auto", 600)])
 def test_resume_reproduces_uninterrupted_fit(tmp_path, groups, batch) -> None:
-    """Same parameters after a resume; with groups="auto" on batches of 600 (5 groups, from the batch) too."""
+    """Same parameters after a resume; with groups="auto" on batches of 600 (7 groups, from the batch) too."""
 
     def fit(epochs, ckpt=None, save=None):
         pl.seed_everything(0)
@@ -234,7 +234,7 @@ def test_resume_reproduces_uninterrupted_fit(tmp_path, groups, batch) -> None:
         cb = ApproximateDropout(seed=3, measure_speedup=False, groups=groups)
         trainer = _trainer(tmp_path, cb, max_steps=-1, max_epochs=epochs, logger=False)
         trainer.fit(model, _data(n=4 * batch, batch=batch), ckpt_path=ckpt)
-        assert cb.controller.site_groups("net.2") == (groups if groups != "auto" else 5)
+        assert cb.controller.site_groups("net.2") == (groups if groups != "auto" else 7)
         if save:
             trainer.save_checkpoint(save)
         return model

@@ -186,10 +186,10 @@ def test_groups_auto_resolves_to_the_safe_count() -> None:
 
 
 def test_groups_auto_follows_the_samples_per_step() -> None:
-    """Up to 512 samples the rate's count; above, at most 128 samples per group at p = 0.5, the rate's factor on
-    top; a fixed count ignores the batch."""
-    assert [auto_groups(0.5, n) for n in (None, 32, 512, 513, 600, 1024, 2048)] == [4, 4, 4, 5, 5, 8, 16]
-    assert auto_groups(0.3, 1024) == 4 and auto_groups(0.3, 2048) == 7
+    """Up to 256 samples the rate's count; above, 4 sqrt(samples / 256) at p = 0.5, the rate's factor on top; a
+    fixed count ignores the batch."""
+    assert [auto_groups(0.5, n) for n in (None, 32, 256, 257, 512, 600, 1024, 4096)] == [4, 4, 4, 5, 6, 7, 8, 16]
+    assert auto_groups(0.3, 1024) == 4 and auto_groups(0.3, 4096) == 7
     assert auto_groups(0.7, 256) == 10 and auto_groups(0.7, 1024) == 19
     assert resolve_groups("auto", 0.5, 1024) == 8 and resolve_groups(3, 0.5, 1024) == 3
 
