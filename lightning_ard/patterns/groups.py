@@ -71,8 +71,8 @@ AUTO_LSTM_GROUPS = 2
 layer runs as 2 fused calls, chunk 1 carrying its state into chunk 2, with 2 stratified patterns, while the Linear
 site after the LSTM (the decoder) takes :func:`auto_groups`. Measured on the KJV corpus (docs/results.md, "LSTM
 on a PTB-size corpus"): at p = 0.5 test perplexity 78.1 against nn.Dropout's 79.7 (3 seeds; +0.3 % at p = 0.3,
--3.6 % at 0.7), 1.15-1.32x on the paper's 2 x 650 step on a Xeon, 1.31-1.41x on an AMD EPYC (one pattern per
-step: +20 %, 1.33-1.45x on the Xeon)."""
+-3.6 % at 0.7), 1.15-1.32x on the paper's 2 x 650 step on a Xeon, 1.31-1.41x on an AMD EPYC, 1.20x on a
+faster Xeon (one pattern per step: +20 %, 1.33-1.45x on the Xeon)."""
 
 MAX_GROUPS = 1 << 20
 """Largest accepted ``groups``: more groups than rows are empty (free), but each costs a draw per step."""
