@@ -132,6 +132,7 @@ def read_config(run_dir: Path) -> DictConfig:
         cfg = OmegaConf.create(
             {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v for k, v in parts.items()}
         )
+        cfg.data = {"batch_size": _selected(loaded, "data.batch_size")}  # what groups="auto" follows
     except SkippedRun:
         raise
     except Exception as err:  # YAML syntax, missing interpolation keys, bad values: all make the run unreadable
@@ -149,7 +150,15 @@ def read_config(run_dir: Path) -> DictConfig:
     return cfg
 
 
-def _batch_size(cfg: dict) -> int | None:
+def _selected(cfg: DictConfig, key: str) -> object:
+    """``cfg``'s value at dotted ``key``, or None when it is missing or does not resolve outside a Hydra job."""
+    try:
+        return OmegaConf.select(cfg, key, default=None)
+    except Exception:  # an interpolation that needs Hydra's runtime, e.g. ${hydra:runtime.cwd}
+        return None
+
+
+def _batch_size(cfg: DictConfig) -> int | None:
     """The run's ``data.batch_size`` (what ``groups="auto"`` follows in the app's models), if it has one."""
     size = (cfg.get("data") or {}).get("batch_size")
     return int(size) if isinstance(size, int) else None

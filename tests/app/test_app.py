@@ -217,14 +217,16 @@ def test_cli_multirun_sweep_over_two_rates_and_report(tmp_path: Path) -> None:
     assert table.startswith("| run | status | model | family | p |") and table.count("\n") == 6
 
 
-def fake_run(run_dir: Path, family: str, p: float, metrics: dict[str, float] | None, extra: str = "") -> None:
+def fake_run(
+    run_dir: Path, family: str, p: float, metrics: dict[str, float] | None, extra: str = "", data: str = ""
+) -> None:
     """A run folder as the app leaves it: the composed config, and metrics.json unless the run failed."""
     (run_dir / ".hydra").mkdir(parents=True)
     ard = "enabled: false\n  pattern: dropout" if family == "dropout" else f"enabled: true\n  pattern: {family}"
     ard += extra
     (run_dir / ".hydra" / "config.yaml").write_text(
         f"model:\n  _target_: lightning_ard.app.models.MLPClassifier\n  input_dim: 784\n  widths: [64]\n"
-        f"  num_classes: 10\n  dropout: ${{ard.p}}\nard:\n  {ard}\n  p: {p}\n"
+        f"  num_classes: 10\n  dropout: ${{ard.p}}\nard:\n  {ard}\n  p: {p}\n" + (f"data:\n  {data}\n" if data else "")
     )
     if metrics is not None:
         (run_dir / "metrics.json").write_text(json.dumps(metrics))
@@ -273,6 +275,17 @@ def test_report_labels_pattern_groups(tmp_path: Path) -> None:
     summary = (tmp_path / "report_summary.md").read_text()
     assert "| row x700 groups pool 8 lstm 5 | 1 | 81.00 (test accuracy) | +1.00 pt |" in summary
     assert "| row | 1 | 79.00 (test accuracy) | -1.00 pt |" in summary
+
+
+def test_report_labels_auto_groups_by_the_runs_batch(tmp_path: Path) -> None:
+    """groups=auto is labelled with the count the callback draws for the run's data.batch_size."""
+    fake_run(tmp_path / "0", "dropout", 0.5, {"test/acc": 0.80, "time/step_ms_median": 10.0})
+    fake_run(tmp_path / "1", "block", 0.5, {"test/acc": 0.80}, "\n  groups: auto", "batch_size: 1024")
+    fake_run(tmp_path / "2", "block", 0.7, {"test/acc": 0.70}, "\n  groups: auto", "batch_size: 128")
+    assert report_main([str(tmp_path)]) == 0
+    with (tmp_path / "report.csv").open() as f:
+        families = sorted((r["family"], r["p"]) for r in csv.DictReader(f))
+    assert families == [("block x10 groups", "0.7"), ("block x8 groups", "0.5"), ("dropout", "0.5")]
 
 
 def test_truncated_test_file_fails_before_training(tmp_path: Path) -> None:

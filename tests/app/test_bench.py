@@ -9,10 +9,10 @@ from lightning_ard.bench import fit as fit_bench
 from lightning_ard.bench import step as bench
 
 
-def _tiny_case() -> bench.Case:
+def _tiny_case(rows: int = 32) -> bench.Case:
     def batch(device):
         g = torch.Generator().manual_seed(0)
-        return torch.randn(32, 16, generator=g), torch.randint(0, 4, (32,), generator=g)
+        return torch.randn(rows, 16, generator=g), torch.randint(0, 4, (rows,), generator=g)
 
     return bench.Case(
         "tiny_mlp",
@@ -51,6 +51,13 @@ def test_bench_case_with_groups(tmp_path) -> None:
     assert "| row x4 groups | 0.5 |" in bench.format_table([rec])
     bench.plot([rec], tmp_path / "g.png")
     assert json.loads(json.dumps(bench.asdict(rec)))["groups"] == 4
+
+
+def test_bench_case_auto_groups_follow_the_batch() -> None:
+    """groups="auto" at batch 1024 runs 8 groups, as a fit would, and the grouped limit has 8 compact models."""
+    rec = bench.bench_case(_tiny_case(1024), "block", 0.5, torch.device("cpu"), 1, 1, 2, groups="auto")
+    assert rec.groups == 8 and rec.label == "block x8 groups"
+    assert rec.grouped_limit is not None and rec.grouped_limit < rec.limit  # 8 models on 128 rows cost more
 
 
 def test_fit_bench_writes_json(tmp_path) -> None:
