@@ -15,6 +15,9 @@
 #            and p = 0.7 (19 groups; 10, the rate-only count, beside them)
 #   batch_rule2a, batch_rule2b: more seeds (6 in all) where batch_rule was short of 0.3 points, and 8 groups
 #            beside them: batch 512 at p = 0.5, batch 1024 at p = 0.3; batch 1024 at p = 0.5 in this session too
+#   big_a, big_b: the batch rule's defaults (groups="auto" from the batch) against nn.Dropout at the large batches
+#            with Adam (lr 1e-3, batch 512 and 1024) and with SGD at the low end of its lr range (0.01, batch 1024),
+#            p = 0.5, 3 seeds (one stage per core)
 #   batch_rule3a, batch_rule3b: 6 groups at batch 512, p = 0.5 (what groups grown with the square root of the batch
 #            give there), seeds 0-2 and 3-5 (one stage per core)
 set -euo pipefail
@@ -84,5 +87,12 @@ case $stage in
     b512=(model.optimizer=sgd model.momentum=0.9 data.batch_size=512 model.lr=0.1)
     seeds=$([ "$stage" = batch_rule3a ] && echo 0,1,2 || echo 3,4,5)
     run g6_b512 "${b512[@]}" ard=default ard.groups=6 ard.p=0.5 seed=$seeds "${own[@]}" ;;
+  big_a)
+    run adam_b512 model.optimizer=adam model.lr=0.001 data.batch_size=512 ard=dropout,default ard.p=0.5 seed=0,1,2 "${own[@]}"
+    run adam_b1024 model.optimizer=adam model.lr=0.001 data.batch_size=1024 ard=dropout ard.p=0.5 seed=0,1,2 ;;
+  big_b)
+    run adam_b1024 model.optimizer=adam model.lr=0.001 data.batch_size=1024 ard=default ard.p=0.5 seed=0,1,2 "${own[@]}"
+    run sgd001_b1024 model.optimizer=sgd model.momentum=0.9 model.lr=0.01 data.batch_size=1024 ard=dropout,default \
+      ard.p=0.5 seed=0,1,2 "${own[@]}" ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
