@@ -158,7 +158,7 @@ class ARDController:
     @property
     def linear_groups(self) -> int:
         """Pattern groups per step at Linear sites (``config.groups`` resolved: ``"auto"`` is the safe count for the
-        sites' rate; the largest over sites when their rates differ)."""
+        sites' rate and the batch :meth:`follow_batch` saw; the largest over sites when their rates differ)."""
         rates = [s.p for s in self.report.sites if s.kind.feeds_linear] or [0.5]
         return max(resolve_groups(self.config.groups, p, self.samples) for p in rates)
 
