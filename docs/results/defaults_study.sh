@@ -18,6 +18,7 @@
 #   big_a, big_b: the batch rule's defaults (groups="auto" from the batch) against nn.Dropout at the large batches
 #            with Adam (lr 1e-3, batch 512 and 1024) and with SGD at the low end of its lr range (0.01, batch 1024),
 #            p = 0.5, 3 seeds (one stage per core)
+#   big_c, big_d: the same for AdamW (lr 1e-3, weight decay 0.01, batch 1024), 6 seeds: nn.Dropout, the defaults
 #   batch_rule3a, batch_rule3b: 6 groups at batch 512, p = 0.5 (what groups grown with the square root of the batch
 #            give there), seeds 0-2 and 3-5 (one stage per core)
 set -euo pipefail
@@ -94,5 +95,9 @@ case $stage in
     run adam_b1024 model.optimizer=adam model.lr=0.001 data.batch_size=1024 ard=default ard.p=0.5 seed=0,1,2 "${own[@]}"
     run sgd001_b1024 model.optimizer=sgd model.momentum=0.9 model.lr=0.01 data.batch_size=1024 ard=dropout,default \
       ard.p=0.5 seed=0,1,2 "${own[@]}" ;;
+  big_c | big_d)
+    aw=(model.optimizer=adamw model.lr=0.001 model.weight_decay=0.01 data.batch_size=1024)
+    family=$([ "$stage" = big_c ] && echo dropout || echo default)
+    run adamw_b1024_$family "${aw[@]}" ard=$family ard.p=0.5 seed=0,1,2,3,4,5 "${own[@]}" ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
