@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any, TypeVar, Union
 
 import torch
+from torch.nn.utils.rnn import PackedSequence
 
 from lightning_ard.patterns.row import RowPattern
 from lightning_ard.patterns.tile import TilePattern
@@ -55,7 +56,10 @@ def auto_groups(p: float, samples: int | None = None) -> int:
 
 def batch_samples(batch: Any) -> int | None:
     """Samples in a training batch: the first dimension of its first tensor (depth first through sequences and
-    mappings, as Lightning finds a batch size), ``None`` when it holds no tensor with a dimension."""
+    mappings, as Lightning finds a batch size; the sequences of a ``PackedSequence``), ``None`` when it holds no
+    tensor with a dimension."""
+    if isinstance(batch, PackedSequence):
+        return int(batch.batch_sizes[0]) if batch.batch_sizes.numel() else None
     if isinstance(batch, torch.Tensor):
         return int(batch.shape[0]) if batch.dim() > 0 else None
     items = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else ()

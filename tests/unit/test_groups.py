@@ -400,3 +400,5 @@ def test_batch_samples_is_the_first_tensors_first_dimension() -> None:
     assert batch_samples({"meta": "a", "inputs": {"ids": torch.zeros(3, 9, dtype=torch.long)}, "y": x}) == 3
     assert batch_samples(("text", [torch.tensor(1.0), x])) == 7  # a 0-d tensor has no sample axis
     assert batch_samples(None) is None and batch_samples(("a", 1)) is None and batch_samples(torch.tensor(2)) is None
+    packed = pack_padded_sequence(torch.zeros(4, 6, 3), torch.tensor([6, 5, 2, 1]), batch_first=True)
+    assert batch_samples((packed, y)) == 4  # its sequences, not its 14 tokens
