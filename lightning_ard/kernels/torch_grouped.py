@@ -210,10 +210,11 @@ def _add_bias_grad(grad_b: torch.Tensor, units: Index, summed: torch.Tensor) -> 
 
 
 def _take(t: torch.Tensor, dim: int, index: Index) -> torch.Tensor:
-    """:func:`~lightning_ard.kernels.torch_ops.take` with ranges as ``narrow`` views (the per-piece Python cost
-    of a grouped step is what groups pay per group)."""
+    """:func:`~lightning_ard.kernels.torch_ops.take` with ranges as basic-slicing views (dims 0 and 1). The
+    per-piece Python cost of a grouped step is what groups pay per group, and ``t[a:b]`` costs less than
+    ``t.narrow`` (about 0.9 against 1.5 µs; a grouped step makes about 290 views)."""
     if type(index) is slice and index.step is None:
-        return t.narrow(dim, index.start, index.stop - index.start)
+        return t[index] if dim == 0 else t[:, index]
     return take(t, dim, index)
 
 
