@@ -30,16 +30,27 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.utilities.apply_func import apply_to_collection
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.data import _extract_batch_size
+from torch.nn.utils.rnn import PackedSequence
 from typing_extensions import override
 
 from lightning_ard import accounting, profiling, step_speedup
 from lightning_ard.config import ARDConfig
 from lightning_ard.controller import ARDController
-from lightning_ard.patterns.groups import AUTO_BATCH, batch_samples
+from lightning_ard.patterns.groups import AUTO_BATCH
 
 RANK_SEED_STRIDE = 1_000_003
 """Seed offset per global rank, so that DDP ranks draw different patterns."""
+
+
+def batch_samples(batch: Any) -> int | None:
+    """Samples in a training batch, as Lightning infers a batch size (the first dimension of the first tensor,
+    depth first through collections and dataclasses), except that a ``PackedSequence`` counts its sequences, not
+    its tokens; ``None`` when the batch holds no tensor."""
+    sized = apply_to_collection(batch, PackedSequence, lambda p: p.batch_sizes.new_empty(int(p.batch_sizes[0])))
+    return next((n for n in _extract_batch_size(sized) if n is not None), None)
 
 
 class ApproximateDropout(pl.Callback):

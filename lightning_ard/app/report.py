@@ -132,7 +132,8 @@ def read_config(run_dir: Path) -> DictConfig:
         cfg = OmegaConf.create(
             {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v for k, v in parts.items()}
         )
-        cfg.data = {"batch_size": _selected(loaded, "data.batch_size")}  # what groups="auto" follows
+        # what groups="auto" follows; None when missing or not resolvable outside a Hydra job
+        cfg.data = {"batch_size": OmegaConf.select(loaded, "data.batch_size", throw_on_resolution_failure=False)}
     except SkippedRun:
         raise
     except Exception as err:  # YAML syntax, missing interpolation keys, bad values: all make the run unreadable
@@ -148,14 +149,6 @@ def read_config(run_dir: Path) -> DictConfig:
             f"not a run of lightning_ard's app (no lightning_ard model._target_ and ard settings in {path})"
         )
     return cfg
-
-
-def _selected(cfg: DictConfig, key: str) -> object:
-    """``cfg``'s value at dotted ``key``, or None when it is missing or does not resolve outside a Hydra job."""
-    try:
-        return OmegaConf.select(cfg, key, default=None)
-    except Exception:  # an interpolation that needs Hydra's runtime, e.g. ${hydra:runtime.cwd}
-        return None
 
 
 def _batch_size(cfg: DictConfig) -> int | None:

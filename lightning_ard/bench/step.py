@@ -34,7 +34,7 @@ from lightning_ard.app.models.lstm_lm import LSTMLanguageModel
 from lightning_ard.app.models.mlp import build_mlp
 from lightning_ard.bench.cli import check_outputs, parse_rates, select_cases
 from lightning_ard.controller import ARDController
-from lightning_ard.patterns.groups import batch_samples, describe
+from lightning_ard.patterns.groups import describe
 from lightning_ard.profiling import calibrate, site_speedups, time_calls
 from lightning_ard.search import FAMILIES
 
@@ -247,7 +247,7 @@ def bench_case(
     ctl = ARDController(ard_model, pattern=family, seed=0, groups=groups, pool=pool, lstm_groups=lstm_groups).apply()
     if not ctl.active:
         raise RuntimeError(f"no ARD site found in case {case.name}")
-    ctl.follow_batch(batch_samples(batch))  # groups="auto" follows the batch, as in a fit
+    ctl.follow_batch(len(batch[0]))  # groups="auto" follows the batch, as in a fit
     ard = _Runner(ard_model, batch, ctl)
     limit = _Runner(case.build_limit(p).to(device), batch, None)
     runners = {"dense": dense, "ard": ard, "limit": limit}
@@ -363,7 +363,7 @@ def bench_lstm_settings(
         ).apply()
         if not ctl.active:
             raise RuntimeError(f"no ARD site found in case {case.name}")
-        ctl.follow_batch(batch_samples(batch))
+        ctl.follow_batch(len(batch[0]))
         runners[setting.name], controllers[setting.name] = _Runner(model, batch, ctl), ctl
     runners["limit"] = _Runner(case.build_limit(p).to(device), batch, None)
     times: dict[str, list[float]] = {k: [] for k in runners}

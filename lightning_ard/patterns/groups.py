@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, TypeVar, Union
-
-import torch
-from torch.nn.utils.rnn import PackedSequence
+from typing import TypeVar, Union
 
 from lightning_ard.patterns.row import RowPattern
 from lightning_ard.patterns.tile import TilePattern
@@ -54,22 +51,6 @@ def auto_groups(p: float, samples: int | None = None) -> int:
     p = 0.7 lost 9 points, 10 groups none."""
     reference = max(1.0, math.sqrt((samples or 0) / AUTO_BATCH)) * AUTO_GROUPS
     return max(AUTO_GROUPS, math.ceil(reference * p / (1.0 - p) - 1e-9))
-
-
-def batch_samples(batch: Any) -> int | None:
-    """Samples in a training batch: the first dimension of its first tensor (depth first through sequences and
-    mappings, as Lightning finds a batch size; the sequences of a ``PackedSequence``), ``None`` when it holds no
-    tensor with a dimension."""
-    if isinstance(batch, PackedSequence):
-        return int(batch.batch_sizes[0]) if batch.batch_sizes.numel() else None
-    if isinstance(batch, torch.Tensor):
-        return int(batch.shape[0]) if batch.dim() > 0 else None
-    items = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else ()
-    for item in items:
-        found = batch_samples(item)
-        if found is not None:
-            return found
-    return None
 
 
 AUTO_LSTM_GROUPS = 2

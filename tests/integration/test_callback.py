@@ -1,5 +1,6 @@
 """The ApproximateDropout callback in real Lightning fits: sites, swap/restore, logging, resume, precision."""
 
+import dataclasses
 import glob
 
 import lightning.pytorch as pl
@@ -9,9 +10,11 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_ard import ApproximateDropout
+from lightning_ard.callback import batch_samples
 from lightning_ard.layers import ARDLinear
 
 
@@ -245,6 +248,24 @@ def test_resume_reproduces_uninterrupted_fit(tmp_path, groups, batch) -> None:
     resumed = fit(2, ckpt=str(tmp_path / "half.ckpt"))
     for a, b in zip(full.parameters(), resumed.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_batch_samples_is_the_first_tensors_first_dimension() -> None:
+    """What groups="auto" follows: Lightning's batch-size walk (collections, dataclasses), packed sequences by their
+    sequences; None without a tensor."""
+
+    @dataclasses.dataclass
+    class Batch:
+        name: str
+        ids: torch.Tensor
+
+    x, y = torch.zeros(7, 3), torch.zeros(5)
+    assert batch_samples(x) == 7 and batch_samples((x, y)) == 7 and batch_samples([y, x]) == 5
+    assert batch_samples({"meta": "a", "inputs": {"ids": torch.zeros(3, 9, dtype=torch.long)}, "y": x}) == 3
+    assert batch_samples(Batch("b", torch.zeros(6, 2))) == 6
+    assert batch_samples(None) is None and batch_samples(("a", 1)) is None
+    packed = pack_padded_sequence(torch.zeros(4, 6, 3), torch.tensor([6, 5, 2, 1]), batch_first=True)
+    assert batch_samples((packed, y)) == 4  # its sequences, not its 14 tokens
 
 
 def test_auto_groups_follow_the_first_batch(tmp_path, caplog) -> None:

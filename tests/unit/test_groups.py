@@ -12,7 +12,7 @@ from lightning_ard.kernels.base import Backend
 from lightning_ard.kernels.torch_backend import TorchBackend
 from lightning_ard.layers import ARDLSTM, ARDLinear
 from lightning_ard.patterns import BlockRow, PeriodicRow, PeriodicTile, RandomSubsetRow, RowPattern
-from lightning_ard.patterns.groups import as_groups, batch_samples, common_groups, group_bounds
+from lightning_ard.patterns.groups import as_groups, common_groups, group_bounds
 from tests.grads import take_grads
 from tests.row_families import row_family
 
@@ -391,14 +391,3 @@ def test_describe_labels_group_settings() -> None:
     assert describe("row") == "row" and describe("row", 1, pool=8) == "row"  # a pool needs groups
     assert describe("row", 700, 8, 5) == "row x700 groups pool 8 lstm 5"
     assert describe("block", 4) == "block x4 groups" and describe("row", 1, None, 5) == "row lstm 5"
-
-
-def test_batch_samples_is_the_first_tensors_first_dimension() -> None:
-    """What groups="auto" follows: depth first through tuples, lists and dicts; None without a sized tensor."""
-    x, y = torch.zeros(7, 3), torch.zeros(5)
-    assert batch_samples(x) == 7 and batch_samples((x, y)) == 7 and batch_samples([y, x]) == 5
-    assert batch_samples({"meta": "a", "inputs": {"ids": torch.zeros(3, 9, dtype=torch.long)}, "y": x}) == 3
-    assert batch_samples(("text", [torch.tensor(1.0), x])) == 7  # a 0-d tensor has no sample axis
-    assert batch_samples(None) is None and batch_samples(("a", 1)) is None and batch_samples(torch.tensor(2)) is None
-    packed = pack_padded_sequence(torch.zeros(4, 6, 3), torch.tensor([6, 5, 2, 1]), batch_first=True)
-    assert batch_samples((packed, y)) == 4  # its sequences, not its 14 tokens
