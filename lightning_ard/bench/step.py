@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_ard import step_speedup
 from lightning_ard.app.models.lstm_lm import LSTMLanguageModel
 from lightning_ard.app.models.mlp import build_mlp
 from lightning_ard.bench.cli import check_outputs, parse_rates, select_cases
@@ -65,6 +66,7 @@ class Record:
     of_grouped_limit: float | None = None
     setting: str | None = None
     served: str | None = None  # "k/n" sites ARD served after the never-slower rule (None: rule off, all served)
+    step_check: float | None = None  # the rule's step window (plain / ARD step) when it gave the plain model back
 
     @property
     def label(self) -> str:
@@ -72,7 +74,11 @@ class Record:
         if self.setting is not None:
             return f"{self.family} {self.setting}"
         label = describe(self.family, self.groups, self.pool, self.lstm_groups)
-        return label if self.served is None else f"{label} (never slower: {self.served} sites)"
+        if self.served is None:
+            return label
+        if self.step_check is not None:
+            return f"{label} (never slower: plain model, step {self.step_check:.2f}x)"
+        return f"{label} (never slower: {self.served} sites)"
 
 
 class LogitsOnly(nn.Module):
@@ -258,7 +264,7 @@ def bench_case(
     times: dict[str, list[float]] = {k: [] for k in runners}
     for runner in runners.values():
         _time(runner, device, warmup)
-    served = _never_slower(ctl, ard) if never_slower else None
+    served, step_check = _never_slower(ctl, ard, dense, device) if never_slower else (None, None)
     ard.flops.clear()
     for _ in range(rounds):
         for name, runner in runners.items():
@@ -289,22 +295,41 @@ def bench_case(
         round(med["dense"] / grouped, 3),
         round(speedup / (med["dense"] / grouped), 3),
         served=served,
+        step_check=step_check,
     )
 
 
-def _never_slower(ctl: ARDController, runner: _Runner) -> str:
-    """The callback's never-slower rule on a benchmark model after its warm-up: time each site's layers dense vs
-    ARD at the last step's shapes (:func:`~lightning_ard.profiling.calibrate`), send the sites that are not faster
-    back to nn.Dropout, and give the plain model back when none is faster. Returns "served/total"."""
+def _never_slower(
+    ctl: ARDController, runner: _Runner, plain: _Runner, device: torch.device
+) -> tuple[str, float | None]:
+    """The callback's never-slower rule on a benchmark model after its warm-up, both of its checks:
+
+    * per site: time each site's layers dense vs ARD at the last step's shapes
+      (:func:`~lightning_ard.profiling.calibrate`) and send the sites that are not faster back to nn.Dropout;
+    * per step: a window of :data:`~lightning_ard.step_speedup.STEPS` plain and ARD steps in turn, as the callback
+      times from step :data:`~lightning_ard.step_speedup.START` of a fit; when the ARD step's median is not below
+      the plain one, the plain model is given back.
+
+    Returns ``("served/total", None)``, or ``("0/total", plain / ARD step)`` when the step check gave up."""
     sites = ctl.report.sites
     rates = {site.consumer: site.p for site in sites}
     times = calibrate(ctl.surgery.linears, ctl.surgery.lstms, rates, [runner.opt])  # type: ignore[union-attr]
     ctl.fall_back([name for name, x in site_speedups(times, sites).items() if not x > 1.0])
     kept = [s for s in sites if s.name not in ctl.fallen_back]
+    step_check = None
+    if kept:
+        plain_ms: list[float] = []
+        ard_ms: list[float] = []
+        for _ in range(step_speedup.STEPS):
+            plain_ms += _time(plain, device, 1)
+            ard_ms += _time(runner, device, 1)
+        ratio = statistics.median(plain_ms) / statistics.median(ard_ms)
+        if not ratio > 1.0:
+            kept, step_check = [], round(ratio, 3)
     if not kept:
         ctl.restore()
         runner.ctl = None
-    return f"{len(kept)}/{len(sites)}"
+    return f"{len(kept)}/{len(sites)}", step_check
 
 
 @dataclass(frozen=True)
@@ -472,8 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--never-slower",
         action="store_true",
-        help="apply the callback's never-slower rule after the warm-up (sites not faster go back to nn.Dropout): "
-        "time what a fit with these settings runs",
+        help="apply the callback's never-slower rule after the warm-up (sites not faster go back to nn.Dropout; "
+        "a step window not faster gives the plain model back): time what a fit with these settings runs",
     )
     args = parser.parse_args(argv)
 

@@ -143,11 +143,39 @@ def test_bench_never_slower_applies_the_callbacks_rule(slow, served, monkeypatch
         return {path: (1.0, 2.0 if path in slow else 0.5) for path in linears}
 
     monkeypatch.setattr(bench, "calibrate", fake_calibrate)
+    monkeypatch.setattr(bench, "_time", _fake_time(ard_ms=0.5))  # the step check passes: ARD steps take half
     rec = bench.bench_case(_tiny_case(), "block", 0.5, torch.device("cpu"), 1, 1, 2, groups=2, never_slower=True)
     assert seen["layers"] == ["0", "3", "6"]
+    assert rec.step_check is None
     assert rec.served == served and rec.label == f"block x2 groups (never slower: {served} sites)"
     if served == "0/2":
         assert rec.ideal == 1.0  # the plain model ran: nothing saved
     else:
         assert rec.ideal > 1.0
     assert f"(never slower: {served} sites)" in bench.format_table([rec])
+
+
+def _fake_time(ard_ms: float):
+    """A stand-in for the benchmark's timer: runs the steps, 1 ms for a plain step, ``ard_ms`` for an ARD one."""
+
+    def time_steps(runner, device, steps):
+        out = []
+        for _ in range(steps):
+            runner.step()
+            out.append(ard_ms if runner.ctl is not None else 1.0)
+            runner.record_flops()
+        return out
+
+    return time_steps
+
+
+def test_bench_never_slower_step_check_gives_the_plain_model_back(monkeypatch) -> None:
+    """--never-slower, second check (the callback's step window): every site's layers time faster, but the whole
+    ARD step is not; the row then times the plain model, as a fit does after its window, and says why."""
+    monkeypatch.setattr(bench, "calibrate", lambda linears, lstms, rates, opts: {k: (1.0, 0.5) for k in linears})
+    monkeypatch.setattr(bench, "_time", _fake_time(ard_ms=1.25))
+    rec = bench.bench_case(_tiny_case(), "block", 0.5, torch.device("cpu"), 1, 1, 2, groups=2, never_slower=True)
+    assert rec.served == "0/2" and rec.step_check == pytest.approx(0.8)
+    assert rec.label == "block x2 groups (never slower: plain model, step 0.80x)"
+    assert rec.ideal == 1.0 and rec.speedup == pytest.approx(1.0)  # the plain model ran: nothing saved, not slower
+    assert "(never slower: plain model, step 0.80x)" in bench.format_table([rec])
