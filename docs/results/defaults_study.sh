@@ -21,6 +21,8 @@
 #   big_c, big_d: the same for AdamW (lr 1e-3, weight decay 0.01, batch 1024), 6 seeds: nn.Dropout, the defaults
 #   batch_rule3a, batch_rule3b: 6 groups at batch 512, p = 0.5 (what groups grown with the square root of the batch
 #            give there), seeds 0-2 and 3-5 (one stage per core)
+#   b1024_g6a, b1024_g6b: batch 1024, SGD lr 0.1, p = 0.5: nn.Dropout, 4 and 6 groups (fewer than the rule's 8, to
+#            see what their speed would cost), seeds 0-2 and 3-5 (one stage per core; fifth session, AMD EPYC)
 set -euo pipefail
 out=${1:?out root}; stage=${2:?stage}
 common=(experiment=mlp_fashion trainer.max_epochs=4 trainer.enable_progress_bar=false trainer.enable_model_summary=false)
@@ -88,6 +90,12 @@ case $stage in
     b512=(model.optimizer=sgd model.momentum=0.9 data.batch_size=512 model.lr=0.1)
     seeds=$([ "$stage" = batch_rule3a ] && echo 0,1,2 || echo 3,4,5)
     run g6_b512 "${b512[@]}" ard=default ard.groups=6 ard.p=0.5 seed=$seeds "${own[@]}" ;;
+  b1024_g6a | b1024_g6b)
+    b1024=(model.optimizer=sgd model.momentum=0.9 data.batch_size=1024 model.lr=0.1)
+    seeds=$([ "$stage" = b1024_g6a ] && echo 0,1,2 || echo 3,4,5)
+    run dropout_b1024_p05 "${b1024[@]}" ard=dropout ard.p=0.5 seed=$seeds
+    run g4_b1024_p05 "${b1024[@]}" ard=default ard.groups=4 ard.p=0.5 seed=$seeds "${own[@]}"
+    run g6_b1024_p05 "${b1024[@]}" ard=default ard.groups=6 ard.p=0.5 seed=$seeds "${own[@]}" ;;
   big_a)
     run adam_b512 model.optimizer=adam model.lr=0.001 data.batch_size=512 ard=dropout,default ard.p=0.5 seed=0,1,2 "${own[@]}"
     run adam_b1024 model.optimizer=adam model.lr=0.001 data.batch_size=1024 ard=dropout ard.p=0.5 seed=0,1,2 ;;
