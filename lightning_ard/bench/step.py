@@ -243,8 +243,8 @@ def bench_case(
 ) -> Record:
     """Time dense, ARD and limit steps of one case, interleaved, and build the record (``groups`` patterns per
     step per site). ``never_slower``: after the warm-up, the callback's rule sends sites that are not faster at
-    their measured shapes back to nn.Dropout (all of them: the plain model), so the row is what a fit with the
-    defaults runs."""
+    their measured shapes back to nn.Dropout (all of them: the plain model), and its step window gives the plain
+    model back when the whole ARD step is not faster, so the row is what a fit with the defaults runs."""
     batch = case.batch(device)
     torch.manual_seed(0)
     dense = _Runner(case.build(p).to(device), batch, None)
