@@ -61,7 +61,7 @@ class ARDConfig:
             tokens of a Linear's input, time steps of an LSTM; :mod:`lightning_ard.patterns.groups`). ``"auto"``
             (default) takes the measured safe count for the site's rate and the batch at Linear sites
             (:func:`~lightning_ard.patterns.groups.auto_groups`: 4 up to p = 0.5, 10 at p = 0.7, more for batches
-            above 512 samples, read from the first training batch) and 2 time chunks
+            above 256 samples, read from the first training batch) and 2 time chunks
             at unidirectional LSTM sites (:data:`~lightning_ard.patterns.groups.AUTO_LSTM_GROUPS`; bidirectional
             ones and ``lstm_mode="sequence"`` stay ``nn.Dropout`` unless ``lstm_groups`` is set). 1 is the paper's one
             pattern per mini-batch: fastest, but with SGD + momentum it can break training (docs/results.md).

@@ -38,9 +38,9 @@ AUTO_BATCH = 256
 """Samples per step up to which :data:`AUTO_GROUPS` serve p = 0.5; larger batches get more groups, growing with
 the square root of the batch (8 at 1024). Measured with SGD, momentum 0.9, lr 0.1, p = 0.5, 6 seeds
 (docs/results.md, "Safe defaults"): batch 512 lost 0.41 points with 4 groups, 0.20 with 6 (the rule's count),
-0.15 with 8; batch 1024 lost
-0.12 with 8 groups (0.69 with 4, 3 seeds); Adam kept accuracy with the rule (+0.21 / -0.05 points at 512 /
-1024). Groups in proportion to the batch (16 at 1024) would cost speed the accuracy does not ask for."""
+0.15 with 8; batch 1024 lost 0.12 with 8 groups (the rule's count), 0.38 with 6 and 1.06 with 4. Adam kept
+accuracy with the rule (+0.21 / -0.05 points at 512 / 1024). Groups in proportion to the batch (16 at 1024) would
+cost speed the accuracy does not ask for."""
 
 
 def auto_groups(p: float, samples: int | None = None) -> int:
