@@ -155,3 +155,13 @@ class OtherFlops:
         if self._mode is not None:
             mode, self._mode = self._mode, None
             mode.__exit__(None, None, None)
+
+
+def group_rows(layer: ARDLinear | ARDLSTM, lstm_mode: str = "time") -> int:
+    """Rows the last training step gave a layer's pattern groups to cut: a Linear's input rows (samples, or tokens
+    for sequence input); an LSTM's sequences in sequence mode, its tokens in time mode (0: not run yet)."""
+    from lightning_ard.layers import ARDLSTM
+
+    if isinstance(layer, ARDLSTM) and lstm_mode == "sequence":
+        return layer.ard_layout.batch if layer.ard_layout is not None else 0
+    return int(layer.ard_rows)

@@ -1,31 +1,29 @@
 """The ApproximateDropout callback: one line in a Trainer turns a model's dropout sites into ARD.
 
-Hooks, one job each (each delegates: the controller does the work, :mod:`lightning_ard.accounting` counts,
-:mod:`lightning_ard.profiling` times):
+Hooks, one job each; the decisions are an :class:`~lightning_ard.plan.ARDPlan` (the controller executes it, the
+:class:`~lightning_ard.speed_guard.SpeedGuard` measures and records new plans):
 
-* ``on_fit_start``: check a resumed checkpoint's settings, detect sites, search a pattern distribution per site,
-  swap the modules in place, print the site table. Swapping here (not in ``setup``) sees layers built in
-  ``configure_model`` and runs after a checkpoint restore; it is safe for the optimizer and DDP because the swap
-  changes the class of the same module objects, which keep the same Parameter objects (DDP's reducer and the
-  optimizer hold those).
-* ``on_train_batch_start``: at the first batch, let ``groups="auto"`` follow its size (more groups for larger
-  batches); draw this step's patterns (every micro-batch under gradient accumulation), or, in a timing window
-  (:mod:`lightning_ard.step_speedup`), run the plain modules as the reference step.
-* ``on_train_batch_end``: check every swapped dropout ran as often as it has sites, account FLOPs, log ``ard/…``
-  (to the loggers and ``trainer.callback_metrics``); after the first step choose each layer's backend
-  (``backend="auto"``), calibrate the per-site speedups and send sites that are not faster back to nn.Dropout
-  (``never_slower``); at the end of a timing window log ``ard/step_speedup``.
-* ``on_fit_end`` / ``on_exception``: log the last step's figures, give back the original modules (same
-  Parameters, trained values).
-* ``state_dict`` / ``load_state_dict``: the sampler's generator and the settings, so a resumed fit draws the same
-  patterns and a resume with other settings is caught.
+* ``on_fit_start``: check a resumed checkpoint's settings, build the plan (or take the checkpoint's record, or the
+  one given to replay), swap the modules in place, print the site table (a view of the plan). Swapping here (not
+  in ``setup``) sees layers built in ``configure_model`` and runs after a checkpoint restore; it is safe for the
+  optimizer and DDP because the swap changes the class of the same module objects, which keep the same Parameter
+  objects (DDP's reducer and the optimizer hold those).
+* ``on_train_batch_start``: the plan in force, then this step's patterns (every micro-batch under gradient
+  accumulation), or a reference step of the plain model in a timing window.
+* ``on_train_batch_end``: check every swapped dropout ran as often as it has sites, account FLOPs, let the guard
+  decide (first step: group bound, backends, calibration; end of a window: never slower), log ``ard/…``, and
+  write the plan record to the log directory when it changed.
+* ``on_fit_end`` / ``on_exception``: log the last step's figures, give back the original modules.
+* ``state_dict`` / ``load_state_dict``: the plan record, the step count, the open window, the pattern generator,
+  the global generator (reference steps and nn.Dropout sites draw from it) and the settings, so that a resumed fit
+  trains exactly as the uninterrupted one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import time
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -36,13 +34,19 @@ from lightning.pytorch.utilities.data import _extract_batch_size
 from torch.nn.utils.rnn import PackedSequence
 from typing_extensions import override
 
-from lightning_ard import accounting, profiling, step_speedup
+from lightning_ard import accounting, step_speedup
 from lightning_ard.config import ARDConfig
 from lightning_ard.controller import ARDController
 from lightning_ard.patterns.groups import AUTO_BATCH
+from lightning_ard.plan import PLAIN, ARDPlan, PlanRecord, Schedule
+from lightning_ard.plan_table import plan_table
+from lightning_ard.planning import config_of
+from lightning_ard.speed_guard import SpeedGuard
 
 RANK_SEED_STRIDE = 1_000_003
 """Seed offset per global rank, so that DDP ranks draw different patterns."""
+PLAN_FILE = "ard_plan.json"
+"""Name of the plan record the callback writes to the run's log directory."""
 
 
 def batch_samples(batch: Any) -> int | None:
@@ -53,26 +57,58 @@ def batch_samples(batch: Any) -> int | None:
     return next((n for n in _extract_batch_size(sized) if n is not None), None)
 
 
+def _rng_state() -> dict[str, Any]:
+    """The global generators' states (CPU, and CUDA when it is in use)."""
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _load_record(plan: ARDPlan | PlanRecord | str | os.PathLike[str]) -> PlanRecord:
+    """A record to replay: a saved file, a record, or one plan in force from the first step."""
+    if isinstance(plan, PlanRecord):
+        return plan
+    if isinstance(plan, ARDPlan):
+        return PlanRecord([(0, plan)] if plan.samples is not None else [], None)
+    if isinstance(plan, (str, os.PathLike)):
+        if not Path(plan).is_file():
+            raise ValueError(f"plan must be an ARDPlan, a PlanRecord or the path of a saved plan file, got {plan!r} "
+                             "(no such file)")  # fmt: skip
+        return PlanRecord.load(plan)
+    raise ValueError(f"plan must be an ARDPlan, a PlanRecord or the path of a saved plan file, got {plan!r}")
+
+
 class ApproximateDropout(pl.Callback):
     """Replace the model's dropout with Approximate Random Dropout during ``fit``.
 
     Args:
         config: the ARD settings (:class:`~lightning_ard.ARDConfig`); or pass its fields as keyword arguments
             (``ApproximateDropout(pattern="block", p=0.5, groups=4)``), not both.
+        plan: replay a plan instead of deciding: the path of a plan file a fit wrote (``ard_plan.json`` in its log
+            directory), a :class:`~lightning_ard.plan.PlanRecord` or an :class:`~lightning_ard.plan.ARDPlan`. The fit
+            then serves exactly what the plan says, from the steps it says, with the same reference steps, and
+            measures nothing unless ``measure_speedup=True`` (which then only logs). Not with settings.
         measure_speedup: measure speed in the fit: after the first step, time every site's layers dense vs ARD at
-            the real shapes (forward, backward, optimizer share; logged as ``ard/<site>/speedup_measured``), and
-            time the real step both ways in short windows of interleaved nn.Dropout and ARD steps
-            (:mod:`lightning_ard.step_speedup`; logged as ``ard/step_speedup``, ``ard/step_ms_plain``,
-            ``ard/step_ms_ard``).
-        never_slower: after that calibration, a site whose layers are not faster with ARD than dense goes back to
-            nn.Dropout for the rest of the fit, with one line saying so (needs ``measure_speedup``).
+            the real shapes (logged as ``ard/<site>/speedup_measured``), and time the real step both ways in short
+            windows of interleaved reference (nn.Dropout) and ARD steps (logged as ``ard/step_speedup``,
+            ``ard/step_ms_plain``, ``ard/step_ms_ard``). Default: True, False when replaying a plan.
+        never_slower: after that calibration, a site whose layers are not faster with ARD goes back to nn.Dropout
+            for the rest of the fit, and a window whose ARD steps are not faster gives the plain model back, each
+            with one line saying so (needs ``measure_speedup``).
         measure_every: steps between two timing windows (the first starts at step
             :data:`~lightning_ard.step_speedup.START`); 0 for one window only.
         restore_on_fit_end: give the plain modules back at fit end (False keeps ARD layers, patterns cleared).
         verbose: print the site table at fit start.
         allow_settings_change: resuming from a checkpoint saved with other ARD settings (``p``, ``pattern``,
-            ``groups``, ``seed``, ...) raises, naming both values; True resumes with the new settings (and a fresh
-            pattern stream from the new seed) after a warning that names them.
+            ``groups``, ``seed``, ...) raises, naming both values; True resumes with the new settings (a new plan and
+            a fresh pattern stream from the new seed) after a warning that names them.
         **settings: any :class:`~lightning_ard.ARDConfig` field: ``pattern``, ``p``, ``search``, ``include``,
             ``exclude``, ``sites``, ``backend``, ``tile``, ``groups``, ``pool``, ``group_draws``, ``lstm_groups``,
             ``lstm_mode``, ``lstm_recurrent_p``, ``seed``.
@@ -82,7 +118,8 @@ class ApproximateDropout(pl.Callback):
         self,
         config: ARDConfig | None = None,
         *,
-        measure_speedup: bool = True,
+        plan: ARDPlan | PlanRecord | str | os.PathLike[str] | None = None,
+        measure_speedup: bool | None = None,
         never_slower: bool = True,
         measure_every: int = 500,
         restore_on_fit_end: bool = True,
@@ -92,38 +129,42 @@ class ApproximateDropout(pl.Callback):
     ) -> None:
         if config is not None and not isinstance(config, ARDConfig):
             raise ValueError(f"config must be an ARDConfig or None, got {config!r}")
-        if config is not None and settings:
-            raise ValueError(f"pass either config or keyword settings, not both (got {sorted(settings)})")
+        if (config is not None or plan is not None) and settings:
+            given = "config" if config is not None else "plan"
+            raise ValueError(f"pass either {given} or keyword settings, not both (got {sorted(settings)})")
+        if config is not None and plan is not None:
+            raise ValueError("pass either config or plan, not both: a plan holds the config it was built from")
         unknown = sorted(set(settings) - set(ARDConfig.names()))
         if unknown:
             raise ValueError(f"unknown ApproximateDropout arguments {unknown}; allowed: {list(ARDConfig.names())}")
-        self.config = config if config is not None else ARDConfig(**settings)
-        self.measure_speedup = measure_speedup
+        self.replay: PlanRecord | None = _load_record(plan) if plan is not None else None
+        if self.replay is not None:
+            first = self.replay.plans[0][1] if self.replay.plans else plan
+            self.config = config_of(first)  # type: ignore[arg-type]
+            self._replay_plan = first
+        else:
+            self.config = config if config is not None else ARDConfig(**settings)
+        self.measure_speedup = measure_speedup if measure_speedup is not None else self.replay is None
         self.never_slower = never_slower
-        self.measure_every = measure_every
+        self.measure_every = step_speedup.StepSpeedMeter(every=measure_every).every  # validated
         self.restore_on_fit_end = restore_on_fit_end
         self.verbose = verbose
         self.allow_settings_change = allow_settings_change
 
         self.controller: ARDController | None = None
+        self.guard: SpeedGuard | None = None
         self._pending_state: dict[str, Any] | None = None
         self._reset_fit_state()
 
     def _reset_fit_state(self) -> None:
         """Per-fit figures start from zero in every fit (a resumed fit restores them from the checkpoint)."""
-        self.speedups: dict[str, float] = {}
         self.tflops_saved_total = 0.0
         self._other_flops = accounting.OtherFlops()
-        self._layer_time: profiling.LayerTimes = {}
-        self._step_start = 0.0
-        self._steps = 0
-        self._meter = step_speedup.StepSpeedMeter(every=self.measure_every)
-        self._mode: str | None = None  # this step's timing mode (plain / ard) or None (untimed ARD step)
-        self._step_ms: tuple[float, float] | None = None  # (plain, ARD) medians of the last window
         self._last_step: tuple[accounting.LayerFlops, int] | None = None  # the last ARD step's FLOPs and number
         self._logged_step = -1
-        self.gave_up: str | None = None  # why never_slower gave the plain model back in this fit, if it did
-        self.backends: dict[str, str] = {}  # ARD Linear path -> backend that backend="auto" measured fastest
+        self._saved_record: dict[str, Any] | None = None
+        self._log_dir: str | None = None
+        self._in_step = False  # between a batch start that ran the guard and its batch end
 
     @property
     def seed(self) -> int | None:
@@ -135,29 +176,91 @@ class ApproximateDropout(pl.Callback):
         """Whether ARD layers are in the model now."""
         return self.controller is not None and self.controller.active
 
+    @property
+    def plan(self) -> ARDPlan | None:
+        """The plan in force (``None`` before the first fit)."""
+        if self.guard is not None:
+            return self.guard.plan
+        return self.controller.plan if self.controller is not None else None
+
+    @property
+    def record(self) -> PlanRecord | None:
+        """The plans of the fit with the step each took effect (what the plan file holds)."""
+        return self.guard.record if self.guard is not None else None
+
+    @property
+    def speedups(self) -> dict[str, float]:
+        """Site -> measured dense / ARD time of its layers (empty before calibration)."""
+        return self.guard.speedups if self.guard is not None else {}
+
+    @property
+    def gave_up(self) -> str | None:
+        """Why the plain model trains (never slower), if it does."""
+        return self.plan.plain if self.plan is not None else None
+
+    @property
+    def backends(self) -> dict[str, str]:
+        """ARD Linear path -> the backend a measurement chose (``backend="auto"``)."""
+        plan = self.plan
+        return {} if plan is None else {k: v for k, v in plan.backend_of.items() if v != "auto"}
+
     # ------------------------------------------------------------------ fit start / end
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._reset_fit_state()
+        self._log_dir = trainer.log_dir or trainer.default_root_dir
         seed = self._base_seed()
-        restore_sampler = self._check_resumed_settings(seed)  # raises before the model is touched
-        self.controller = ARDController(pl_module, self.config, seed=seed + RANK_SEED_STRIDE * trainer.global_rank)
+        resumed = self._check_resumed_settings(seed)  # raises before the model is touched
+        state = self._pending_state if resumed else None
+        self._pending_state = None
+        record = PlanRecord.from_dict(state["guard"]["record"]) if state is not None else self.replay
+        step = int(state["guard"]["step"]) if state is not None else 0
+        rank_seed = seed + RANK_SEED_STRIDE * trainer.global_rank
+        plan = record.at(step) if record is not None and record.plans else (self._replay_plan if self.replay else None)
+        if plan is not None:
+            self.controller = ARDController(pl_module, plan=plan, seed=rank_seed)
+        else:
+            self.controller = ARDController(pl_module, self.config, seed=rank_seed)
         try:
             self.controller.apply()
         except ValueError as err:
             raise ValueError(f"ApproximateDropout: {err}") from err
-        if not self.controller.active:
+        if not self.controller.plan.sites:
             skipped = self.controller.report.skipped
             reasons = "; ".join(f"{s.name}: {s.reason}" for s in skipped) or "the model has no nn.Dropout"
             rank_zero_warn(f"ApproximateDropout found no dropout site it can serve, training is unchanged ({reasons})")
             return
-        if self._pending_state is not None:
-            if restore_sampler:
-                self.controller.sampler.load_state_dict(self._pending_state["sampler"])  # type: ignore[union-attr]
-            self.tflops_saved_total = float(self._pending_state.get("tflops_saved_total", 0.0))
-            self._pending_state = None
+        self.guard = self._make_guard(trainer, record)
+        if state is not None:
+            self._restore(state)
         if self.verbose:
             rank_zero_info(self.site_table())
+
+    def _make_guard(self, trainer: pl.Trainer, record: PlanRecord | None) -> SpeedGuard:
+        schedule = None
+        if self.replay is not None:
+            schedule = self.replay.schedule
+        elif self.measure_speedup:
+            schedule = Schedule(step_speedup.START, self.measure_every, step_speedup.STEPS)
+        if record is None:
+            record = PlanRecord([], schedule)
+        return SpeedGuard(
+            self.controller,  # type: ignore[arg-type]
+            trainer.optimizers,
+            never_slower=self.never_slower and self.measure_speedup,
+            record=record,
+            replay=self.replay is not None,
+            broadcast=lambda obj: trainer.strategy.broadcast(obj, src=0),
+            notify=rank_zero_warn,
+        )
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """A resumed fit continues the checkpoint's record, step count, window, pattern stream and global RNG."""
+        self.guard.load_state_dict(state["guard"])  # type: ignore[union-attr]
+        self.controller.load_state_dict(state["controller"])  # type: ignore[union-attr]
+        self.tflops_saved_total = float(state.get("tflops_saved_total", 0.0))
+        if "rng" in state:
+            _set_rng_state(state["rng"])
 
     def _base_seed(self) -> int:
         """The pattern seed of this fit before the per-rank offset (``seed``, else Lightning's global seed, else 0)."""
@@ -172,10 +275,10 @@ class ApproximateDropout(pl.Callback):
 
     def _check_resumed_settings(self, seed: int) -> bool:
         """Compare the checkpoint's settings with this fit's; raise (or warn, with ``allow_settings_change``) on a
-        difference. Returns whether the saved pattern stream continues (same settings)."""
-        saved = (self._pending_state or {}).get("settings")
-        if saved is None:  # a fresh fit, or a checkpoint from before settings were stored
-            return True
+        difference. Returns whether the checkpoint's record and pattern stream continue (same settings)."""
+        if not self._pending_state or "guard" not in self._pending_state:
+            return False
+        saved = self._pending_state.get("settings", {})
         now = self._settings(seed)
         changed = {k: (saved.get(k), now[k]) for k in now if saved.get(k) != now[k]}
         if not changed:
@@ -189,7 +292,7 @@ class ApproximateDropout(pl.Callback):
             )
         rank_zero_warn(
             f"ApproximateDropout: resuming with other ARD settings than the checkpoint's ({listed}); the new settings "
-            "apply from here, with a fresh pattern stream from the new seed"
+            "apply from here, with a new plan and a fresh pattern stream from the new seed"
         )
         return False
 
@@ -197,6 +300,7 @@ class ApproximateDropout(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.active:
             self._log_last_step(trainer)
+        self._write_record(trainer)
         self._teardown(restore=self.restore_on_fit_end)
 
     @override
@@ -208,38 +312,46 @@ class ApproximateDropout(pl.Callback):
         if self.controller is not None:
             self.controller.restore() if restore else self.controller.clear()
 
+    def _write_record(self, trainer: pl.Trainer) -> None:
+        """The plan record as ``ard_plan.json`` in the log directory (rank zero, when it changed)."""
+        record = self.record
+        if record is None or not trainer.is_global_zero or self._log_dir is None:
+            return
+        data = record.to_dict()
+        if data == self._saved_record:
+            return
+        os.makedirs(self._log_dir, exist_ok=True)
+        record.save(Path(self._log_dir) / PLAN_FILE)
+        self._saved_record = data
+
     # ------------------------------------------------------------------ per step
     @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if not self.active:
+        guard, self._in_step = self.guard, False
+        if guard is None or not self.active:
             return
-        ctl: ARDController = self.controller  # type: ignore[assignment]
-        if self._steps == 0:
-            self._follow_batch(ctl, batch)
-        self._mode = self._meter.mode(self._steps) if self.measure_speedup else None
-        if self._mode == step_speedup.PLAIN:
-            ctl.plain_step()
-        else:
-            if self._other_flops.pending:
-                self._other_flops.start()
-            ctl.step()
-        if self._mode is not None:
-            profiling.synchronize(pl_module.device)
-        self._step_start = time.perf_counter()
+        self._in_step = True
+        first = not guard.record.plans
+        before = self.controller.plan  # type: ignore[union-attr]
+        guard.begin(batch_samples(batch) if first else None)
+        if not self.active:  # a replayed plan gives the plain model back from this step
+            self._in_step = False
+            return
+        if first:
+            self._said_groups(before, guard.plan)
+        if guard.mode != PLAIN and self.active and self._other_flops.pending:
+            self._other_flops.start()
 
     @staticmethod
-    def _follow_batch(ctl: ARDController, batch: Any) -> None:
-        """``groups="auto"``: the first batch's size (the first dimension of its first tensor) sets the Linear
-        sites' group count for the fit (:func:`~lightning_ard.patterns.groups.auto_groups`); said in one line when
-        it differs from the site table's."""
-        samples = batch_samples(batch)
-        changed = ctl.follow_batch(samples)
-        if changed:
+    def _said_groups(before: ARDPlan, after: ARDPlan) -> None:
+        """``groups="auto"``: one line when the first batch changed the site table's group counts."""
+        changed = {sp.name: sp.groups for sp, old in zip(after.sites, before.sites) if sp.groups != old.groups}
+        if changed and after.samples is not None:
             counts = ", ".join(f"{name}: {g}" for name, g in changed.items())
             rank_zero_info(
-                f"ApproximateDropout: groups='auto' follows the batch of {samples} samples: pattern groups per "
+                f"ApproximateDropout: groups='auto' follows the batch of {after.samples} samples: pattern groups per "
                 f"step {counts} (above {AUTO_BATCH} samples they grow with the square root of the batch)"
             )
 
@@ -247,95 +359,39 @@ class ApproximateDropout(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not self.active:
+        guard = self.guard
+        if guard is None or not self._in_step:
             return
-        if self._mode is not None:
-            profiling.synchronize(pl_module.device)
-            if self._meter.record(self._mode, (time.perf_counter() - self._step_start) * 1e3):
-                self._step_ms = self._meter.result()
-                plain, ard = self._step_ms
-                if trainer.strategy.broadcast(self.never_slower and not ard < plain, src=0):  # rank 0 decides
-                    self._steps += 1
-                    self._give_up(trainer, f"the measured step is not faster ({plain / ard:.2f}x)")
-                    return
-        self._steps += 1
-        if self._mode == step_speedup.PLAIN:
+        self._in_step = False
+        guard.stop()
+        reference = guard.mode == PLAIN
+        layer_flops = None if reference else self._account()
+        guard.end()
+        if guard.record.to_dict() != self._saved_record:
+            self._write_record(trainer)
+        if not self.active:  # never slower gave the plain model back
+            self._log(trainer, {"ard/flops_saved": 0.0, "ard/tflops_saved_total": self.tflops_saved_total,
+                                **self._step_time_metrics()})  # fmt: skip
+            return
+        if layer_flops is None:
             return  # a reference step of the plain model: nothing of ARD ran
+        self._last_step = (layer_flops, guard.step_index)
+        if guard.step_index == 1 or guard.step_index % max(trainer.log_every_n_steps, 1) == 0:
+            self._log(trainer, self._metrics(layer_flops), pl_module)
+            self._logged_step = guard.step_index
+
+    def _account(self) -> accounting.LayerFlops:
+        """Check the step's dropout calls and count its FLOPs (the rest of the model's once, at the first step)."""
         ctl: ARDController = self.controller  # type: ignore[assignment]
         try:
             ctl.check_calls()
         except RuntimeError as err:
             raise RuntimeError(f"ApproximateDropout: {err}") from err
         layer_flops = ctl.layer_flops()
-        first = self._other_flops.stop(
-            sum(e for _, e in layer_flops.values()),
-            {**ctl.surgery.linears, **ctl.surgery.lstms},  # type: ignore[union-attr]
-        )
-        if first and ctl.config.backend == "auto":
-            self._choose_backends(trainer)
-        if first and self.measure_speedup:
-            self._calibrate(trainer)
-            if not self.active:  # never slower: no site was faster, the plain model is back
-                return
+        ard_modules = {**ctl.surgery.linears, **ctl.surgery.lstms}  # type: ignore[union-attr]
+        self._other_flops.stop(sum(e for _, e in layer_flops.values()), ard_modules)
         self.tflops_saved_total += sum(d - e for d, e in layer_flops.values()) / 1e12
-        self._last_step = (layer_flops, self._steps)
-        if self._steps == 1 or self._steps % max(trainer.log_every_n_steps, 1) == 0:
-            self._log(trainer, self._metrics(layer_flops), pl_module)
-            self._logged_step = self._steps
-
-    def _choose_backends(self, trainer: pl.Trainer) -> None:
-        """``backend="auto"``: time every candidate backend of each ARD Linear at this step's real shapes and keep
-        the fastest (on a CPU the only candidate is the PyTorch path: nothing is timed); rank 0 decides."""
-        from lightning_ard.kernels.select import candidate_backends, fastest_layer_backend
-
-        linears = self.controller.surgery.linears  # type: ignore[union-attr]
-        if all(len(candidate_backends(lin.weight.device)) < 2 for lin in linears.values()):
-            return
-        choices = {path: fastest_layer_backend(lin, profiling.median_time) for path, lin in linears.items()}
-        names = trainer.strategy.broadcast({path: c.name for path, c in choices.items()}, src=0)
-        for path, name in names.items():
-            linears[path].use_backend(name)
-            rank_zero_info(f"ApproximateDropout: {path} uses backend {choices[path].describe()}")
-        self.backends = dict(names)
-
-    def _calibrate(self, trainer: pl.Trainer) -> None:
-        """Time every ARD layer's share of a training step dense vs ARD at this step's shapes, on the real device;
-        with ``never_slower``, sites that are not faster go back to nn.Dropout (rank 0 decides for all ranks)."""
-        ctl: ARDController = self.controller  # type: ignore[assignment]
-        surgery = ctl.surgery
-        rates = {site.consumer: site.p for site in ctl.report.sites if site.name not in ctl.fallen_back}
-        self._layer_time = profiling.calibrate(
-            surgery.linears,
-            surgery.lstms,
-            rates,
-            trainer.optimizers,  # type: ignore[union-attr]
-        )
-        self.speedups = profiling.site_speedups(self._layer_time, ctl.report.sites)
-        if not self.never_slower:
-            return
-        slower = [name for name, speedup in self.speedups.items() if not speedup > 1.0]
-        slower = trainer.strategy.broadcast(slower, src=0)
-        for name in ctl.fall_back(slower):
-            measured = self.speedups.get(name)
-            why = f"measured {measured:.2f}x" if measured is not None else "shares its dropout with a slower site"
-            rank_zero_warn(
-                f"ApproximateDropout: site {name!r} runs as nn.Dropout for the rest of the fit: ARD is not faster "
-                f"there ({why} at this step's shapes; never_slower=False keeps it)"
-            )
-        if {s.name for s in ctl.report.sites} <= ctl.fallen_back:
-            self._give_up(trainer, "no site is faster with ARD")
-
-    def _give_up(self, trainer: pl.Trainer, why: str) -> None:
-        """Never slower: give the plain modules back for the rest of the fit (no ARD overhead left), logging the
-        last figures with nothing saved from here on."""
-        self.controller.restore()  # type: ignore[union-attr]
-        self.gave_up = why
-        rank_zero_warn(
-            f"ApproximateDropout: the model trains with its plain modules for the rest of the fit: {why} "
-            "(never_slower=False keeps ARD)"
-        )
-        metrics = {"ard/flops_saved": 0.0, "ard/tflops_saved_total": self.tflops_saved_total}
-        self._log(trainer, {**metrics, **self._step_time_metrics()})
+        return layer_flops
 
     def _metrics(self, layer_flops: accounting.LayerFlops) -> dict[str, float]:
         ctl: ARDController = self.controller  # type: ignore[assignment]
@@ -355,9 +411,10 @@ class ApproximateDropout(pl.Callback):
 
     def _step_time_metrics(self) -> dict[str, float]:
         """The last timing window's medians and their ratio (empty before the first window ends)."""
-        if self._step_ms is None:
+        step_ms = self.guard.step_ms if self.guard is not None else None
+        if step_ms is None:
             return {}
-        plain, ard = self._step_ms
+        plain, ard = step_ms
         return {"ard/step_ms_plain": plain, "ard/step_ms_ard": ard, "ard/step_speedup": plain / ard}
 
     def _log_last_step(self, trainer: pl.Trainer) -> None:
@@ -383,39 +440,20 @@ class ApproximateDropout(pl.Callback):
 
     # ------------------------------------------------------------------ report and state
     def site_table(self) -> str:
-        """The site table printed at fit start: site, kind, width, p, family, patterns per step, expected saving."""
-        rows = [("site", "kind", "width", "p", "family", "groups", "E[rate]", "E[FLOPs saved in its layers]")]
+        """The site table printed at fit start: a view of the plan in force."""
         ctl = self.controller
-        for site in ctl.report.sites if ctl else []:
-            dist = ctl.distributions[site.name]
-            rows.append(
-                (
-                    site.name,
-                    str(site.kind),
-                    str(site.width),
-                    f"{site.p:.3g}",
-                    ctl.family_for(site),
-                    str(ctl.site_groups(site.name)),
-                    f"{dist.expected_rate:.4f}",
-                    f"{ctl.expected_site_saving(site):.1%}",
-                )
-            )
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["ApproximateDropout sites:"]
-        for i, r in enumerate(rows):
-            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
-            if i == 0:
-                lines.append("  " + "  ".join("-" * w for w in widths))
-        for skip in ctl.report.skipped if ctl else []:
-            lines.append(f"  skipped {skip.name}: {skip.reason}")
-        return "\n".join(lines)
+        if ctl is None:
+            return "ApproximateDropout sites:"
+        return plan_table(self.plan or ctl.plan, ctl.expected_site_saving)
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        if self.controller is None or self.controller.sampler is None:
+        if self.guard is None or self.controller is None:
             return {}
         return {
-            "sampler": self.controller.sampler.state_dict(),
+            "guard": self.guard.state_dict(),
+            "controller": self.controller.state_dict(),
+            "rng": _rng_state(),
             "tflops_saved_total": self.tflops_saved_total,
             "settings": self._settings(self._base_seed()),
         }

@@ -1,12 +1,17 @@
-"""ARDController: ARD on a plain ``nn.Module`` (no Lightning): detect, swap, draw per step, account, restore.
+"""ARDController: executes an :class:`~lightning_ard.plan.ARDPlan` on a plain ``nn.Module`` (no Lightning).
 
-The Lightning callback drives one of these; a plain PyTorch loop (or the benchmark) can use it directly::
+``apply`` builds the plan (:func:`~lightning_ard.planning.build_plan`) unless one is given and swaps the modules;
+``step`` draws the step's patterns and sets them on the layers; ``use`` switches to a new plan (sites that fall
+back, backends, group counts, the plain model); ``restore`` gives the plain modules back. Decisions are the plan's:
+the controller keeps no other state that changes what the model trains on, except the pattern generator, which
+:meth:`state_dict` saves. A plain PyTorch loop (or the benchmark) uses it directly::
 
     ctl = ARDController(model, pattern="row").apply()
+    guard = SpeedGuard(ctl, optimizers=[opt])      # optional: never slower, as in the Lightning callback
     for x, y in data:
-        ctl.step()                      # this step's patterns
-        loss_fn(model(x), y).backward()
-        opt.step(); opt.zero_grad()
+        with guard.step():                          # draws this step's patterns (or runs a timed reference step)
+            loss_fn(model(x), y).backward()
+            opt.step(); opt.zero_grad()
     ctl.restore()
 """
 
@@ -26,13 +31,13 @@ from lightning_ard.kernels import get_backend
 from lightning_ard.layers import ARDLSTM, ARDLinear
 from lightning_ard.layers.lstm import SequenceFollower, lstm_layer_input_size, unscaled
 from lightning_ard.patterns import PatternDistribution, PatternSampler, RowPattern, TilePattern
-from lightning_ard.patterns.groups import AUTO_LSTM_GROUPS, resolve_groups
-from lightning_ard.patterns.tile import auto_tile
-from lightning_ard.sites import Site, SiteKind, SiteReport, Skipped, Surgery, find_sites
+from lightning_ard.plan import ARDPlan
+from lightning_ard.planning import bound_groups, build_plan, config_of
+from lightning_ard.sites import Site, SiteReport, Skipped, Surgery
 
 
 @dataclass
-class _LinearPlan:
+class _LinearSlots:
     """Which sites set an ARD Linear's input, output and tile patterns each step."""
 
     module: ARDLinear
@@ -42,10 +47,10 @@ class _LinearPlan:
 
 
 @dataclass
-class _LSTMPlan:
+class _LSTMSlots:
     """Which site (or none) sets each layer's input pattern of an ARD LSTM each step; with recurrent structured
-    dropout, which distribution sets each layer's hidden-unit pattern (an inter-layer site, the Linear site after
-    the LSTM, or the LSTM's own ``<path>.h<layer>``)."""
+    dropout, which draw sets each layer's hidden-unit pattern (an inter-layer site, the Linear site after the LSTM,
+    or the LSTM's own ``<path>.h<layer>``); the Linears that follow its sequence groups."""
 
     module: ARDLSTM
     layer_sites: list[str | None] = field(default_factory=list)
@@ -53,101 +58,122 @@ class _LSTMPlan:
     followers: dict[str, SequenceFollower] = field(default_factory=dict)  # Linear path -> its follower
 
 
-def _qualify(prefix: str, target: str) -> str:
-    return f"{prefix}.{target}" if prefix else target
-
-
-def _traced_lstm_roots(model: nn.Module, lstm_paths: set[str]) -> list[tuple[str, Any]]:
-    """``(prefix, GraphModule)`` of the model traced by ``torch.fx``, or else of its largest traceable submodules
-    that hold one of ``lstm_paths`` (breadth first); torch.nn modules (LSTM, Dropout, Linear) stay leaves."""
-    from torch import fx
-
-    roots, pending = [], [("", model)]
-    while pending:
-        prefix, module = pending.pop(0)
-        if not any(p == prefix or p.startswith(f"{prefix}.") or not prefix for p in lstm_paths):
-            continue
-        try:
-            roots.append((prefix, fx.GraphModule(module, fx.Tracer().trace(module))))
-            continue
-        except Exception:  # noqa: BLE001 - any trace failure means "look at the children"
-            pass
-        pending += [(_qualify(prefix, name), child) for name, child in module.named_children()]
-    return roots
-
-
 class ARDController:
-    """Owns ARD for one model: site detection, per-site distributions, the swap, per-step patterns, FLOPs.
+    """Executes ARD for one model: the swap, per-step patterns, plan changes, FLOPs.
 
     Args:
         model: the model to rewrite (in place, on :meth:`apply`).
         config: what to rewrite and how; ``None`` builds one from ``settings`` (``pattern="tile"``, ...).
         seed: seed of the pattern generator, overriding ``config.seed`` (the Lightning callback passes its seed
             plus a per-rank offset); ``None`` uses ``config.seed``, or 0 when that is ``None`` too.
+        plan: a plan to execute as it is (no detection, no search), e.g. one a fit saved; its config is used.
     """
 
     def __init__(
-        self, model: nn.Module, config: ARDConfig | None = None, *, seed: int | None = None, **settings: Any
+        self,
+        model: nn.Module,
+        config: ARDConfig | None = None,
+        *,
+        seed: int | None = None,
+        plan: ARDPlan | None = None,
+        **settings: Any,
     ) -> None:
+        if plan is not None and (config is not None or settings):
+            raise ValueError("pass either a plan or settings (config or keywords), not both; a plan holds its config")
         if config is None:
-            config = ARDConfig(**settings)
+            config = config_of(plan) if plan is not None else ARDConfig(**settings)
         elif settings:
             raise ValueError(f"pass either config or keyword settings, not both (got {sorted(settings)})")
         check_seed("seed", seed, allow_none=True)
         seed = seed if seed is not None else (config.seed if config.seed is not None else 0)
         self.model, self.config, self.seed = model, config, seed
-        self.report: SiteReport = SiteReport()
-        self.distributions: dict[str, PatternDistribution] = {}
+        self._plan: ARDPlan | None = plan
         self.surgery: Surgery | None = None
         self.sampler: PatternSampler | None = None
-        self.patterns: dict[str, RowPattern | TilePattern] = {}
-        self._linears: list[_LinearPlan] = []
-        self._lstms: list[_LSTMPlan] = []
-        self._site_groups: dict[str, int] | None = None
-        self._lstm_site_groups: dict[str, int] = {}  # draws tied to an LSTM (time chunks, sequence groups)
-        self.samples: int | None = None  # samples per step that groups="auto" follows (None: not seen yet)
-        self._plans: dict[str, _LinearPlan | _LSTMPlan] = {}
-        self._lstm_followers: dict[str, str] = {}  # Linear site -> the LSTM whose sequence groups it follows
-        self._hidden_distributions: dict[str, PatternDistribution] = {}  # <lstm>.h<layer> (structured, no site)
+        self.patterns: dict[str, RowPattern | TilePattern | tuple] = {}
+        self._linears: dict[str, _LinearSlots] = {}
+        self._lstms: dict[str, _LSTMSlots] = {}
         self._modes: dict[str, bool] = {}  # module path -> training, at the last step's start
         self._plain_dropouts: set[str] = set()  # dropouts running as nn.Dropout in the last step
         self._mode_warnings: set[tuple[str, tuple[tuple[str, bool], ...]]] = set()
-        self.fallen_back: set[str] = set()  # sites served as the plain modules for the rest of the fit
         self._modules: dict[str, nn.Module] = {}
+
+    # ------------------------------------------------------------------ the plan
+    @property
+    def plan(self) -> ARDPlan:
+        """The plan in force (built on first use when none was given)."""
+        if self._plan is None:
+            self._plan = build_plan(self.model, self.config)
+        return self._plan
+
+    @property
+    def report(self) -> SiteReport:
+        """The plan's sites (served or fallen back) and skipped dropouts, as a detection report."""
+        if self._plan is None:
+            return SiteReport()
+        return SiteReport([sp.site for sp in self._plan.sites], [Skipped(n, r) for n, r in self._plan.skipped])
+
+    @property
+    def distributions(self) -> dict[str, PatternDistribution]:
+        """Every draw's distribution, in draw order: the sites, then hidden-unit distributions."""
+        if self._plan is None:
+            return {}
+        out = {sp.name: sp.distribution for sp in self._plan.sites}
+        out.update({h.name: h.distribution for h in self._plan.hidden})
+        return out
+
+    @property
+    def fallen_back(self) -> set[str]:
+        """Sites the plan serves as nn.Dropout."""
+        return set(self._plan.fallen_back) if self._plan is not None else set()
 
     @property
     def active(self) -> bool:
         """Whether ARD layers are in the model now."""
         return self.surgery is not None
 
-    def apply(self) -> "ARDController":
-        """Detect sites, search each site's distribution and swap the modules (no-op when there is no site).
+    def family_for(self, site: Site) -> str:
+        """The family ``site`` draws (row for LSTM sites under the tile family)."""
+        return self.plan.site(site.name).family
 
-        Transactional: everything that can fail (backend, search) is checked before the first module changes, and
-        a failure during the swap undoes every change made, so on error the model is exactly as it was.
+    def site_groups(self, site: str) -> int:
+        """Patterns per step that ``site`` (or a hidden-unit draw) takes (1: the paper's one pattern per step)."""
+        for h in self.plan.hidden:
+            if h.name == site:
+                return h.groups
+        return self.plan.site(site).groups
+
+    @property
+    def linear_groups(self) -> int:
+        """Pattern groups per step at Linear sites not tied to an LSTM (the largest when they differ)."""
+        counts = [sp.groups for sp in self.plan.sites if sp.site.kind.feeds_linear and not sp.tied]
+        return max(counts, default=max((sp.groups for sp in self.plan.sites), default=1))
+
+    @property
+    def samples(self) -> int | None:
+        """Samples per step the plan's group counts follow (``None``: not seen yet)."""
+        return self.plan.samples
+
+    # ------------------------------------------------------------------ swap
+    def apply(self) -> ARDController:
+        """Build (or take) the plan and swap the modules of its sites (no-op without a site, or for a plan in which
+        the plain model trains).
+
+        Transactional: everything that can fail (search, backend) is checked before the first module changes, and a
+        failure during the swap undoes every change made, so on error the model is exactly as it was.
         """
-        c = self.config
-        report = find_sites(self.model, c.p, c.include, c.exclude, c.sites)
-        self._leave_lstm_sites(report)
-        if not report.sites:
-            self.report = report
+        plan = self.plan
+        if not plan.sites or plan.plain is not None:
             return self
-        for site in report.sites:
-            if self.family_for(site) == "tile" and site.producer is not None:
-                # a tile consumer needs all its input units, so the producer keeps computing all of them
-                site.producer, site.kind = None, SiteKind.CONSUMER
-        for site in report.sites:
-            device = next(self.model.get_submodule(site.consumer).parameters()).device
-            get_backend(c.backend, device)  # raises for a backend that cannot run there, before any swap
-        self.report = report
-        self.distributions = self._distributions(report)
-        if not report.sites:
-            return self
-        surgery = Surgery(self.model, report.sites, c.backend)
+        for sp in plan.sites:
+            device = next(self.model.get_submodule(sp.site.consumer).parameters()).device
+            get_backend(self.config.backend, device)  # raises for a backend that cannot run there, before any swap
+        surgery = Surgery(self.model, [sp.site for sp in plan.sites], self.config.backend)
         try:
             surgery.apply()
             self.surgery = surgery
-            self._plan()
+            self._wire()
+            self._use_backends(plan)
             self.sampler = PatternSampler(self.distributions, self.seed)
         except BaseException:
             surgery.restore()
@@ -155,308 +181,139 @@ class ARDController:
             raise
         return self
 
-    @property
-    def linear_groups(self) -> int:
-        """Pattern groups per step at Linear sites (``config.groups`` resolved: ``"auto"`` is the safe count for the
-        sites' rate and the batch :meth:`follow_batch` saw; the largest over sites when their rates differ)."""
-        rates = [s.p for s in self.report.sites if s.kind.feeds_linear] or [0.5]
-        return max(resolve_groups(self.config.groups, p, self.samples) for p in rates)
-
-    def follow_batch(self, samples: int | None) -> dict[str, int]:
-        """Let ``groups="auto"`` follow a step of ``samples`` samples (the first training batch's size): Linear
-        sites get :func:`~lightning_ard.patterns.groups.auto_groups` for it from the next draw on (LSTM-tied draws
-        keep their count). Returns the sites whose count changed, with the new count; a no-op for a fixed
-        ``groups``."""
-        if self.config.groups != "auto" or samples is None or samples == self.samples:
-            return {}
-        before = {site.name: self.site_groups(site.name) for site in self.report.sites}
-        self.samples = samples
-        if self.surgery is not None:
-            self._resolve_site_groups()
-        return {name: self.site_groups(name) for name, g in before.items() if self.site_groups(name) != g}
-
-    def site_groups(self, site: str) -> int:
-        """Patterns per step that ``site`` draws (1: the paper's one pattern per mini-batch)."""
-        return 1 if self._site_groups is None else self._site_groups[site]
-
-    def _leave_lstm_sites(self, report: SiteReport) -> None:
-        """Under ``groups="auto"`` with no ``lstm_groups``, unidirectional LSTM sites in time mode are served with
-        :data:`~lightning_ard.patterns.groups.AUTO_LSTM_GROUPS` time chunks (the measured accurate and fast
-        setting); the others stay nn.Dropout, with the reason: sequence mode and structured dropout have no
-        measured safe default, and time chunks do not run on packed bidirectional input (unknown at fit start).
-        Served LSTM sites are prepared for ``lstm_mode`` and ``lstm_recurrent_p`` (:meth:`_prepare_lstm_sites`)."""
-        if self._auto_lstm:
-            reasons = {s.name: self._auto_lstm_reason(s) for s in report.sites if s.kind.feeds_lstm}
-            lstm = [s for s in report.sites if reasons.get(s.name) is not None]
-            plain = {s.dropout for s in lstm if s.dropout is not None}  # a dropout module is served whole or not
-            shared = [s for s in report.sites if not s.kind.feeds_lstm and s.dropout in plain]
-            report.sites = [s for s in report.sites if s not in lstm and s not in shared]
-            report.skipped += [Skipped(s.name, reasons[s.name]) for s in lstm]  # type: ignore[arg-type]
-            report.skipped += [
-                Skipped(s.name, f"another use of {s.dropout} stays nn.Dropout (an LSTM site)") for s in shared
-            ]
-        self._prepare_lstm_sites(report)
-
-    @property
-    def _auto_lstm(self) -> bool:
-        """LSTM sites take the automatic setting: ``groups="auto"``, no ``lstm_groups``, no structured dropout."""
-        c = self.config
-        return c.groups == "auto" and c.lstm_groups is None and c.lstm_recurrent_p is None
-
-    def _auto_lstm_reason(self, site: Site) -> str | None:
-        """Why ``groups="auto"`` leaves an LSTM site as nn.Dropout (None: it serves it with time chunks)."""
-        if self.config.lstm_mode != "time":
-            return (
-                "LSTM sites in lstm_mode='sequence' stay nn.Dropout under groups='auto' (no measured safe default); "
-                "set lstm_groups=N to serve them"
-            )
-        if getattr(self.model.get_submodule(site.consumer), "bidirectional", False):
-            return (
-                "bidirectional LSTM sites stay nn.Dropout under groups='auto' (time chunks do not run on packed "
-                "bidirectional input); set lstm_groups=N (or lstm_mode='sequence') to serve them"
-            )
-        return None
-
-    def _prepare_lstm_sites(self, report: SiteReport) -> None:
-        """Before any swap: in sequence mode, find the Linear sites that read an LSTM's output (they follow its
-        sequence groups); with ``lstm_recurrent_p``, check the LSTMs, give the sites on their hidden units (inter-
-        layer, and the Linear site after the LSTM) that rate, and search the hidden-unit distributions that have no
-        site."""
-        c = self.config
-        lstm_paths = {s.consumer for s in report.sites if s.kind.feeds_lstm}
-        self._lstm_followers = self._find_lstm_followers(report, lstm_paths) if c.lstm_mode == "sequence" else {}
-        self._hidden_distributions = {}
-        q = c.lstm_recurrent_p
-        if q is None:
-            return
-        from lightning_ard.search import search_distribution
-
-        for path in sorted(lstm_paths):
-            lstm = self.model.get_submodule(path)
-            if lstm.bidirectional:
-                raise ValueError(
-                    f"lstm_recurrent_p={q} supports unidirectional LSTMs only, got bidirectional {path!r}; set "
-                    "lstm_recurrent_p=None (sequence groups serve bidirectional LSTMs)"
-                )
-            follows = [s for s in report.sites if self._lstm_followers.get(s.name) == path]
-            inter = {s.consumer_layer: s for s in report.sites if s.consumer == path and s.kind == SiteKind.LSTM_INTER}
-            for site in [*follows, *inter.values()]:
-                site.p = q  # these sites drop the LSTM's hidden units: the structured dropout's rate
-            last = lstm.num_layers - 1
-            for layer in range(lstm.num_layers):
-                if layer + 1 in inter or (layer == last and follows):
-                    continue
-                family = "row" if c.pattern == "tile" else c.pattern  # LSTM units take row patterns
-                try:
-                    dist = search_distribution(q, lstm.hidden_size, family, **c.search)
-                except ValueError as err:
-                    raise ValueError(f"LSTM {path!r} hidden units (lstm_recurrent_p={q}): {err}") from err
-                self._hidden_distributions[f"{path}.h{layer}"] = dist
-
-    def _find_lstm_followers(self, report: SiteReport, lstm_paths: set[str]) -> dict[str, str]:
-        """Linear sites whose dropout reads an ARD-served LSTM's output (``out`` of ``out, h = lstm(x)``, through
-        ``.data``, ``pad_packed_sequence``, reshapes and ``.contiguous()``), by tracing: site name -> LSTM path."""
-        import operator
-
-        import torch
-        from torch.nn.utils.rnn import pad_packed_sequence
-
-        passthrough_methods = {"contiguous", "reshape", "view", "flatten"}
-        passthrough_functions = {torch.reshape, torch.flatten}
-        by_dropout: dict[str, list[Site]] = {}
-        producers = {site.producer for site in report.sites}
-        for site in report.sites:
-            eligible = site.producer is None and site.consumer not in producers and self.family_for(site) != "tile"
-            if site.kind.feeds_linear and eligible and site.dropout is not None:
-                by_dropout.setdefault(site.dropout, []).append(site)
-        found: dict[str, str] = {}
-        for prefix, gm in _traced_lstm_roots(self.model, lstm_paths):
-            for node in gm.graph.nodes:
-                if node.op != "call_module" or _qualify(prefix, node.target) not in lstm_paths:
-                    continue
-                lstm_path = _qualify(prefix, node.target)
-                pending = [u for u in node.users if u.target is operator.getitem and u.args[1] == 0]
-                while pending:
-                    cur = pending.pop()
-                    for user in cur.users:
-                        if user.op == "call_module":
-                            for site in by_dropout.get(_qualify(prefix, user.target), []):
-                                found[site.name] = lstm_path
-                        elif (
-                            (user.op == "call_method" and user.target in passthrough_methods)
-                            or (user.op == "call_function" and user.target in passthrough_functions)
-                            or (user.op == "call_function" and user.target is getattr and user.args[1] == "data")
-                        ) and user.args[0] is cur:
-                            pending.append(user)
-                        elif user.op == "call_function" and user.target is pad_packed_sequence:
-                            pending += [u for u in user.users if u.target is operator.getitem and u.args[1] == 0]
-        return found
-
-    def family_for(self, site: Site) -> str:
-        """The family a site uses: the chosen one, except row for LSTM sites under the tile family."""
-        if self.config.pattern == "tile" and not site.kind.feeds_linear:
-            return "row"
-        return self.config.pattern
-
-    def _distributions(self, report: SiteReport) -> dict[str, PatternDistribution]:
-        """Every site's searched distribution. Under ``tile="auto"`` a tile site that no pattern can serve is skipped
-        with the search's reason (with the other uses of its dropout module) instead of failing the fit."""
-        out: dict[str, PatternDistribution] = {}
-        for site in list(report.sites):
-            try:
-                out[site.name] = self._distribution(site)
-            except ValueError as err:
-                if self.family_for(site) != "tile" or self.config.tile != "auto":
-                    raise
-                gone = [s for s in report.sites if s is site or (site.dropout and s.dropout == site.dropout)]
-                report.sites = [s for s in report.sites if s not in gone]
-                report.skipped += [Skipped(s.name, f"no tile pattern serves it: {err}") for s in gone]
-        return {name: dist for name, dist in out.items() if any(s.name == name for s in report.sites)}
-
-    def _distribution(self, site: Site) -> PatternDistribution:
-        from lightning_ard.search import search_distribution
-
-        family = self.family_for(site)
-        try:
-            if family == "tile":
-                consumer = self.model.get_submodule(site.consumer)
-                shape = (consumer.out_features, consumer.in_features)
-                tile = auto_tile(*shape) if self.config.tile == "auto" else self.config.tile
-                return search_distribution(site.p, site.width, "tile", shape=shape, tile=tile, **self.config.search)
-            return search_distribution(site.p, site.width, family, **self.config.search)
-        except ValueError as err:
-            raise ValueError(f"site {site.name!r} (p={site.p}, width={site.width}): {err}") from err
-
-    def _plan(self) -> None:
-        linears: dict[str, _LinearPlan] = {}
-        lstms: dict[str, _LSTMPlan] = {}
-        for site in self.report.sites:
-            module = self.model.get_submodule(site.consumer)
+    def _wire(self) -> None:
+        """Which site sets which slot of which layer, from the plan."""
+        linears: dict[str, _LinearSlots] = {}
+        lstms: dict[str, _LSTMSlots] = {}
+        for sp in self.plan.sites:
+            site, module = sp.site, self.model.get_submodule(sp.site.consumer)
             if isinstance(module, ARDLSTM):
-                plan = lstms.setdefault(site.consumer, _LSTMPlan(module, [None] * module.num_layers))
-                plan.layer_sites[site.consumer_layer] = site.name
+                slots = lstms.setdefault(site.consumer, _LSTMSlots(module, [None] * module.num_layers))
+                slots.layer_sites[site.consumer_layer] = site.name
                 continue
-            lplan = linears.setdefault(site.consumer, _LinearPlan(module))  # type: ignore[arg-type]
-            if self.family_for(site) == "tile":
-                lplan.tile_site = site.name
+            lin = linears.setdefault(site.consumer, _LinearSlots(module))  # type: ignore[arg-type]
+            if sp.family == "tile":
+                lin.tile_site = site.name
                 continue
-            lplan.in_site = site.name
+            lin.in_site = site.name
             if site.producer is not None:
                 producer = self.model.get_submodule(site.producer)
-                linears.setdefault(site.producer, _LinearPlan(producer)).out_site = site.name  # type: ignore[arg-type]
-        self._linears, self._lstms = list(linears.values()), list(lstms.values())
-        self._plans: dict[str, _LinearPlan | _LSTMPlan] = {**linears, **lstms}
-        self._lstm_site_groups = self._plan_lstms(lstms, linears)
-        self._resolve_site_groups()
+                linears.setdefault(site.producer, _LinearSlots(producer)).out_site = site.name  # type: ignore[arg-type]
+        for path, slots in lstms.items():
+            self._wire_lstm(path, slots, linears)
+        self._linears, self._lstms = linears, lstms
 
-    def _resolve_site_groups(self) -> None:
-        """Patterns per step of every draw (``None``: all 1, the paper's one pattern and the plain draw)."""
-        c, tied = self.config, self._lstm_site_groups
-        self._site_groups = {
-            site.name: tied.get(site.name, resolve_groups(c.groups, site.p, self.samples)) for site in self.report.sites
-        }
-        self._site_groups.update({name: tied[name] for name in self._hidden_distributions})
-        if all(g == 1 for g in self._site_groups.values()):
-            self._site_groups = None
+    def _wire_lstm(self, path: str, slots: _LSTMSlots, linears: dict[str, _LinearSlots]) -> None:
+        """An LSTM's sequence followers and, under structured dropout, the draw of each layer's hidden units."""
+        follow = [sp.name for sp in self.plan.sites if sp.follows == path]
+        for lin_path, lin in linears.items():
+            if lin.in_site in follow:
+                slots.followers[lin_path] = SequenceFollower(slots.module, lin.module)
+        if self.config.lstm_recurrent_p is not None:
+            hidden = [f"{path}.h{layer}" for layer in range(slots.module.num_layers)]
+            sources = [*slots.layer_sites[1:], follow[0] if follow else None]  # the site on layer l's units
+            slots.hidden_sources = [name if name is not None else hidden[i] for i, name in enumerate(sources)]
 
-    def _plan_lstms(self, lstms: dict[str, _LSTMPlan], linears: dict[str, _LinearPlan]) -> dict[str, int]:
-        """Sequence followers and hidden-unit sources of every LSTM plan; returns one group count per LSTM for
-        every draw tied to it (its sites, its followers' sites, its hidden-unit distributions)."""
-        c = self.config
-        self.distributions.update(self._hidden_distributions)
-        by_name = {site.name: site for site in self.report.sites}
-        out: dict[str, int] = {}
-        for path, plan in lstms.items():
-            follow = [name for name, owner in self._lstm_followers.items() if owner == path and name in by_name]
-            for lin_path, lplan in linears.items():
-                if lplan.in_site in follow:
-                    plan.followers[lin_path] = SequenceFollower(plan.module, lplan.module)
-            hidden = [f"{path}.h{layer}" for layer in range(plan.module.num_layers)]
-            if c.lstm_recurrent_p is not None:
-                sources = [*plan.layer_sites[1:], follow[0] if follow else None]  # the site on layer l's units
-                plan.hidden_sources = [name if name is not None else hidden[i] for i, name in enumerate(sources)]
-            names = [s for s in plan.layer_sites if s is not None] + follow
-            if c.lstm_groups is not None:
-                groups = c.lstm_groups
-            elif self._auto_lstm:  # only time-mode sites are left served (_leave_lstm_sites)
-                groups = AUTO_LSTM_GROUPS
-            else:
-                groups = max(resolve_groups(c.groups, by_name[n].p) for n in names)
-            out.update({name: groups for name in names + [h for h in hidden if h in self._hidden_distributions]})
-        return out
+    def _use_backends(self, plan: ARDPlan) -> None:
+        """Give every ARD Linear the plan's backend (when it changed)."""
+        assert self.surgery is not None
+        for path, name in plan.backend_of.items():
+            lin = self.surgery.linears.get(path)
+            if lin is not None and lin.ard_backend_name != name:
+                lin.use_backend(name)
 
-    def step(self) -> dict[str, RowPattern | TilePattern | tuple[RowPattern | TilePattern, ...]]:
-        """Draw this step's pattern for every site (``config.groups`` per site when > 1) and set it on the layers;
-        returns site -> pattern (or tuple of patterns, one per group)."""
+    def use(self, plan: ARDPlan) -> ARDPlan:
+        """Switch to ``plan`` (sites that fall back, backends, group counts; the plain model when it says so) from
+        the next step on; returns the plan it replaced. The sites and their distributions must be the same."""
+        old = self.plan
+        if [sp.name for sp in plan.sites] != [sp.name for sp in old.sites]:
+            raise ValueError(
+                f"a new plan must serve the same sites as the one in force, got {[sp.name for sp in plan.sites]} "
+                f"instead of {[sp.name for sp in old.sites]}; build a new controller for another model"
+            )
+        self._plan = plan
+        if plan.plain is not None:
+            self.restore()
+        elif self.surgery is not None:
+            self._use_backends(plan)
+        return old
+
+    def follow_batch(self, samples: int | None, rows: dict[str, int] | None = None) -> dict[str, int]:
+        """Resolve the group counts for a step of ``samples`` samples (``groups="auto"`` grows with the batch) and
+        bound them by the step's rows (``rows`` where measured, else ``samples``); returns the draws whose count
+        changed, with the new count."""
+        if samples is None:
+            return {}
+        before = {name: self.site_groups(name) for name in self.distributions}
+        self.use(bound_groups(self.plan, samples, rows))
+        return {name: self.site_groups(name) for name, g in before.items() if self.site_groups(name) != g}
+
+    def fall_back(self, names: Iterable[str], reason: str = "fell back") -> list[str]:
+        """Serve the sites ``names`` as the plain modules from the next step on (with every site that shares a
+        dropout module with one of them); returns the sites that fell back now, in detection order."""
+        before = self.fallen_back
+        self.use(self.plan.fall_back(names, reason))
+        return [sp.name for sp in self.plan.sites if sp.name in self.fallen_back - before]
+
+    # ------------------------------------------------------------------ per step
+    def step(self) -> dict[str, Any]:
+        """Draw this step's patterns for every draw of the plan (served or not: the stream does not depend on which
+        sites are served) and set them on the layers; returns name -> pattern (or tuple, one per group)."""
         if self.surgery is None or self.sampler is None:
             return {}
-        if self._site_groups is None:
+        groups = {name: self.site_groups(name) for name in self.distributions}
+        if all(g == 1 for g in groups.values()):
             pats: dict = self.sampler.draw()
         else:
             pats = self.sampler.draw_groups(
-                self._site_groups, self.config.pool, stratified=self.config.group_draws == "stratified"
+                groups, self.config.pool, stratified=self.config.group_draws == "stratified"
             )
         self.patterns = pats
         served = self._served_sites()
-        for plan in self._linears:
-            if plan.tile_site is not None:
-                plan.module.set_patterns(tile_pattern=pats[plan.tile_site] if plan.tile_site in served else None)
+        for lin in self._linears.values():
+            if lin.tile_site is not None:
+                lin.module.set_patterns(tile_pattern=pats[lin.tile_site] if lin.tile_site in served else None)
             else:
-                plan.module.set_patterns(
-                    in_pattern=pats[plan.in_site] if plan.in_site in served else None,
-                    out_pattern=pats[plan.out_site] if plan.out_site in served else None,
+                lin.module.set_patterns(
+                    in_pattern=pats[lin.in_site] if lin.in_site in served else None,
+                    out_pattern=pats[lin.out_site] if lin.out_site in served else None,
                 )
-        for lplan in self._lstms:
-            self._set_lstm_patterns(lplan, pats, served)
+        for slots in self._lstms.values():
+            self._set_lstm_patterns(slots, pats, served)
         for path, drop in self.surgery.dropouts.items():
             drop.ard_calls = 0
             drop.ard_enabled = path not in self._plain_dropouts
         return pats
 
-    def _set_lstm_patterns(self, plan: _LSTMPlan, pats: dict, served: set[str]) -> None:
+    def _set_lstm_patterns(self, slots: _LSTMSlots, pats: dict, served: set[str]) -> None:
         """This step's patterns on an LSTM and on the Linears that follow its sequence groups. Recurrent structured
         dropout needs every hidden-unit source served; otherwise the step runs the plain sequence groups."""
-        c = self.config
-        inputs = [pats[s] if s in served else None for s in plan.layer_sites]
-        sources = plan.hidden_sources
-        if sources is not None and all(s in served or s in self._hidden_distributions for s in sources):
+        mode, hidden_names = self.config.lstm_mode, {h.name for h in self.plan.hidden}
+        inputs = [pats[s] if s in served else None for s in slots.layer_sites]
+        sources = slots.hidden_sources
+        if sources is not None and all(s in served or s in hidden_names for s in sources):
             hidden = [pats[s] for s in sources]
-            plan.module.set_patterns([inputs[0]] + [None] * (len(inputs) - 1), mode=c.lstm_mode, hidden=hidden)
+            slots.module.set_patterns([inputs[0]] + [None] * (len(inputs) - 1), mode=mode, hidden=hidden)
             last = hidden[-1] if isinstance(hidden[-1], tuple) else (hidden[-1],)
-            for follower in plan.followers.values():  # they read the LSTM's already scaled output
+            for follower in slots.followers.values():  # they read the LSTM's already scaled output
                 follower.set_patterns(in_pattern=tuple(unscaled(p) for p in last))
             return
-        plan.module.set_patterns(inputs, mode=c.lstm_mode)
-        sites = {path: self._plans[path].in_site for path in plan.followers}
-        for path, follower in plan.followers.items():
-            follower.set_patterns(in_pattern=pats[sites[path]] if sites[path] in served else None)
+        slots.module.set_patterns(inputs, mode=mode)
+        for path, follower in slots.followers.items():
+            site = self._linears[path].in_site
+            follower.set_patterns(in_pattern=pats[site] if site in served else None)
 
     def plain_step(self) -> None:
-        """Run the next step as the plain model (full products, nn.Dropout's random masks): a valid training step,
-        used as the timed reference of the measured step speedup. No pattern is drawn (the stream is unchanged)."""
+        """Run the next step as the plain model (full products, nn.Dropout's masks): a valid training step, used as
+        the timed reference of the measured step speedup. No pattern is drawn (the stream is unchanged)."""
         if self.surgery is None:
             return
         self.surgery.clear()
         self._plain_dropouts, self._modes = set(self.surgery.dropouts), {}
 
-    def fall_back(self, names: Iterable[str]) -> list[str]:
-        """Serve the sites ``names`` as the plain modules from the next step on (with every site that shares a
-        dropout module with one of them, since a dropout module runs plainly for all its uses); returns the sites
-        that fell back, in detection order."""
-        names = set(names)
-        dropouts = {s.dropout for s in self.report.sites if s.name in names and s.dropout is not None}
-        new = [
-            s.name
-            for s in self.report.sites
-            if (s.name in names or s.dropout in dropouts) and s.name not in self.fallen_back
-        ]
-        self.fallen_back.update(new)
-        return new
-
     def _site_modes(self, site: Site) -> dict[str, bool]:
         """Module path -> ``training`` of every module a site involves (dropout, consumer, producer)."""
-        paths = (site.dropout, site.consumer, site.producer)
-        return {path: self._module(path).training for path in paths if path is not None}
+        return {path: self._module(path).training for path in (site.dropout, site.consumer, site.producer) if path}
 
     def _module(self, path: str) -> nn.Module:
         """The module at ``path`` (looked up once: the mode checks run every step)."""
@@ -466,36 +323,30 @@ class ARDController:
         return module
 
     def _served_sites(self) -> set[str]:
-        """Sites ARD serves this step: all their modules in training mode. A site whose modules disagree (a Linear
-        in eval while its dropout trains, or the reverse) runs as the plain modules for the step, with one warning;
-        a dropout module runs plainly for all its uses when one of them is not served."""
-        modes = {site.name: self._site_modes(site) for site in self.report.sites}
+        """Sites ARD serves this step: served by the plan, all their modules in training mode. A site whose modules
+        disagree runs as the plain modules for the step, with one warning; a dropout module runs plainly for all its
+        uses when one of them is not served."""
+        sites = [sp.site for sp in self.plan.sites]
+        modes = {site.name: self._site_modes(site) for site in sites}
         self._modes = {path: mode for m in modes.values() for path, mode in m.items()}
-        plain = {
-            site.dropout
-            for site in self.report.sites
-            if not all(modes[site.name].values()) or site.name in self.fallen_back
-        }
-        self._plain_dropouts = {d for d in plain if d is not None}
-        served = {
-            site.name
-            for site in self.report.sites
-            if all(modes[site.name].values())
-            and site.dropout not in self._plain_dropouts
-            and site.name not in self.fallen_back
-        }
-        for site in self.report.sites:
-            mixed = len(set(modes[site.name].values())) > 1
-            key = (site.name, tuple(sorted(modes[site.name].items())))
-            if mixed and key not in self._mode_warnings:
-                self._mode_warnings.add(key)
-                listed = ", ".join(f"{path} {'train' if m else 'eval'}" for path, m in modes[site.name].items())
-                warnings.warn(
-                    f"site {site.name!r} runs as plain nn.Dropout/nn.Linear while its modules disagree on "
-                    f"train/eval mode ({listed}); ARD serves a site only when all its modules train",
-                    stacklevel=3,
-                )
-        return served
+        unserved = {site.name for site in sites if not all(modes[site.name].values())} | self.fallen_back
+        self._plain_dropouts = {s.dropout for s in sites if s.name in unserved and s.dropout is not None}
+        for site in sites:
+            if len(set(modes[site.name].values())) > 1:
+                self._warn_mixed_modes(site, modes[site.name])
+        return {s.name for s in sites if s.name not in unserved and s.dropout not in self._plain_dropouts}
+
+    def _warn_mixed_modes(self, site: Site, modes: dict[str, bool]) -> None:
+        key = (site.name, tuple(sorted(modes.items())))
+        if key in self._mode_warnings:
+            return
+        self._mode_warnings.add(key)
+        listed = ", ".join(f"{path} {'train' if m else 'eval'}" for path, m in modes.items())
+        warnings.warn(
+            f"site {site.name!r} runs as plain nn.Dropout/nn.Linear while its modules disagree on train/eval mode "
+            f"({listed}); ARD serves a site only when all its modules train",
+            stacklevel=4,
+        )
 
     def keep_fraction(self, site: str) -> float:
         """Kept share of ``site``'s units in the last step (the mean over groups)."""
@@ -504,7 +355,8 @@ class ARDController:
         return sum(p.keep_fraction for p in pats) / len(pats)
 
     def check_calls(self) -> None:
-        """Raise if a swapped dropout ran a different number of times than it has sites (since :meth:`step`)."""
+        """Raise if a module's train/eval mode changed during the step, or a swapped dropout ran a different number
+        of times than it has sites (since :meth:`step`)."""
         if self.surgery is None:
             return
         changed = {path: mode for path, mode in self._modes.items() if self._module(path).training != mode}
@@ -519,21 +371,32 @@ class ARDController:
                 "exclude these sites"
             )
         for path, drop in self.surgery.dropouts.items():
-            if path in self._plain_dropouts:
-                continue  # ran as plain nn.Dropout this step (see _served_sites)
             expected = self.surgery.dropout_uses[path]
-            if drop.ard_calls != expected:
+            if path not in self._plain_dropouts and drop.ard_calls != expected:
                 raise RuntimeError(
                     f"dropout {path!r} ran {drop.ard_calls} times in this training step but {expected} site(s) "
                     f"were proven; an unproven use would lose its dropout. Exclude it with exclude=[{path!r}]"
                 )
 
+    # ------------------------------------------------------------------ accounting
     def layer_flops(self) -> accounting.LayerFlops:
-        """(dense, executed) FLOPs of the last step per ARD layer path (forward + backward products), summed over
-        the pattern groups."""
+        """(dense, executed) FLOPs of the last step per ARD layer path (forward + backward products)."""
         if self.surgery is None:
             return {}
         return accounting.step_flops(self.surgery.linears, self.surgery.lstms)
+
+    def step_rows(self) -> dict[str, int]:
+        """Rows the last step had for every draw, as the group bound counts them: a Linear site's input rows,
+        an LSTM site's time steps (time mode) or sequences (sequence mode); draws not measured are left out."""
+        if self.surgery is None:
+            return {}
+        out: dict[str, int] = {}
+        for sp in self.plan.sites:
+            layer = self.surgery.lstms.get(sp.site.consumer) or self.surgery.linears.get(sp.site.consumer)
+            rows = accounting.group_rows(layer, self.config.lstm_mode) if layer is not None else None
+            if rows:
+                out[sp.name] = rows
+        return out
 
     def expected_site_saving(self, site: Site) -> float:
         """Expected share of the products of the layers ``site`` touches that ARD removes (every site at its
@@ -542,32 +405,27 @@ class ARDController:
         keep = {name: dist.expected_keep_fraction for name, dist in self.distributions.items()}
         layers: list[tuple[float, float]] = []
         for path in (site.consumer, site.producer):
-            plan = self._plans.get(path) if path is not None else None
-            if isinstance(plan, _LinearPlan):
+            lin = self._linears.get(path) if path is not None else None
+            if lin is not None:
                 kept = 1.0
-                for name in (plan.in_site, plan.out_site, plan.tile_site):
+                for name in (lin.in_site, lin.out_site, lin.tile_site):
                     kept *= keep[name] if name is not None else 1.0
-                layers.append((plan.module.in_features * plan.module.out_features, kept))
-        for lplan in self._lstms:
-            touched = {site.consumer_layer} if lplan is self._plans.get(site.consumer) else set()
-            touched |= {i for i, name in enumerate(lplan.hidden_sources or ()) if name == site.name}
-            layers += [self._lstm_layer_kept(lplan, layer, keep) for layer in sorted(touched)]
+                layers.append((lin.module.in_features * lin.module.out_features, kept))
+        for slots in self._lstms.values():
+            touched = {site.consumer_layer} if slots is self._lstms.get(site.consumer) else set()
+            touched |= {i for i, name in enumerate(slots.hidden_sources or ()) if name == site.name}
+            layers += [_lstm_layer_kept(slots, layer, keep) for layer in sorted(touched)]
         return accounting.expected_saving(layers)
 
-    @staticmethod
-    def _lstm_layer_kept(plan: _LSTMPlan, layer: int, keep: dict[str, float]) -> tuple[float, float]:
-        """(dense products, expected kept share) of one LSTM layer: 4H x (input + H), the input columns at their
-        site's keep fraction and, under structured dropout, the gate rows and recurrent columns at the hidden one.
-        Works on the restored ``nn.LSTM`` too (after fit)."""
-        lstm, sources = plan.module, plan.hidden_sources
-        width, hidden = lstm_layer_input_size(lstm, layer), lstm.hidden_size
-        unit = keep[sources[layer]] if sources else 1.0
-        if sources and layer > 0:
-            k_in = keep[sources[layer - 1]]
-        else:
-            k_in = keep[plan.layer_sites[layer]] if plan.layer_sites[layer] is not None else 1.0
-        size = 4 * hidden * (width + hidden)
-        return size, 4 * hidden * (width * k_in * unit + hidden * unit * unit) / size
+    # ------------------------------------------------------------------ state and teardown
+    def state_dict(self) -> dict[str, Any]:
+        """The pattern generator's state (what a resumed run needs to draw the same patterns)."""
+        return {"sampler": self.sampler.state_dict()} if self.sampler is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved."""
+        if self.sampler is not None and "sampler" in state:
+            self.sampler.load_state_dict(state["sampler"])
 
     def clear(self) -> None:
         """Keep the ARD layers but remove patterns: the model acts as the plain one."""
@@ -579,3 +437,18 @@ class ARDController:
         if self.surgery is not None:
             self.surgery.restore()
             self.surgery = None
+
+
+def _lstm_layer_kept(slots: _LSTMSlots, layer: int, keep: dict[str, float]) -> tuple[float, float]:
+    """(dense products, expected kept share) of one LSTM layer: 4H x (input + H), the input columns at their
+    site's keep fraction and, under structured dropout, the gate rows and recurrent columns at the hidden one.
+    Works on the restored ``nn.LSTM`` too (after fit)."""
+    lstm, sources = slots.module, slots.hidden_sources
+    width, hidden = lstm_layer_input_size(lstm, layer), lstm.hidden_size
+    unit = keep[sources[layer]] if sources else 1.0
+    if sources and layer > 0:
+        k_in = keep[sources[layer - 1]]
+    else:
+        k_in = keep[slots.layer_sites[layer]] if slots.layer_sites[layer] is not None else 1.0
+    size = 4 * hidden * (width + hidden)
+    return size, 4 * hidden * (width * k_in * unit + hidden * unit * unit) / size

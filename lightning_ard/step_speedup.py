@@ -13,8 +13,8 @@ import statistics
 from dataclasses import dataclass, field
 
 from lightning_ard._validate import check_positive_int
+from lightning_ard.plan import ARD, PLAIN, Schedule  # noqa: F401 - ARD and PLAIN are the modes mode() returns
 
-PLAIN, ARD = "plain", "ard"
 START = 10
 """Step of the fit at which the first window starts: after warm-up and the one-off calibration of step 1."""
 STEPS = 5
@@ -46,13 +46,12 @@ class StepSpeedMeter:
 
     def mode(self, step: int) -> str | None:
         """``"plain"`` or ``"ard"`` when step ``step`` is timed (in a window), None otherwise (an untimed ARD step)."""
-        offset = step - self.start
-        if offset < 0:
-            return None
-        within = offset % self.every if self.every else offset
-        if within >= 2 * self.steps:
-            return None
-        return PLAIN if within % 2 == 0 else ARD
+        return self.schedule.mode(step)
+
+    @property
+    def schedule(self) -> Schedule:
+        """The windows' schedule, as a plan record stores it."""
+        return Schedule(self.start, self.every, self.steps)
 
     def record(self, mode: str, ms: float) -> bool:
         """Add one timed step; True when it completes a window (then :meth:`result` has that window's figures)."""

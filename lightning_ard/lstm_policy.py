@@ -1,0 +1,200 @@
+"""Which LSTM sites ARD serves, and how: the LSTM part of building a plan.
+
+Under ``groups="auto"`` (no ``lstm_groups``, no structured dropout) unidirectional LSTM sites in time mode take
+:data:`~lightning_ard.patterns.groups.AUTO_LSTM_GROUPS` time chunks; the others stay nn.Dropout with the reason.
+In sequence mode, Linear sites that read an LSTM's output follow its sequence groups. With
+``lstm_recurrent_p``, the sites on an LSTM's hidden units take that rate and the layers with no such site get a
+hidden-unit distribution of their own (``<lstm>.h<layer>``). Every draw tied to an LSTM shares one group count.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from torch import nn
+
+from lightning_ard.config import ARDConfig
+from lightning_ard.patterns import PatternDistribution
+from lightning_ard.patterns.groups import AUTO_LSTM_GROUPS, resolve_groups
+from lightning_ard.sites import Site, SiteKind, Skipped
+
+
+@dataclass
+class LSTMPolicy:
+    """The LSTM decisions of a plan.
+
+    Attributes:
+        sites: the sites left served (LSTM sites ``groups="auto"`` leaves as nn.Dropout removed), rates set.
+        skipped: the sites removed, with the reason.
+        followers: Linear site -> the LSTM whose sequence groups it follows (sequence mode).
+        hidden: ``<lstm>.h<layer>`` -> hidden-unit distribution (structured dropout, layers with no site).
+        tied: site or hidden name -> its LSTM's group count.
+    """
+
+    sites: list[Site]
+    skipped: list[Skipped] = field(default_factory=list)
+    followers: dict[str, str] = field(default_factory=dict)
+    hidden: dict[str, PatternDistribution] = field(default_factory=dict)
+    tied: dict[str, int] = field(default_factory=dict)
+
+
+def auto_lstm(config: ARDConfig) -> bool:
+    """LSTM sites take the automatic setting: ``groups="auto"``, no ``lstm_groups``, no structured dropout."""
+    return config.groups == "auto" and config.lstm_groups is None and config.lstm_recurrent_p is None
+
+
+def lstm_policy(
+    model: nn.Module, sites: list[Site], config: ARDConfig, eligible_follower: Callable[[Site], bool]
+) -> LSTMPolicy:
+    """The LSTM decisions for ``sites`` of ``model`` (not changed); ``eligible_follower``: whether a Linear site
+    may follow an LSTM's sequence groups (a consumer only, with a row family)."""
+    policy = _leave_auto_sites(model, sites, config)
+    lstm_paths = {s.consumer for s in policy.sites if s.kind.feeds_lstm}
+    if config.lstm_mode == "sequence" and lstm_paths:
+        policy.followers = find_lstm_followers(model, policy.sites, lstm_paths, eligible_follower)
+    if config.lstm_recurrent_p is not None:
+        _structured(model, policy, lstm_paths, config)
+    policy.tied = _tied_groups(model, policy, lstm_paths, config)
+    return policy
+
+
+def _auto_reason(model: nn.Module, site: Site, config: ARDConfig) -> str | None:
+    """Why ``groups="auto"`` leaves an LSTM site as nn.Dropout (None: it serves it with time chunks)."""
+    if config.lstm_mode != "time":
+        return (
+            "LSTM sites in lstm_mode='sequence' stay nn.Dropout under groups='auto' (no measured safe default); "
+            "set lstm_groups=N to serve them"
+        )
+    if getattr(model.get_submodule(site.consumer), "bidirectional", False):
+        return (
+            "bidirectional LSTM sites stay nn.Dropout under groups='auto' (time chunks do not run on packed "
+            "bidirectional input); set lstm_groups=N (or lstm_mode='sequence') to serve them"
+        )
+    return None
+
+
+def _leave_auto_sites(model: nn.Module, sites: list[Site], config: ARDConfig) -> LSTMPolicy:
+    """Remove the LSTM sites ``groups="auto"`` does not serve, with every other use of their dropout modules (a
+    dropout module is served whole or not)."""
+    if not auto_lstm(config):
+        return LSTMPolicy(list(sites))
+    reasons = {s.name: _auto_reason(model, s, config) for s in sites if s.kind.feeds_lstm}
+    left = [s for s in sites if reasons.get(s.name) is not None]
+    plain = {s.dropout for s in left if s.dropout is not None}
+    shared = [s for s in sites if not s.kind.feeds_lstm and s.dropout in plain]
+    skipped = [Skipped(s.name, reasons[s.name]) for s in left]  # type: ignore[arg-type]
+    skipped += [Skipped(s.name, f"another use of {s.dropout} stays nn.Dropout (an LSTM site)") for s in shared]
+    return LSTMPolicy([s for s in sites if s not in left and s not in shared], skipped)
+
+
+def _structured(model: nn.Module, policy: LSTMPolicy, lstm_paths: set[str], config: ARDConfig) -> None:
+    """Recurrent structured dropout: the sites on the LSTMs' hidden units (inter-layer, and the Linear site after
+    the LSTM) take ``lstm_recurrent_p``; layers with no such site get their own hidden-unit distribution."""
+    from lightning_ard.search import search_distribution
+
+    q = config.lstm_recurrent_p
+    rated: set[str] = set()
+    for path in sorted(lstm_paths):
+        lstm = model.get_submodule(path)
+        if lstm.bidirectional:
+            raise ValueError(
+                f"lstm_recurrent_p={q} supports unidirectional LSTMs only, got bidirectional {path!r}; set "
+                "lstm_recurrent_p=None (sequence groups serve bidirectional LSTMs)"
+            )
+        follows = [s for s in policy.sites if policy.followers.get(s.name) == path]
+        inter = {s.consumer_layer for s in policy.sites if s.consumer == path and s.kind == SiteKind.LSTM_INTER}
+        rated |= {s.name for s in follows}
+        rated |= {s.name for s in policy.sites if s.consumer == path and s.kind == SiteKind.LSTM_INTER}
+        family = "row" if config.pattern == "tile" else config.pattern  # LSTM units take row patterns
+        for layer in range(lstm.num_layers):
+            if layer + 1 in inter or (layer == lstm.num_layers - 1 and follows):
+                continue
+            try:
+                dist = search_distribution(q, lstm.hidden_size, family, **config.search)
+            except ValueError as err:
+                raise ValueError(f"LSTM {path!r} hidden units (lstm_recurrent_p={q}): {err}") from err
+            policy.hidden[f"{path}.h{layer}"] = dist
+    policy.sites = [replace(s, p=q) if s.name in rated else s for s in policy.sites]  # type: ignore[arg-type]
+
+
+def _tied_groups(model: nn.Module, policy: LSTMPolicy, lstm_paths: set[str], config: ARDConfig) -> dict[str, int]:
+    """One group count per LSTM for every draw tied to it: its sites, its followers' sites, its hidden units."""
+    out: dict[str, int] = {}
+    for path in sorted(lstm_paths):
+        names = [s.name for s in policy.sites if s.consumer == path and s.kind.feeds_lstm]
+        names += [name for name, owner in policy.followers.items() if owner == path]
+        layers = model.get_submodule(path).num_layers
+        names += [h for h in (f"{path}.h{layer}" for layer in range(layers)) if h in policy.hidden]
+        if config.lstm_groups is not None:
+            groups = config.lstm_groups
+        elif auto_lstm(config):  # only time-mode sites are left served
+            groups = AUTO_LSTM_GROUPS
+        else:
+            rates = {s.name: s.p for s in policy.sites}
+            groups = max(resolve_groups(config.groups, rates[n]) for n in names if n in rates)
+        out.update({name: groups for name in names})
+    return out
+
+
+def _qualify(prefix: str, target: str) -> str:
+    return f"{prefix}.{target}" if prefix else target
+
+
+def _traced_lstm_roots(model: nn.Module, lstm_paths: set[str]) -> list[tuple[str, Any]]:
+    """``(prefix, GraphModule)`` of the model traced by ``torch.fx``, or else of its largest traceable submodules
+    that hold one of ``lstm_paths`` (breadth first); torch.nn modules (LSTM, Dropout, Linear) stay leaves."""
+    from torch import fx
+
+    roots, pending = [], [("", model)]
+    while pending:
+        prefix, module = pending.pop(0)
+        if not any(p == prefix or p.startswith(f"{prefix}.") or not prefix for p in lstm_paths):
+            continue
+        try:
+            roots.append((prefix, fx.GraphModule(module, fx.Tracer().trace(module))))
+            continue
+        except Exception:  # noqa: BLE001 - any trace failure means "look at the children"
+            pass
+        pending += [(_qualify(prefix, name), child) for name, child in module.named_children()]
+    return roots
+
+
+def find_lstm_followers(
+    model: nn.Module, sites: list[Site], lstm_paths: set[str], eligible: Callable[[Site], bool]
+) -> dict[str, str]:
+    """Linear sites whose dropout reads an LSTM's output (``out`` of ``out, h = lstm(x)``, through ``.data``,
+    ``pad_packed_sequence``, reshapes and ``.contiguous()``), by tracing: site name -> LSTM path."""
+    import torch
+    from torch.nn.utils.rnn import pad_packed_sequence
+
+    passthrough_methods = {"contiguous", "reshape", "view", "flatten"}
+    passthrough_functions = {torch.reshape, torch.flatten}
+    by_dropout: dict[str, list[Site]] = {}
+    for site in sites:
+        if site.kind.feeds_linear and eligible(site) and site.dropout is not None:
+            by_dropout.setdefault(site.dropout, []).append(site)
+    found: dict[str, str] = {}
+    for prefix, gm in _traced_lstm_roots(model, lstm_paths):
+        for node in gm.graph.nodes:
+            if node.op != "call_module" or _qualify(prefix, node.target) not in lstm_paths:
+                continue
+            lstm_path = _qualify(prefix, node.target)
+            pending = [u for u in node.users if u.target is operator.getitem and u.args[1] == 0]
+            while pending:
+                cur = pending.pop()
+                for user in cur.users:
+                    if user.op == "call_module":
+                        for site in by_dropout.get(_qualify(prefix, user.target), []):
+                            found[site.name] = lstm_path
+                    elif (
+                        (user.op == "call_method" and user.target in passthrough_methods)
+                        or (user.op == "call_function" and user.target in passthrough_functions)
+                        or (user.op == "call_function" and user.target is getattr and user.args[1] == "data")
+                    ) and user.args[0] is cur:
+                        pending.append(user)
+                    elif user.op == "call_function" and user.target is pad_packed_sequence:
+                        pending += [u for u in user.users if u.target is operator.getitem and u.args[1] == 0]
+    return found
