@@ -17,7 +17,7 @@ import torch
 
 from lightning_ard.kernels.torch_ops import Index, take
 from lightning_ard.layers.lstm.fused import fused_layer
-from lightning_ard.layers.lstm.layer import State
+from lightning_ard.layers.lstm.layer import State, layer_state
 from lightning_ard.layers.lstm.merge import SharedWeights, pattern_key
 from lightning_ard.patterns import RowPattern
 from lightning_ard.patterns.groups import RowSlot, as_groups
@@ -81,7 +81,7 @@ def structured_group(
         build = functools.partial(unit_weights, lstm, layer, unit, in_sel, in_scale)
         weights = shared.get((layer, *pattern_key(unit, pattern)), build)
         kept = unit.index(device)
-        h0, c0 = state[0][layer : layer + 1], state[1][layer : layer + 1]
+        h0, c0 = layer_state(state, layer, 1)
         lstm.ard_work[layer].append((tokens, in_kept, unit.num_kept))
         small = (h0.index_select(2, kept), c0.index_select(2, kept))
         x, h, c = fused_layer(x, small, weights, batch_sizes=sizes, has_biases=lstm.bias, batch_first=lstm.batch_first)
