@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_ard.layers import ARDDropout, ARDLinear
-from lightning_ard.sites import Site, SiteKind, Surgery, find_sites
+from lightning_ard.sites import SiteKind, find_sites
 
 
 def _sites(model, **kw):
@@ -120,19 +120,6 @@ def test_lstm_sites() -> None:
         "lstm.l1": ("lstm-inter", 24, 0.25),
         "lstm.l2": ("lstm-inter", 24, 0.25),
     }
-
-
-def test_site_kind_is_a_string() -> None:
-    assert SiteKind.CONSUMER == "consumer" and SiteKind("producer+consumer") is SiteKind.PRODUCER_CONSUMER
-    assert [str(k) for k in SiteKind] == ["consumer", "producer+consumer", "lstm-input", "lstm-inter"]
-    assert f"{SiteKind.LSTM_INTER}" == "lstm-inter" and {"lstm-input": 1}[SiteKind.LSTM_INPUT] == 1
-    assert SiteKind.LSTM_INPUT in ("lstm-input", "lstm-inter")
-    assert [k.feeds_linear for k in SiteKind] == [True, True, False, False]
-    assert [k.feeds_lstm for k in SiteKind] == [False, False, True, True]
-    site = Site("d", "consumer", 0.5, 8, "d", "b")  # a plain string is converted
-    assert site.kind is SiteKind.CONSUMER
-    with pytest.raises(ValueError):
-        Site("d", "producer", 0.5, 8, "d", "b")
 
 
 class Shared(nn.Module):
@@ -250,16 +237,6 @@ def test_mixed_model_filters_and_errors() -> None:
         find_sites(Mixed(), sites=["untraced.d->mlp.6"])
     with pytest.raises(ValueError, match="sites entry 'untraced.d->untraced.zz': Untraceable has no attribute `zz`"):
         find_sites(Mixed(), sites=["untraced.d->untraced.zz"])
-
-
-def test_surgery_swaps_and_restores_in_place() -> None:
-    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.Linear(4, 4))
-    weight = model[2].weight
-    surgery = Surgery(model, find_sites(model).sites).apply()
-    assert type(model[0]) is ARDLinear and type(model[2]) is ARDLinear and type(model[1]) is ARDDropout
-    assert model[2].weight is weight and surgery.dropout_uses == {"1": 1}
-    surgery.restore()
-    assert [type(m) for m in model] == [nn.Linear, nn.Dropout, nn.Linear] and not surgery.linears
 
 
 # ------------------------------------------------------------------ skip reasons: the true one, in words
