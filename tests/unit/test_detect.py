@@ -469,3 +469,74 @@ def test_functional_dropouts_inside_a_module_list_of_a_model_without_forward() -
     model = nn.Module()  # no forward, as a LightningModule that only defines training_step
     model.heads = nn.ModuleList([Head(), nn.Sequential(nn.Linear(3, 3), nn.ReLU())])
     assert [s.name for s in find_sites(model).skipped] == ["heads.0"]
+
+
+# ------------------------------------------------------------------------------ detection changes nothing
+
+
+class LazyHead(Residual):
+    """Its forward registers a buffer and a layer (for later steps) on first use, and caches its input."""
+
+    def forward(self, x):
+        if "seen" not in self._buffers:
+            self.register_buffer("seen", torch.zeros(()))
+            self.extra = nn.Linear(8, 8)
+        self.last = x
+        return self.b(self.d(self.a(x)))
+
+
+def _state(model: nn.Module) -> list:
+    """Everything detection could change: each module's class, mode, attributes, parameters, buffers and hooks."""
+    modules = [
+        (name, type(m), m.training, sorted(vars(m)), list(m._forward_hooks), list(m._forward_pre_hooks))
+        for name, m in model.named_modules()
+    ]
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    return [modules, [(name, id(t), type(t), t.requires_grad) for name, t in tensors], [t.clone() for _, t in tensors]]
+
+
+def _assert_same(before: list, after: list) -> None:
+    assert after[:2] == before[:2]
+    assert all(torch.equal(a, b) for a, b in zip(after[2], before[2], strict=True))
+
+
+def _encoder() -> nn.Module:
+    return nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16), 2, enable_nested_tensor=False)
+
+
+@pytest.mark.parametrize("build", [Mixed, LazyHead, CachesMask, LSTMClassifier, lambda: MixerBlock(0.1), _encoder])
+def test_detection_does_not_change_the_model(build) -> None:
+    """Parameters (objects and values), buffers, module classes, training flags, attributes and hooks stay as
+    they were, whatever the settings; a submodule in eval mode stays in eval mode."""
+    torch.manual_seed(0)
+    model = build()
+    children = list(model.children())
+    children[len(children) // 2].eval()
+    before = _state(model)
+    find_sites(model)
+    _assert_same(before, _state(model))
+    find_sites(model, p=0.2, include=["*"], exclude=["*.d"])
+    _assert_same(before, _state(model))
+    model.eval()
+    before = _state(model)
+    find_sites(model)
+    _assert_same(before, _state(model))
+
+
+def test_lazy_layers_a_forward_builds_while_traced_are_not_kept() -> None:
+    model = LazyHead()
+    assert set(_sites(model)[0]) == {"d"}
+    assert "extra" not in model._modules and "seen" not in model._buffers and not hasattr(model, "last")
+
+
+def test_each_report_is_new() -> None:
+    """Changing a returned report (as the controller does, setting rates and kinds) does not reach the next one."""
+    model = Mixed()
+    first = find_sites(model)
+    expected = [(s.name, s.kind, s.p, s.producer) for s in first.sites]
+    for site in first.sites:
+        site.p, site.producer, site.kind = 0.9, None, SiteKind.CONSUMER
+    first.sites.clear()
+    first.skipped.clear()
+    second = find_sites(model)
+    assert [(s.name, s.kind, s.p, s.producer) for s in second.sites] == expected and second.skipped
