@@ -21,25 +21,25 @@ def _followers(model: nn.Module, eligible=lambda site: site.producer is None, ls
     return find_lstm_followers(model, sites, lstm_paths, eligible)
 
 
-class TimeMajorLM(nn.Module):
-    """embedding -> dropout -> LSTM -> dropout -> Linear decoder."""
+class LM(nn.Module):
+    """embedding -> dropout -> LSTM -> dropout -> Linear decoder; time-major unless ``batch_first``."""
 
-    def __init__(self) -> None:
+    def __init__(self, batch_first: bool = False) -> None:
         super().__init__()
-        self.emb, self.drop_in, self.drop_out = nn.Embedding(30, 12), nn.Dropout(0.5), nn.Dropout(0.5)
-        self.lstm, self.dec = nn.LSTM(12, 10, 2, dropout=0.5), nn.Linear(10, 30)
+        self.emb, self.drop_in = nn.Embedding(30, 12), nn.Dropout(0.5)
+        self.lstm = nn.LSTM(12, 10, 2, dropout=0.5, batch_first=batch_first)
+        self.drop_out, self.dec = nn.Dropout(0.5), nn.Linear(10, 30)
 
     def forward(self, x):
-        return self.dec(self.drop_out(self.lstm(self.drop_in(self.emb(x)))[0]))
+        out, _ = self.lstm(self.drop_in(self.emb(x)))
+        return self.dec(self.drop_out(out))
 
 
-class BatchFirstLM(nn.Module):
+class BatchFirstLM(LM):
     """``out, h = lstm(x)`` with batch_first, flattened to one row per token before the decoder's dropout."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.emb, self.drop_in, self.drop_out = nn.Embedding(30, 12), nn.Dropout(0.5), nn.Dropout(0.5)
-        self.lstm, self.dec = nn.LSTM(12, 10, batch_first=True), nn.Linear(10, 30)
+        super().__init__(batch_first=True)
 
     def forward(self, x, hidden=None):
         out, hidden = self.lstm(self.drop_in(self.emb(x)), hidden)
@@ -68,7 +68,7 @@ class PackedDataLM(PackedLM):
         return self.dec(self.drop_out(out.data))
 
 
-class LastState(TimeMajorLM):
+class LastState(LM):
     """The dropout reads the final hidden state ``h``, not the output sequence: no follower."""
 
     def forward(self, x):
@@ -76,7 +76,7 @@ class LastState(TimeMajorLM):
         return self.dec(self.drop_out(h[-1]))
 
 
-class LastStep(TimeMajorLM):
+class LastStep(LM):
     """The dropout reads one time step of the output (an index, not a reshape): no follower."""
 
     def forward(self, x):
@@ -89,14 +89,14 @@ class Untraceable(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.body = TimeMajorLM()
+        self.body = LM()
 
     def forward(self, x):
         return self.body(x) if x.sum() > 0 else self.body(x + 1)
 
 
 def test_time_major_lm() -> None:
-    model = TimeMajorLM()
+    model = LM()
     assert _followers(model) == {"drop_out": "lstm"}
     assert _followers(model, lstm_paths=set()) == {}  # no LSTM served: nothing to follow
 
@@ -118,7 +118,7 @@ def test_a_dropout_not_reading_the_lstm_output_does_not_follow() -> None:
 
 
 def test_only_eligible_linear_consumer_sites_follow() -> None:
-    model = TimeMajorLM()
+    model = LM()
     assert _followers(model, eligible=lambda site: False) == {}
     assert _followers(model, eligible=lambda site: site.name != "drop_out") == {}
     sites = find_sites(model).sites
@@ -141,7 +141,7 @@ class Decoder(nn.Module):
         return self.fc(self.drop(x))
 
 
-class RuleLM(TimeMajorLM):
+class RuleLM(LM):
     def __init__(self) -> None:
         super().__init__()
         self.head = Decoder()
@@ -158,7 +158,7 @@ def test_blocks_with_a_site_rule_are_traced_through() -> None:
         unregister_site_rule(Decoder)
 
 
-class CachesState(TimeMajorLM):
+class CachesState(LM):
     """Its forward keeps the LSTM state on the module and registers a buffer on first use."""
 
     def forward(self, x):
@@ -180,5 +180,5 @@ def test_torch_fx_still_traces_after_a_graph_with_a_wrapped_function() -> None:
     """A GraphModule of a graph calling a torch.fx.wrap-ped function would break every later trace."""
     model = PackedLM()
     assert _followers(model, lstm_paths={"lstm"}) == {"drop_out": "lstm"}
-    torch.fx.symbolic_trace(TimeMajorLM())
-    assert _followers(TimeMajorLM()) == {"drop_out": "lstm"}
+    torch.fx.symbolic_trace(LM())
+    assert _followers(LM()) == {"drop_out": "lstm"}
