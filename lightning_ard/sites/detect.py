@@ -26,7 +26,8 @@ does not trace, "never called", a torch.nn container no rule covers, a functiona
 ``find_sites`` runs these as small passes over one :class:`_Evidence` record: analyse the modules (count layer
 calls, prove each dropout use), report what no analysis reaches, add the explicit ``sites=``, skip ``p = 0``,
 drop the unproven and the multiply-called consumers, add the LSTM inter-layer sites, then filter by
-include/exclude.
+include/exclude. The tracer, the op tables and the path helpers are :mod:`lightning_ard.sites.trace`'s, shared
+with :func:`~lightning_ard.sites.followers.find_lstm_followers`.
 """
 
 from __future__ import annotations
