@@ -26,15 +26,15 @@ does not trace, "never called", a torch.nn container no rule covers, a functiona
 ``find_sites`` runs these as small passes over one :class:`_Evidence` record: analyse the modules (count layer
 calls, prove each dropout use), report what no analysis reaches, add the explicit ``sites=``, skip ``p = 0``,
 drop the unproven and the multiply-called consumers, add the LSTM inter-layer sites, then filter by
-include/exclude.
+include/exclude. The tracer, the op tables and the path helpers are :mod:`lightning_ard.sites.trace`'s, shared
+with :func:`~lightning_ard.sites.followers.find_lstm_followers`.
 """
 
 from __future__ import annotations
 
 import fnmatch
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,88 +44,23 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
-from lightning_ard.layers import ARDLSTM, ARDDropout, ARDLinear
+from lightning_ard.layers import ARDDropout
 from lightning_ard.sites.rules import BlockProof, BlockUse, site_rule_for
 from lightning_ard.sites.site import Site, SiteKind, SiteReport, Skipped
-
-
-@dataclass(frozen=True)
-class _Ops:
-    """A set of graph ops: module types, functions and tensor method names, matched against fx nodes."""
-
-    modules: tuple[type[nn.Module], ...]
-    functions: frozenset[Any]
-    methods: frozenset[str]
-
-    def matches(self, node: fx.Node, gm: fx.GraphModule) -> bool:
-        if node.op == "call_module":
-            return type(_module(gm, node)) in self.modules
-        if node.op == "call_function":
-            return node.target in self.functions
-        if node.op == "call_method":
-            return node.target in self.methods
-        return False
-
-    def holds(self, op: Any) -> bool:
-        """Whether ``op`` (a module or a function, as a site rule names it) is one of these ops."""
-        if isinstance(op, nn.Module):
-            return type(op) in self.modules
-        try:
-            return op in self.functions
-        except TypeError:  # unhashable callable
-            return False
-
-
-# f(s·x) = s·f(x), f(0) = 0: may sit between a dropout and its consumer.
-_HOMOGENEOUS = _Ops(
-    (nn.ReLU, nn.LeakyReLU, nn.Identity, nn.Flatten),
-    frozenset({F.relu, torch.relu, F.leaky_relu, torch.flatten, torch.reshape}),
-    frozenset({"relu", "flatten", "view", "reshape", "contiguous"}),
+from lightning_ard.sites.trace import (
+    ELEMENTWISE,
+    HOMOGENEOUS,
+    LINEARS,
+    LSTMS,
+    Traced,
+    attributes_kept,
+    calls_module,
+    module_at,
+    qualify,
+    trace,
 )
-# any elementwise op may sit between a producer Linear and the dropout (it runs on the kept units only).
-_ELEMENTWISE = _Ops(
-    (
-        nn.ReLU,
-        nn.LeakyReLU,
-        nn.GELU,
-        nn.SiLU,
-        nn.Tanh,
-        nn.Sigmoid,
-        nn.ELU,
-        nn.Softplus,
-        nn.Mish,
-        nn.Identity,
-        nn.Hardtanh,
-        nn.Hardswish,
-        nn.SELU,
-        nn.CELU,
-    ),
-    frozenset(
-        {
-            F.relu,
-            torch.relu,
-            F.leaky_relu,
-            F.gelu,
-            F.silu,
-            torch.tanh,
-            F.tanh,
-            torch.sigmoid,
-            F.sigmoid,
-            F.elu,
-            F.softplus,
-            F.mish,
-            F.hardtanh,
-            F.hardswish,
-            F.selu,
-            F.celu,
-        }
-    ),
-    frozenset({"relu", "tanh", "sigmoid", "contiguous"}),
-)
-_LINEARS = (nn.Linear, ARDLinear)
-_LSTMS = (nn.LSTM, ARDLSTM)
+
 _SWAPPABLE_DROPOUTS = (nn.Dropout, ARDDropout)  # exact types: a subclass may override forward
-_ARD_LAYERS = (ARDLinear, ARDLSTM, ARDDropout)  # leaves: traced as the modules they replace
 _FUNCTIONAL_DROPOUTS = frozenset(
     {
         F.dropout,
@@ -188,7 +123,8 @@ def find_sites(
     """Find the dropout sites of ``model`` that ARD can serve.
 
     Args:
-        model: the model (not changed: attributes its forward sets while traced are put back).
+        model: the model (not changed: attributes its forward sets while traced, and parameters, buffers,
+            submodules and hooks it registers, are put back).
         p: rate override for every site; None keeps each dropout's own ``p``. Dropouts with ``p = 0`` are never
             sites, whatever the override.
         include, exclude: glob patterns over dropout (or LSTM) module paths; a site is used when it matches an
@@ -198,7 +134,7 @@ def find_sites(
     """
     report = SiteReport()
     evidence = _Evidence(paths={id(m): name for name, m in model.named_modules()})
-    with _attributes_kept(model):
+    with attributes_kept(model):
         _analyse(model, "", 1, p, evidence, report.skipped)
     _skip_foreign_dropouts(model, report.skipped)
     _report_unreached(model, evidence)
@@ -213,64 +149,7 @@ def find_sites(
     return report
 
 
-# ---------------------------------------------------------------------------------------------- tracing
-
-
-class _Tracer(fx.Tracer):
-    """Keeps every dropout module, every ARD layer and every module with a site rule a leaf (one call each)."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return (
-            isinstance(m, _DropoutNd)
-            or type(m) in _ARD_LAYERS
-            or site_rule_for(m) is not None
-            or super().is_leaf_module(m, module_qualified_name)
-        )
-
-
-def _trace(module: nn.Module) -> tuple[fx.GraphModule | None, str]:
-    """(graph, "") or (None, the tracer's message)."""
-    try:
-        graph = _Tracer().trace(module)
-        return fx.GraphModule(module, graph), ""
-    except Exception as err:  # noqa: BLE001 - any trace failure means "not provable from this root"
-        return None, _message(err)
-
-
-def _message(err: BaseException, limit: int = 200) -> str:
-    """``Type: first line`` of an exception, at most ``limit`` characters."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    text = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-@contextmanager
-def _attributes_kept(model: nn.Module) -> Iterator[None]:
-    """Put back every module attribute a forward sets while it is traced (a cached mask would become a Proxy)."""
-    saved = [(m, dict(vars(m))) for m in model.modules()]
-    try:
-        yield
-    finally:
-        for module, attrs in saved:
-            now = vars(module)
-            if len(now) != len(attrs) or any(attrs.get(k, now) is not v for k, v in now.items()):  # by identity
-                now.clear()
-                now.update(attrs)
-
-
-def _qualify(prefix: str, target: str) -> str:
-    """The model-level path of ``target`` in the root traced at ``prefix`` ("" for the model itself)."""
-    return f"{prefix}.{target}" if prefix else target
-
-
-def _module(gm: fx.GraphModule, node: fx.Node) -> Any:
-    """The module a ``call_module`` node calls (typed Any: callers read its layer-specific attributes)."""
-    return gm.get_submodule(node.target)  # type: ignore[arg-type]
-
-
-def _calls(gm: fx.GraphModule, node: fx.Node, types: tuple[type[nn.Module], ...]) -> bool:
-    """Whether ``node`` calls a module of exactly one of ``types``."""
-    return node.op == "call_module" and type(_module(gm, node)) in types
+# ------------------------------------------------------------------------------------------- graph nodes
 
 
 def _is_functional_dropout(node: fx.Node) -> bool:
@@ -294,14 +173,14 @@ def _may_hold_dropout(module: nn.Module) -> bool:
 
 def _is_block(module: nn.Module) -> bool:
     """Whether a leaf of a trace needs its own analysis: it has a site rule, or is a torch.nn container of dropouts."""
-    if isinstance(module, _DropoutNd) or type(module) in _LINEARS + _LSTMS:
+    if isinstance(module, _DropoutNd) or type(module) in LINEARS + LSTMS:
         return False
     return site_rule_for(module) is not None or (_is_torch_nn(module) and _may_hold_dropout(module))
 
 
 def _worth_analysing(child: nn.Module) -> bool:
     """Whether a child of an untraceable module may hold a dropout or make a functional dropout call."""
-    if isinstance(child, _DropoutNd) or type(child) in _LINEARS + _LSTMS:
+    if isinstance(child, _DropoutNd) or type(child) in LINEARS + LSTMS:
         return False
     return _may_hold_dropout(child)
 
@@ -323,10 +202,10 @@ def _op_name(target: Any) -> str:
     return f"{module}.{name}"
 
 
-def _describe(gm: fx.GraphModule, node: fx.Node, prefix: str) -> str:
+def _describe(gm: Traced, node: fx.Node, prefix: str) -> str:
     """A graph node in words: ``norm (LayerNorm)``, ``torch.sigmoid``, ``Tensor.mean()``."""
     if node.op == "call_module":
-        return f"{_qualify(prefix, str(node.target))} ({type(_module(gm, node)).__name__})"
+        return f"{qualify(prefix, str(node.target))} ({type(module_at(gm, node)).__name__})"
     if node.op == "call_function":
         return _op_name(node.target)
     if node.op == "call_method":
@@ -355,17 +234,17 @@ def _analyse(
             _apply_rule(module, prefix, calls, proof, p, evidence, skipped)
             return
         refusal = f"its site rule does not match: {proof}"
-    gm, error = _trace(module)
+    gm, error = trace(module)
     if gm is not None:
         evidence.analysed[prefix] = _Analysed("traced", type(module).__name__)
         _count_layer_calls(gm, prefix, calls, evidence)
         _prove_traced_dropouts(gm, prefix, type(module).__name__, p, evidence, skipped)
         blocks = Counter(
-            str(node.target) for node in gm.graph.nodes if node.op == "call_module" and _is_block(_module(gm, node))
+            str(node.target) for node in gm.graph.nodes if node.op == "call_module" and _is_block(module_at(gm, node))
         )
         for target, n in blocks.items():
             sub = gm.get_submodule(target)
-            _analyse(sub, evidence.path_of(sub, _qualify(prefix, target)), calls * n, p, evidence, skipped)
+            _analyse(sub, evidence.path_of(sub, qualify(prefix, target)), calls * n, p, evidence, skipped)
         return
     if not prefix or type(module).forward is not nn.Module.forward:  # a ModuleList is called by its parent
         how = "container" if _is_torch_nn(module) and prefix else "failed"
@@ -373,7 +252,7 @@ def _analyse(
         evidence.analysed[prefix] = _Analysed(how, type(module).__name__, detail)
     for name, child in module.named_children():
         if _worth_analysing(child):
-            _analyse(child, evidence.path_of(child, _qualify(prefix, name)), calls, p, evidence, skipped)
+            _analyse(child, evidence.path_of(child, qualify(prefix, name)), calls, p, evidence, skipped)
 
 
 def _apply_rule(
@@ -391,7 +270,7 @@ def _apply_rule(
         drop = _rule_submodule(block, prefix, use.dropout)
         if type(drop) not in _SWAPPABLE_DROPOUTS:
             continue  # reported by _skip_foreign_dropouts
-        dpath = evidence.path_of(drop, _qualify(prefix, use.dropout))
+        dpath = evidence.path_of(drop, qualify(prefix, use.dropout))
         evidence.seen.add(dpath)
         site = _prove_use(block, prefix, use, dpath, drop.p if p is None else p, evidence)
         if isinstance(site, str):
@@ -401,15 +280,15 @@ def _apply_rule(
     for name, reason in proof.skipped.items():
         drop = _rule_submodule(block, prefix, name)
         if type(drop) in _SWAPPABLE_DROPOUTS:
-            dpath = evidence.path_of(drop, _qualify(prefix, name))
+            dpath = evidence.path_of(drop, qualify(prefix, name))
             evidence.seen.add(dpath)
             evidence.unproven[dpath] = reason
     for name, n in proof.calls.items():
         if not (isinstance(n, int) and n >= 1):
             raise ValueError(f"the site rule for {kind} gives {name!r} {n!r} calls; it must be an int >= 1")
         sub = _rule_submodule(block, prefix, name)
-        path = evidence.path_of(sub, _qualify(prefix, name))
-        if type(sub) in _LINEARS + _LSTMS:
+        path = evidence.path_of(sub, qualify(prefix, name))
+        if type(sub) in LINEARS + LSTMS:
             evidence.layer_calls[path] += calls * n
         else:
             _analyse(sub, path, calls * n, p, evidence, skipped)
@@ -431,24 +310,24 @@ def _prove_use(
     """The same proof as on a trace, on the facts a rule states: exact types, a homogeneous op after the dropout,
     an elementwise op before it for a producer of the right width."""
     cons = _rule_submodule(block, prefix, use.consumer)
-    cpath = evidence.path_of(cons, _qualify(prefix, use.consumer))
-    if type(cons) in _LINEARS:
+    cpath = evidence.path_of(cons, qualify(prefix, use.consumer))
+    if type(cons) in LINEARS:
         kind, width = SiteKind.CONSUMER, cons.in_features
-    elif type(cons) in _LSTMS and cons.proj_size == 0:
+    elif type(cons) in LSTMS and cons.proj_size == 0:
         kind, width = SiteKind.LSTM_INPUT, cons.input_size
     else:
         return f"its reader {cpath} ({type(cons).__name__}) is not an nn.Linear or an nn.LSTM without proj_size"
-    if use.after is not None and not _HOMOGENEOUS.holds(use.after):
+    if use.after is not None and not HOMOGENEOUS.holds(use.after):
         return f"its output reaches {_describe_op(use.after)} before any Linear"
     site = Site(dpath, kind, rate, width, dpath, cpath)
     if kind is not SiteKind.CONSUMER or use.producer is None:
         return site
-    if use.after is not None and not _ELEMENTWISE.holds(use.after):
+    if use.after is not None and not ELEMENTWISE.holds(use.after):
         return site  # a reshape between: consumer only
     prod = _rule_submodule(block, prefix, use.producer)
-    elementwise = use.before is None or _ELEMENTWISE.holds(use.before)
-    if type(prod) in _LINEARS and prod.out_features == width and elementwise:
-        site.producer = evidence.path_of(prod, _qualify(prefix, use.producer))
+    elementwise = use.before is None or ELEMENTWISE.holds(use.before)
+    if type(prod) in LINEARS and prod.out_features == width and elementwise:
+        site.producer = evidence.path_of(prod, qualify(prefix, use.producer))
         site.kind = SiteKind.PRODUCER_CONSUMER
     return site
 
@@ -456,16 +335,16 @@ def _prove_use(
 # ----------------------------------------------------------------------------------- passes (in order)
 
 
-def _count_layer_calls(gm: fx.GraphModule, prefix: str, calls: int, evidence: _Evidence) -> None:
+def _count_layer_calls(gm: Traced, prefix: str, calls: int, evidence: _Evidence) -> None:
     """Count the calls of every Linear and LSTM in one traced root called ``calls`` times."""
     for node in gm.graph.nodes:
-        if _calls(gm, node, _LINEARS + _LSTMS):
-            module = _module(gm, node)
-            evidence.layer_calls[evidence.path_of(module, _qualify(prefix, str(node.target)))] += calls
+        if calls_module(gm, node, LINEARS + LSTMS):
+            module = module_at(gm, node)
+            evidence.layer_calls[evidence.path_of(module, qualify(prefix, str(node.target)))] += calls
 
 
 def _prove_traced_dropouts(
-    gm: fx.GraphModule, prefix: str, kind: str, p: float | None, evidence: _Evidence, skipped: list[Skipped]
+    gm: Traced, prefix: str, kind: str, p: float | None, evidence: _Evidence, skipped: list[Skipped]
 ) -> None:
     """Prove every dropout call of one traced root; functional dropout calls are skipped, named by the module
     whose forward makes them (nothing to swap)."""
@@ -473,12 +352,12 @@ def _prove_traced_dropouts(
     for node in gm.graph.nodes:
         if _is_functional_dropout(node):
             stack = list(node.meta.get("nn_module_stack", {}).values())
-            path, caller = (_qualify(prefix, stack[-1][0]), stack[-1][1].__name__) if stack else (prefix, kind)
+            path, caller = (qualify(prefix, stack[-1][0]), stack[-1][1].__name__) if stack else (prefix, kind)
             rate = node.kwargs.get("p", node.args[1] if len(node.args) > 1 else None)
             functional[(path, caller, _op_name(node.target))].append(rate)
-        elif _calls(gm, node, _SWAPPABLE_DROPOUTS):
-            drop = _module(gm, node)
-            dpath = evidence.path_of(drop, _qualify(prefix, str(node.target)))
+        elif calls_module(gm, node, _SWAPPABLE_DROPOUTS):
+            drop = module_at(gm, node)
+            dpath = evidence.path_of(drop, qualify(prefix, str(node.target)))
             evidence.seen.add(dpath)
             site, reason = _prove(gm, node, dpath, prefix, kind, drop.p if p is None else p)
             if site is None:
@@ -551,7 +430,7 @@ def _explicit_site(model: nn.Module, spec: str, p: float | None) -> Site:
         drop, cons = model.get_submodule(dpath), model.get_submodule(cpath)
     except AttributeError as err:
         raise ValueError(f"sites entry {spec!r}: {err}") from None
-    if not isinstance(drop, nn.Dropout) or type(cons) not in _LINEARS + _LSTMS:
+    if not isinstance(drop, nn.Dropout) or type(cons) not in LINEARS + LSTMS:
         raise ValueError(
             f"sites entry {spec!r} must name an nn.Dropout and an nn.Linear or nn.LSTM as 'dropout->consumer', "
             f"got {type(drop).__name__} and {type(cons).__name__}"
@@ -601,7 +480,7 @@ def _lstm_inter_sites(model: nn.Module, p: float | None, skipped: list[Skipped])
     """One site per inter-layer dropout of every ``nn.LSTM(num_layers > 1, dropout > 0)`` without projection."""
     sites: list[Site] = []
     for name, module in model.named_modules():
-        if not (type(module) in _LSTMS and module.num_layers > 1 and module.dropout > 0):
+        if not (type(module) in LSTMS and module.num_layers > 1 and module.dropout > 0):
             continue
         if module.proj_size > 0:
             skipped.append(Skipped(name, "nn.LSTM with proj_size > 0 is not supported"))
@@ -651,27 +530,25 @@ def _check_one_site_per_consumer(sites: list[Site]) -> None:
 # ------------------------------------------------------------------------------------------ one proof
 
 
-def _prove(
-    gm: fx.GraphModule, node: fx.Node, dpath: str, prefix: str, kind: str, rate: float
-) -> tuple[Site | None, str]:
+def _prove(gm: Traced, node: fx.Node, dpath: str, prefix: str, kind: str, rate: float) -> tuple[Site | None, str]:
     """Prove one dropout call: (site, "") or (None, reason). The producer is sought only without a reshape."""
     found = _walk_to_consumer(gm, node, prefix, kind, dpath)
     if isinstance(found, str):
         return None, found
     consumer, site_kind, reshaped = found
-    layer = _module(gm, consumer)
+    layer = module_at(gm, consumer)
     width = layer.in_features if site_kind is SiteKind.CONSUMER else layer.input_size
-    site = Site(dpath, site_kind, rate, width, dpath, _qualify(prefix, str(consumer.target)))
+    site = Site(dpath, site_kind, rate, width, dpath, qualify(prefix, str(consumer.target)))
     if reshaped:  # flatten/reshape between: producer compaction would change widths; consumer only
         return site, ""
     producer = _walk_to_producer(gm, node, width)
     if producer is not None and site_kind is SiteKind.CONSUMER:
-        site.producer, site.kind = _qualify(prefix, str(producer.target)), SiteKind.PRODUCER_CONSUMER
+        site.producer, site.kind = qualify(prefix, str(producer.target)), SiteKind.PRODUCER_CONSUMER
     return site, ""
 
 
 def _walk_to_consumer(
-    gm: fx.GraphModule, node: fx.Node, prefix: str, kind: str, dpath: str
+    gm: Traced, node: fx.Node, prefix: str, kind: str, dpath: str
 ) -> tuple[fx.Node, SiteKind, bool] | str:
     """Follow single readers through homogeneous ops to a Linear/LSTM input.
 
@@ -684,15 +561,15 @@ def _walk_to_consumer(
             return f"its output has {len(cur.users)} readers; ARD needs exactly one"
         if user.op == "output":
             return _leaves_reason(prefix, kind, dpath)
-        if _calls(gm, user, _LINEARS):
+        if calls_module(gm, user, LINEARS):
             return (user, SiteKind.CONSUMER, reshaped) if user.args[0] is cur else "it does not feed the Linear's input"
-        if _calls(gm, user, _LSTMS):
-            if user.args[0] is not cur or _module(gm, user).proj_size > 0:
+        if calls_module(gm, user, LSTMS):
+            if user.args[0] is not cur or module_at(gm, user).proj_size > 0:
                 return "it does not feed the LSTM's input (or the LSTM has proj_size > 0)"
             return user, SiteKind.LSTM_INPUT, reshaped
-        if not (_HOMOGENEOUS.matches(user, gm) and user.args[0] is cur):
+        if not (HOMOGENEOUS.matches(user, gm) and user.args[0] is cur):
             return f"its output reaches {_describe(gm, user, prefix)} before any Linear"
-        reshaped = reshaped or not _ELEMENTWISE.matches(user, gm)
+        reshaped = reshaped or not ELEMENTWISE.matches(user, gm)
         cur = user
 
 
@@ -706,13 +583,13 @@ def _leaves_reason(prefix: str, kind: str, dpath: str) -> str:
     )
 
 
-def _walk_to_producer(gm: fx.GraphModule, node: fx.Node, width: int) -> fx.Node | None:
+def _walk_to_producer(gm: Traced, node: fx.Node, width: int) -> fx.Node | None:
     """Follow the dropout's input back through elementwise ops (one reader each) to a Linear of ``width`` outputs."""
     cur = node.args[0] if node.args else None
     while isinstance(cur, fx.Node) and _single_user(cur) is not None:
-        if _calls(gm, cur, _LINEARS):
-            return cur if _module(gm, cur).out_features == width else None
-        if not _ELEMENTWISE.matches(cur, gm):
+        if calls_module(gm, cur, LINEARS):
+            return cur if module_at(gm, cur).out_features == width else None
+        if not ELEMENTWISE.matches(cur, gm):
             return None
         cur = cur.args[0]
     return None

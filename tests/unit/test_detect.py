@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_ard.layers import ARDDropout, ARDLinear
-from lightning_ard.sites import Site, SiteKind, Surgery, find_sites
+from lightning_ard.sites import SiteKind, find_sites
 
 
 def _sites(model, **kw):
@@ -120,19 +120,6 @@ def test_lstm_sites() -> None:
         "lstm.l1": ("lstm-inter", 24, 0.25),
         "lstm.l2": ("lstm-inter", 24, 0.25),
     }
-
-
-def test_site_kind_is_a_string() -> None:
-    assert SiteKind.CONSUMER == "consumer" and SiteKind("producer+consumer") is SiteKind.PRODUCER_CONSUMER
-    assert [str(k) for k in SiteKind] == ["consumer", "producer+consumer", "lstm-input", "lstm-inter"]
-    assert f"{SiteKind.LSTM_INTER}" == "lstm-inter" and {"lstm-input": 1}[SiteKind.LSTM_INPUT] == 1
-    assert SiteKind.LSTM_INPUT in ("lstm-input", "lstm-inter")
-    assert [k.feeds_linear for k in SiteKind] == [True, True, False, False]
-    assert [k.feeds_lstm for k in SiteKind] == [False, False, True, True]
-    site = Site("d", "consumer", 0.5, 8, "d", "b")  # a plain string is converted
-    assert site.kind is SiteKind.CONSUMER
-    with pytest.raises(ValueError):
-        Site("d", "producer", 0.5, 8, "d", "b")
 
 
 class Shared(nn.Module):
@@ -250,16 +237,6 @@ def test_mixed_model_filters_and_errors() -> None:
         find_sites(Mixed(), sites=["untraced.d->mlp.6"])
     with pytest.raises(ValueError, match="sites entry 'untraced.d->untraced.zz': Untraceable has no attribute `zz`"):
         find_sites(Mixed(), sites=["untraced.d->untraced.zz"])
-
-
-def test_surgery_swaps_and_restores_in_place() -> None:
-    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.Linear(4, 4))
-    weight = model[2].weight
-    surgery = Surgery(model, find_sites(model).sites).apply()
-    assert type(model[0]) is ARDLinear and type(model[2]) is ARDLinear and type(model[1]) is ARDDropout
-    assert model[2].weight is weight and surgery.dropout_uses == {"1": 1}
-    surgery.restore()
-    assert [type(m) for m in model] == [nn.Linear, nn.Dropout, nn.Linear] and not surgery.linears
 
 
 # ------------------------------------------------------------------ skip reasons: the true one, in words
@@ -492,3 +469,74 @@ def test_functional_dropouts_inside_a_module_list_of_a_model_without_forward() -
     model = nn.Module()  # no forward, as a LightningModule that only defines training_step
     model.heads = nn.ModuleList([Head(), nn.Sequential(nn.Linear(3, 3), nn.ReLU())])
     assert [s.name for s in find_sites(model).skipped] == ["heads.0"]
+
+
+# ------------------------------------------------------------------------------ detection changes nothing
+
+
+class LazyHead(Residual):
+    """Its forward registers a buffer and a layer (for later steps) on first use, and caches its input."""
+
+    def forward(self, x):
+        if "seen" not in self._buffers:
+            self.register_buffer("seen", torch.zeros(()))
+            self.extra = nn.Linear(8, 8)
+        self.last = x
+        return self.b(self.d(self.a(x)))
+
+
+def _state(model: nn.Module) -> list:
+    """Everything detection could change: each module's class, mode, attributes, parameters, buffers and hooks."""
+    modules = [
+        (name, type(m), m.training, sorted(vars(m)), list(m._forward_hooks), list(m._forward_pre_hooks))
+        for name, m in model.named_modules()
+    ]
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    return [modules, [(name, id(t), type(t), t.requires_grad) for name, t in tensors], [t.clone() for _, t in tensors]]
+
+
+def _assert_same(before: list, after: list) -> None:
+    assert after[:2] == before[:2]
+    assert all(torch.equal(a, b) for a, b in zip(after[2], before[2], strict=True))
+
+
+def _encoder() -> nn.Module:
+    return nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16), 2, enable_nested_tensor=False)
+
+
+@pytest.mark.parametrize("build", [Mixed, LazyHead, CachesMask, LSTMClassifier, lambda: MixerBlock(0.1), _encoder])
+def test_detection_does_not_change_the_model(build) -> None:
+    """Parameters (objects and values), buffers, module classes, training flags, attributes and hooks stay as
+    they were, whatever the settings; a submodule in eval mode stays in eval mode."""
+    torch.manual_seed(0)
+    model = build()
+    children = list(model.children())
+    children[len(children) // 2].eval()
+    before = _state(model)
+    find_sites(model)
+    _assert_same(before, _state(model))
+    find_sites(model, p=0.2, include=["*"], exclude=["*.d"])
+    _assert_same(before, _state(model))
+    model.eval()
+    before = _state(model)
+    find_sites(model)
+    _assert_same(before, _state(model))
+
+
+def test_lazy_layers_a_forward_builds_while_traced_are_not_kept() -> None:
+    model = LazyHead()
+    assert set(_sites(model)[0]) == {"d"}
+    assert "extra" not in model._modules and "seen" not in model._buffers and not hasattr(model, "last")
+
+
+def test_each_report_is_new() -> None:
+    """Changing a returned report (as the controller does, setting rates and kinds) does not reach the next one."""
+    model = Mixed()
+    first = find_sites(model)
+    expected = [(s.name, s.kind, s.p, s.producer) for s in first.sites]
+    for site in first.sites:
+        site.p, site.producer, site.kind = 0.9, None, SiteKind.CONSUMER
+    first.sites.clear()
+    first.skipped.clear()
+    second = find_sites(model)
+    assert [(s.name, s.kind, s.p, s.producer) for s in second.sites] == expected and second.skipped
