@@ -9,17 +9,15 @@ hidden-unit distribution of their own (``<lstm>.h<layer>``). Every draw tied to 
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from torch import nn
 
 from lightning_ard.config import ARDConfig
 from lightning_ard.patterns import PatternDistribution
 from lightning_ard.patterns.groups import AUTO_LSTM_GROUPS, resolve_groups
-from lightning_ard.sites import Site, SiteKind, Skipped
+from lightning_ard.sites import Site, SiteKind, Skipped, find_lstm_followers
 
 
 @dataclass
@@ -137,64 +135,3 @@ def _tied_groups(model: nn.Module, policy: LSTMPolicy, lstm_paths: set[str], con
             groups = max(resolve_groups(config.groups, rates[n]) for n in names if n in rates)
         out.update({name: groups for name in names})
     return out
-
-
-def _qualify(prefix: str, target: str) -> str:
-    return f"{prefix}.{target}" if prefix else target
-
-
-def _traced_lstm_roots(model: nn.Module, lstm_paths: set[str]) -> list[tuple[str, Any]]:
-    """``(prefix, GraphModule)`` of the model traced by ``torch.fx``, or else of its largest traceable submodules
-    that hold one of ``lstm_paths`` (breadth first); torch.nn modules (LSTM, Dropout, Linear) stay leaves."""
-    from torch import fx
-
-    roots, pending = [], [("", model)]
-    while pending:
-        prefix, module = pending.pop(0)
-        if not any(p == prefix or p.startswith(f"{prefix}.") or not prefix for p in lstm_paths):
-            continue
-        try:
-            roots.append((prefix, fx.GraphModule(module, fx.Tracer().trace(module))))
-            continue
-        except Exception:  # noqa: BLE001 - any trace failure means "look at the children"
-            pass
-        pending += [(_qualify(prefix, name), child) for name, child in module.named_children()]
-    return roots
-
-
-def find_lstm_followers(
-    model: nn.Module, sites: list[Site], lstm_paths: set[str], eligible: Callable[[Site], bool]
-) -> dict[str, str]:
-    """Linear sites whose dropout reads an LSTM's output (``out`` of ``out, h = lstm(x)``, through ``.data``,
-    ``pad_packed_sequence``, reshapes and ``.contiguous()``), by tracing: site name -> LSTM path."""
-    import torch
-    from torch.nn.utils.rnn import pad_packed_sequence
-
-    passthrough_methods = {"contiguous", "reshape", "view", "flatten"}
-    passthrough_functions = {torch.reshape, torch.flatten}
-    by_dropout: dict[str, list[Site]] = {}
-    for site in sites:
-        if site.kind.feeds_linear and eligible(site) and site.dropout is not None:
-            by_dropout.setdefault(site.dropout, []).append(site)
-    found: dict[str, str] = {}
-    for prefix, gm in _traced_lstm_roots(model, lstm_paths):
-        for node in gm.graph.nodes:
-            if node.op != "call_module" or _qualify(prefix, node.target) not in lstm_paths:
-                continue
-            lstm_path = _qualify(prefix, node.target)
-            pending = [u for u in node.users if u.target is operator.getitem and u.args[1] == 0]
-            while pending:
-                cur = pending.pop()
-                for user in cur.users:
-                    if user.op == "call_module":
-                        for site in by_dropout.get(_qualify(prefix, user.target), []):
-                            found[site.name] = lstm_path
-                    elif (
-                        (user.op == "call_method" and user.target in passthrough_methods)
-                        or (user.op == "call_function" and user.target in passthrough_functions)
-                        or (user.op == "call_function" and user.target is getattr and user.args[1] == "data")
-                    ) and user.args[0] is cur:
-                        pending.append(user)
-                    elif user.op == "call_function" and user.target is pad_packed_sequence:
-                        pending += [u for u in user.users if u.target is operator.getitem and u.args[1] == 0]
-    return found

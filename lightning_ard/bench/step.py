@@ -36,8 +36,10 @@ from lightning_ard.app.models.mlp import build_mlp
 from lightning_ard.bench.cli import check_outputs, parse_rates, select_cases
 from lightning_ard.controller import ARDController
 from lightning_ard.patterns.groups import describe
-from lightning_ard.profiling import calibrate, site_speedups, time_calls
+from lightning_ard.plan import Schedule
+from lightning_ard.profiling import time_calls
 from lightning_ard.search import FAMILIES
+from lightning_ard.speed_guard import SpeedGuard
 
 RATES = (0.3, 0.4, 0.5, 0.6, 0.7)
 
@@ -198,6 +200,10 @@ class _Runner:
     def step(self) -> None:
         if self.ctl is not None:
             self.ctl.step()
+        self.train_step()
+
+    def train_step(self) -> None:
+        """Forward, backward and the optimizer's update (the patterns, if any, are already set)."""
         x, y = self.batch
         _loss(self.model(x), y).backward()
         self.opt.step()
@@ -264,7 +270,7 @@ def bench_case(
     times: dict[str, list[float]] = {k: [] for k in runners}
     for runner in runners.values():
         _time(runner, device, warmup)
-    served, step_check = _never_slower(ctl, ard, dense, device) if never_slower else (None, None)
+    served, step_check = _never_slower(ctl, ard) if never_slower else (None, None)
     ard.flops.clear()
     for _ in range(rounds):
         for name, runner in runners.items():
@@ -299,36 +305,28 @@ def bench_case(
     )
 
 
-def _never_slower(
-    ctl: ARDController, runner: _Runner, plain: _Runner, device: torch.device
-) -> tuple[str, float | None]:
-    """The callback's never-slower rule on a benchmark model after its warm-up, both of its checks:
+def _never_slower(ctl: ARDController, runner: _Runner) -> tuple[str, float | None]:
+    """The callback's never-slower rule on a benchmark model after its warm-up, run by the callback's own
+    :class:`~lightning_ard.speed_guard.SpeedGuard`: one ARD step, whose calibration sends the sites whose layers
+    are not faster back to nn.Dropout, then a window of :data:`~lightning_ard.step_speedup.STEPS` reference and ARD
+    steps in turn; when the ARD steps' median is not below the reference one, the plain model is given back.
 
-    * per site: time each site's layers dense vs ARD at the last step's shapes
-      (:func:`~lightning_ard.profiling.calibrate`) and send the sites that are not faster back to nn.Dropout;
-    * per step: a window of :data:`~lightning_ard.step_speedup.STEPS` plain and ARD steps in turn, as the callback
-      times from step :data:`~lightning_ard.step_speedup.START` of a fit; when the ARD step's median is not below
-      the plain one, the plain model is given back.
-
-    Returns ``("served/total", None)``, or ``("0/total", plain / ARD step)`` when the step check gave up."""
-    sites = ctl.report.sites
-    rates = {site.consumer: site.p for site in sites}
-    times = calibrate(ctl.surgery.linears, ctl.surgery.lstms, rates, [runner.opt])  # type: ignore[union-attr]
-    ctl.fall_back([name for name, x in site_speedups(times, sites).items() if not x > 1.0])
-    kept = [s for s in sites if s.name not in ctl.fallen_back]
-    step_check = None
-    if kept:  # the callback's window and rule: medians of STEPS plain and ARD steps in turn, not faster gives up
-        meter = step_speedup.StepSpeedMeter(start=0, every=0)
-        for _ in range(meter.steps):
-            meter.record(step_speedup.PLAIN, _time(plain, device, 1)[0])
-            meter.record(step_speedup.ARD, _time(runner, device, 1)[0])
-        plain_ms, ard_ms = meter.result()
-        if not ard_ms < plain_ms:
-            kept, step_check = [], round(plain_ms / ard_ms, 3)
-    if not kept:
+    Returns ``("served/total", None)``, or ``("0/total", plain / ARD step)`` when the window gave up."""
+    total = len(ctl.plan.sites)
+    guard = SpeedGuard(ctl, [runner.opt], schedule=Schedule(1, 0, step_speedup.STEPS), notify=lambda line: None)
+    for _ in range(1 + 2 * step_speedup.STEPS):
+        if not ctl.active:
+            break
+        with guard.step():
+            runner.train_step()
+    plan, step_check = guard.plan, None
+    if plan.plain is not None and guard.step_ms is not None:
+        plain_ms, ard_ms = guard.step_ms
+        step_check = round(plain_ms / ard_ms, 3)
+    if plan.plain is not None:
         ctl.restore()
         runner.ctl = None
-    return f"{len(kept)}/{len(sites)}", step_check
+    return f"{len(plan.served)}/{total}", step_check
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,8 @@ class PatternDistribution:
             )
         if (probs < 0).any() or abs(float(probs.sum()) - 1.0) > 1e-6:
             raise ValueError(f"probabilities must be >= 0 and sum to 1, got {probs.tolist()}")
-        probs = probs / probs.sum()
+        if abs(float(probs.sum()) - 1.0) > 1e-12:  # normalized once: a saved plan reloads bitwise the same
+            probs = probs / probs.sum()
         widths = {c.width for c in self.candidates}
         if len(widths) != 1:
             raise ValueError(f"all candidates must have the same width, got widths {sorted(widths)}")

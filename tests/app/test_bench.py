@@ -132,27 +132,28 @@ def test_fit_bench_checks_rate_and_outputs(capsys, monkeypatch) -> None:
         assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("slow", "served"), [((), "2/2"), (("6",), "1/2"), (("3", "6"), "0/2")])
-def test_bench_never_slower_applies_the_callbacks_rule(slow, served, monkeypatch) -> None:
-    """--never-slower: sites whose layers time slower go back to nn.Dropout; none faster: the plain model (no FLOP
-    saving left), as the callback would run them."""
-    seen = {}
+def _fake_measurements(monkeypatch, slow_layers=(), ard_ms: float = 0.5) -> dict:
+    """Calibration finds ``slow_layers`` slower with ARD (the others twice as fast); the guard's window measures
+    1 ms per reference step and ``ard_ms`` per ARD step."""
+    from lightning_ard import profiling, speed_guard
 
-    def fake_calibrate(linears, lstms, rates, optimizers):
+    seen: dict = {"now": 0.0}
+
+    def fake_calibrate(linears, lstms, rates=None, optimizers=()):
         seen["layers"] = sorted(linears)
-        return {path: (1.0, 2.0 if path in slow else 0.5) for path in linears}
+        return {path: (1.0, 2.0 if path in slow_layers else 0.5) for path in linears}
 
-    monkeypatch.setattr(bench, "calibrate", fake_calibrate)
-    monkeypatch.setattr(bench, "_time", _fake_time(ard_ms=0.5))  # the step check passes: ARD steps take half
-    rec = bench.bench_case(_tiny_case(), "block", 0.5, torch.device("cpu"), 1, 1, 2, groups=2, never_slower=True)
-    assert seen["layers"] == ["0", "3", "6"]
-    assert rec.step_check is None
-    assert rec.served == served and rec.label == f"block x2 groups (never slower: {served} sites)"
-    if served == "0/2":
-        assert rec.ideal == 1.0  # the plain model ran: nothing saved
-    else:
-        assert rec.ideal > 1.0
-    assert f"(never slower: {served} sites)" in bench.format_table([rec])
+    stop = speed_guard.SpeedGuard.stop
+
+    def timed_stop(self) -> None:
+        if self.mode is not None and self._ms is None:
+            seen["now"] += (1.0 if self.mode == "plain" else ard_ms) / 1e3
+        stop(self)
+
+    monkeypatch.setattr(profiling, "calibrate", fake_calibrate)
+    monkeypatch.setattr(speed_guard, "clock", lambda: seen["now"])
+    monkeypatch.setattr(speed_guard.SpeedGuard, "stop", timed_stop)
+    return seen
 
 
 def _fake_time(ard_ms: float):
@@ -169,13 +170,30 @@ def _fake_time(ard_ms: float):
     return time_steps
 
 
+@pytest.mark.parametrize(("slow", "served"), [((), "2/2"), (("6",), "1/2"), (("3", "6"), "0/2")])
+def test_bench_never_slower_applies_the_callbacks_rule(slow, served, monkeypatch) -> None:
+    """--never-slower: sites whose layers time slower go back to nn.Dropout; none faster: the plain model (no FLOP
+    saving left), as the callback would run them."""
+    seen = _fake_measurements(monkeypatch, slow, ard_ms=0.5)  # the step check passes: ARD steps take half
+    monkeypatch.setattr(bench, "_time", _fake_time(ard_ms=0.5))
+    rec = bench.bench_case(_tiny_case(), "block", 0.5, torch.device("cpu"), 1, 1, 2, groups=2, never_slower=True)
+    assert seen["layers"] == ["0", "3", "6"]
+    assert rec.step_check is None
+    assert rec.served == served and rec.label == f"block x2 groups (never slower: {served} sites)"
+    if served == "0/2":
+        assert rec.ideal == 1.0  # the plain model ran: nothing saved
+    else:
+        assert rec.ideal > 1.0
+    assert f"(never slower: {served} sites)" in bench.format_table([rec])
+
+
 def test_bench_never_slower_step_check_gives_the_plain_model_back(monkeypatch) -> None:
     """--never-slower, second check (the callback's step window): every site's layers time faster, but the whole
     ARD step is not; the row then times the plain model, as a fit does after its window, and says why."""
-    monkeypatch.setattr(bench, "calibrate", lambda linears, lstms, rates, opts: {k: (1.0, 0.5) for k in linears})
+    _fake_measurements(monkeypatch, (), ard_ms=1.25)
     monkeypatch.setattr(bench, "_time", _fake_time(ard_ms=1.25))
     rec = bench.bench_case(_tiny_case(), "block", 0.5, torch.device("cpu"), 1, 1, 2, groups=2, never_slower=True)
     assert rec.served == "0/2" and rec.step_check == pytest.approx(0.8)
     assert rec.label == "block x2 groups (never slower: plain model, step 0.80x)"
-    assert rec.ideal == 1.0 and rec.speedup == pytest.approx(1.0)  # the plain model ran: nothing saved, not slower
+    assert rec.ideal == 1.0 and rec.speedup == pytest.approx(1.0)  # the plain model ran: nothing saved
     assert "(never slower: plain model, step 0.80x)" in bench.format_table([rec])

@@ -193,17 +193,17 @@ def test_resume_with_the_same_settings_is_silent(tmp_path, recwarn) -> None:
     assert not [w for w in recwarn if "ARD settings" in str(w.message)]
 
 
-@pytest.mark.parametrize("step", ["_plan", "sampler"])
+@pytest.mark.parametrize("step", ["_wire", "sampler"])
 def test_a_failure_after_the_swap_leaves_the_model_plain(monkeypatch, step: str) -> None:
-    """A failure after the modules were converted (planning, the sampler) undoes the swap: plain classes, a usable
-    model, no controller state left."""
+    """A failure after the modules were converted (wiring the layers, the sampler) undoes the swap: plain classes,
+    a usable model, no controller state left."""
     import lightning_ard.controller as controller_module
 
     def boom(*args, **kwargs):
         raise RuntimeError(f"{step} failed")
 
-    if step == "_plan":
-        monkeypatch.setattr(ARDController, "_plan", boom)
+    if step == "_wire":
+        monkeypatch.setattr(ARDController, "_wire", boom)
     else:
         monkeypatch.setattr(controller_module, "PatternSampler", boom)
     model = _producer_consumer()

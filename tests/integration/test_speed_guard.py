@@ -1,4 +1,4 @@
-"""Never slower and a measured speedup (issue 14 items 3-5): fall-back at calibration, the interleaved timing
+"""Never slower and a measured speedup: fall-back at calibration, the interleaved timing
 windows, and the last step's metrics at fit end."""
 
 from __future__ import annotations
@@ -85,10 +85,10 @@ class _FakeClock:
 def test_step_speedup_is_measured_from_plain_and_ard_steps(tmp_path, monkeypatch) -> None:
     """Steps START.. alternate plain (no pattern on any layer) and ARD; the logged medians are the window's step
     times (a fake clock: 10 ms plain, 4 ms ARD) and their ratio is ard/step_speedup."""
-    from lightning_ard import callback
+    from lightning_ard import speed_guard
 
     clock = _FakeClock()
-    monkeypatch.setattr(callback.time, "perf_counter", clock)
+    monkeypatch.setattr(speed_guard, "clock", clock)
     pl.seed_everything(0)
     model = MLP()
     model.net.register_forward_hook(clock.forward_hook)
@@ -108,11 +108,11 @@ def test_step_speedup_is_measured_from_plain_and_ard_steps(tmp_path, monkeypatch
 
 def test_a_slower_measured_step_gives_the_plain_model_back(tmp_path, monkeypatch) -> None:
     """never_slower: when the window's ARD steps are not faster than the plain ones, ARD stops for the fit."""
-    from lightning_ard import callback
+    from lightning_ard import speed_guard
 
     clock = _FakeClock()
     clock.forward_hook = lambda module, args, output: setattr(clock, "now", clock.now + 0.005)  # equal steps
-    monkeypatch.setattr(callback.time, "perf_counter", clock)
+    monkeypatch.setattr(speed_guard, "clock", clock)
     model = MLP()
     model.net.register_forward_hook(clock.forward_hook)
     cb = ApproximateDropout(pattern="block", groups=1, measure_every=0, verbose=False)

@@ -274,7 +274,7 @@ def test_decoder_tokens_follow_their_sequence_group(batch_first: bool, structure
     q = 0.4 if structured else None
     ctl = ARDController(model, seed=3, lstm_groups=3, lstm_mode="sequence", lstm_recurrent_p=q).apply()
     dec_site = "drop_out"
-    assert ctl._lstm_followers == {dec_site: "lstm"}
+    assert {sp.name: sp.follows for sp in ctl.plan.sites if sp.follows} == {dec_site: "lstm"}
     pats = ctl.step()
     batch, steps = 7, 5
     tokens = torch.randint(0, 30, (batch, steps) if batch_first else (steps, batch))

@@ -1,0 +1,71 @@
+"""build_plan: a pure function of the model and the config; the group bound by the step's rows."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_ard import ARDConfig
+from lightning_ard.planning import bound_groups, build_plan, config_of
+
+
+def _mlp(p: float = 0.5) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Dropout(p), nn.Linear(64, 64), nn.ReLU(), nn.Dropout(p),
+                         nn.Linear(64, 5))  # fmt: skip
+
+
+def test_building_a_plan_does_not_change_the_model() -> None:
+    model = _mlp()
+    before = copy.deepcopy(model.state_dict())
+    classes = [type(m) for m in model.modules()]
+    plan = build_plan(model, ARDConfig(pattern="tile"))
+    assert [type(m) for m in model.modules()] == classes
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert [sp.family for sp in plan.sites] == ["tile", "tile"]
+    assert all(sp.site.producer is None for sp in plan.sites)  # a tile consumer keeps its producer whole
+
+
+def test_the_plan_keeps_its_config() -> None:
+    config = ARDConfig(pattern="random", p=0.3, groups=2, exclude=("nothing",))
+    plan = build_plan(_mlp(), config)
+    assert config_of(plan) == config
+    assert {sp.site.p for sp in plan.sites} == {0.3}
+
+
+def test_groups_follow_the_batch_and_never_exceed_its_rows() -> None:
+    plan = build_plan(_mlp(), ARDConfig(groups=10**6))
+    bounded = bound_groups(plan, samples=32)
+    assert [(sp.groups, sp.requested_groups) for sp in bounded.sites] == [(32, 10**6), (32, 10**6)]
+    wider = bound_groups(bounded, samples=32, rows={"2": 320, "5": 10})  # e.g. tokens of a sequence input
+    assert [(sp.groups, sp.requested_groups) for sp in wider.sites] == [(320, 10**6), (10, 10**6)]
+    auto = bound_groups(build_plan(_mlp(), ARDConfig()), samples=1024)
+    assert {sp.groups for sp in auto.sites} == {8} and auto.samples == 1024
+    assert {sp.groups for sp in bound_groups(auto, samples=2).sites} == {2}
+
+
+def test_lstm_sites_under_auto_groups() -> None:
+    class LM(nn.Module):
+        def __init__(self, bidirectional: bool) -> None:
+            super().__init__()
+            self.emb, self.drop = nn.Embedding(30, 16), nn.Dropout(0.5)
+            self.lstm = nn.LSTM(16, 16, 2, dropout=0.5, batch_first=True, bidirectional=bidirectional)
+            self.dec = nn.Linear(16 * (1 + bidirectional), 30)
+
+        def forward(self, x):
+            return self.dec(self.drop(self.lstm(self.drop(self.emb(x)))[0]))
+
+    plan = build_plan(LM(False), ARDConfig())
+    assert {sp.name: (sp.groups, sp.tied) for sp in plan.sites} == {
+        "drop->lstm": (2, True), "lstm.l1": (2, True), "drop->dec": (4, False)
+    }  # fmt: skip
+    both = build_plan(LM(True), ARDConfig())
+    assert both.sites == () and dict(both.skipped)["drop->lstm"].startswith("bidirectional LSTM sites stay")
+    assert dict(both.skipped)["drop->dec"] == "another use of drop stays nn.Dropout (an LSTM site)"
+
+
+def test_a_rate_without_a_pattern_distribution_names_the_site() -> None:
+    with pytest.raises(ValueError, match=r"site '2' \(p=0.7, width=64\): p=0.7 cannot be reached by the 'row' "):
+        build_plan(_mlp(0.7), ARDConfig(pattern="row", search={"dp_max": 2}))

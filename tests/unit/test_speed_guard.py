@@ -1,0 +1,131 @@
+"""SpeedGuard in a plain PyTorch loop: the callback's never-slower policy as recorded plan changes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_ard import ARDController, profiling, speed_guard
+from lightning_ard.plan import Schedule
+from lightning_ard.speed_guard import SpeedGuard
+
+
+def _mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 64), nn.ReLU(), nn.Dropout(0.5),
+                         nn.Linear(64, 5))  # fmt: skip
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """Calibration: '6' (the last Linear) is slower with ARD; windows: reference steps 1 ms, ARD steps ``ard`` ms."""
+    state = {"now": 0.0, "ard": 0.5}
+    monkeypatch.setattr(
+        profiling, "calibrate", lambda lin, lstm, rates=None, opts=(): {p: (1.0, 2.0 if p == "6" else 0.5) for p in lin}
+    )
+    stop = SpeedGuard.stop
+
+    def timed_stop(self) -> None:
+        if self.mode is not None and self._ms is None:
+            state["now"] += (1.0 if self.mode == "plain" else state["ard"]) / 1e3
+        stop(self)
+
+    monkeypatch.setattr(speed_guard, "clock", lambda: state["now"])
+    monkeypatch.setattr(SpeedGuard, "stop", timed_stop)
+    return state
+
+
+def _train(model, guard, opt, steps: int, start: int = 0) -> list[str | None]:
+    g = torch.Generator().manual_seed(start)
+    modes = []
+    for _ in range(steps):
+        x, y = torch.randn(16, 20, generator=g), torch.randint(0, 5, (16,), generator=g)
+        with guard.step(len(x)) as mode:
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+        modes.append(mode)
+    return modes
+
+
+def test_the_guard_records_its_decisions_as_plans(fake) -> None:
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ctl = ARDController(model, groups=2).apply()
+    lines: list[str] = []
+    guard = SpeedGuard(ctl, [opt], schedule=Schedule(start=2, every=0, steps=2), notify=lines.append)
+    fake["ard"] = 0.5
+    modes = _train(model, guard, opt, 8)
+    assert modes == [None, None, "plain", "ard", "plain", "ard", None, None]
+    assert [s for s, _ in guard.record.plans] == [0, 1]  # the first batch, then the calibration
+    assert guard.plan.fallen_back == {"5": "ARD is not faster there (measured 0.80x at the first step's shapes)"}
+    assert ctl.active and guard.step_ms == (1.0, 0.5)
+    assert lines == ["ApproximateDropout: site '5' runs as nn.Dropout for the rest of the fit: ARD is not faster there "
+                     "(measured 0.80x at this step's shapes; never_slower=False keeps it)"]  # fmt: skip
+
+
+def test_a_window_that_is_not_faster_gives_the_plain_model_back(fake) -> None:
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ctl = ARDController(model, groups=2).apply()
+    guard = SpeedGuard(ctl, [opt], schedule=Schedule(start=2, every=0, steps=2), notify=lambda line: None)
+    fake["ard"] = 1.5
+    _train(model, guard, opt, 6)
+    assert guard.plan.plain == "the measured step is not faster (0.67x)" and not ctl.active
+    assert [s for s, _ in guard.record.plans] == [0, 1, 6]
+    assert all(type(m) in (nn.Linear, nn.ReLU, nn.Dropout) for m in model)  # the plain modules are back
+
+
+def test_a_guard_restored_from_its_state_continues_the_same_steps(fake) -> None:
+    fake["ard"] = 0.5
+    runs = []
+    for split in (None, 3):
+        model = _mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        ctl = ARDController(model, groups=2, seed=3).apply()
+        guard = SpeedGuard(ctl, [opt], schedule=Schedule(start=2, every=0, steps=2), notify=lambda line: None)
+        if split is None:
+            _train(model, guard, opt, 8)
+        else:
+            _train(model, guard, opt, split)
+            state, ctl_state = guard.state_dict(), ctl.state_dict()
+            ctl2 = ARDController(model, plan=guard.plan, seed=3)
+            ctl.restore()
+            ctl2.apply().load_state_dict(ctl_state)
+            guard = SpeedGuard(ctl2, [opt], notify=lambda line: None)
+            guard.load_state_dict(state)
+            assert guard.step_index == split and guard.meter.plain_ms == [1.0]
+            g = torch.Generator().manual_seed(0)
+            for _ in range(split):  # the same data stream as the uninterrupted run
+                torch.randn(16, 20, generator=g), torch.randint(0, 5, (16,), generator=g)
+            modes = []
+            for _ in range(8 - split):
+                x, y = torch.randn(16, 20, generator=g), torch.randint(0, 5, (16,), generator=g)
+                with guard.step(len(x)) as mode:
+                    F.cross_entropy(model(x), y).backward()
+                    opt.step()
+                    opt.zero_grad()
+                modes.append(mode)
+            assert modes == ["ard", "plain", "ard", None, None]
+        runs.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+
+
+def test_a_replayed_record_decides_nothing(fake) -> None:
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ctl = ARDController(model, groups=2).apply()
+    guard = SpeedGuard(ctl, [opt], schedule=Schedule(start=2, every=0, steps=2), notify=lambda line: None)
+    fake["ard"] = 1.5
+    _train(model, guard, opt, 7)
+    record = guard.record
+    model2 = _mlp()
+    opt2 = torch.optim.SGD(model2.parameters(), lr=0.1)
+    ctl2 = ARDController(model2, plan=record.at(0)).apply()
+    replay = SpeedGuard(ctl2, [opt2], record=record, replay=True, notify=lambda line: pytest.fail(line))
+    fake["ard"] = 0.1  # would be faster now: a replay does not measure its way to another plan
+    _train(model2, replay, opt2, 7)
+    assert replay.record is record and replay.plan.plain is not None and not ctl2.active
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters(), strict=True))
