@@ -1,7 +1,8 @@
 """lightning_ard: Approximate Random Dropout for PyTorch Lightning.
 
 ``ApproximateDropout`` (the Lightning callback) is imported on first use, so that ``import lightning_ard`` for the
-plain-PyTorch parts (``ARDController``, ``ARDConfig``, the patterns) does not load Lightning and what it pulls in.
+plain-PyTorch parts (``ARDController``, ``SpeedGuard``, ``ARDPlan``, ``ARDConfig``, the patterns) does not load
+Lightning and what it pulls in.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,8 @@ from lightning_ard.patterns import (
     RowPattern,
     TilePattern,
 )
+from lightning_ard.plan import ARDPlan, PlanRecord
+from lightning_ard.speed_guard import SpeedGuard
 
 if TYPE_CHECKING:
     from lightning_ard.callback import ApproximateDropout
@@ -25,14 +28,17 @@ if TYPE_CHECKING:
 __all__ = [
     "ARDConfig",
     "ARDController",
+    "ARDPlan",
     "ApproximateDropout",
     "BlockRow",
     "PatternDistribution",
     "PatternSampler",
     "PeriodicRow",
     "PeriodicTile",
+    "PlanRecord",
     "RandomSubsetRow",
     "RowPattern",
+    "SpeedGuard",
     "TilePattern",
 ]
 __version__ = "0.1.0"

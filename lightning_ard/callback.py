@@ -121,7 +121,7 @@ class ApproximateDropout(pl.Callback):
         plan: ARDPlan | PlanRecord | str | os.PathLike[str] | None = None,
         measure_speedup: bool | None = None,
         never_slower: bool = True,
-        measure_every: int = 500,
+        measure_every: int = step_speedup.EVERY,
         restore_on_fit_end: bool = True,
         verbose: bool = True,
         allow_settings_change: bool = False,

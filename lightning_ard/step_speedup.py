@@ -19,6 +19,8 @@ START = 10
 """Step of the fit at which the first window starts: after warm-up and the one-off calibration of step 1."""
 STEPS = 5
 """Timed steps per mode in a window."""
+EVERY = 500
+"""Steps between two windows by default (``measure_every``)."""
 
 
 @dataclass
@@ -32,7 +34,7 @@ class StepSpeedMeter:
     """
 
     start: int = START
-    every: int = 500
+    every: int = EVERY
     steps: int = STEPS
     plain_ms: list[float] = field(default_factory=list, init=False)
     ard_ms: list[float] = field(default_factory=list, init=False)
