@@ -37,8 +37,19 @@ def fake(monkeypatch):
     return state
 
 
-def _train(model, guard, opt, steps: int, start: int = 0) -> list[str | None]:
-    g = torch.Generator().manual_seed(start)
+def _guarded(
+    seed: int = 0, momentum: float = 0.0
+) -> tuple[nn.Module, torch.optim.Optimizer, ARDController, SpeedGuard]:
+    """A model, its optimizer, an applied controller (2 groups) and a guard with one window at steps 2-5."""
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=momentum)
+    ctl = ARDController(model, groups=2, seed=seed).apply()
+    return model, opt, ctl, SpeedGuard(ctl, [opt], schedule=Schedule(start=2, every=0, steps=2), notify=lambda _: None)
+
+
+def _train(model, guard, opt, steps: int, g: torch.Generator | None = None) -> list[str | None]:
+    """``steps`` training steps on batches of 16 from ``g`` (a fresh stream by default)."""
+    g = g if g is not None else torch.Generator().manual_seed(0)
     modes = []
     for _ in range(steps):
         x, y = torch.randn(16, 20, generator=g), torch.randint(0, 5, (16,), generator=g)
@@ -67,10 +78,7 @@ def test_the_guard_records_its_decisions_as_plans(fake) -> None:
 
 
 def test_a_window_that_is_not_faster_gives_the_plain_model_back(fake) -> None:
-    model = _mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    ctl = ARDController(model, groups=2).apply()
-    guard = SpeedGuard(ctl, [opt], schedule=Schedule(start=2, every=0, steps=2), notify=lambda line: None)
+    model, opt, ctl, guard = _guarded()
     fake["ard"] = 1.5
     _train(model, guard, opt, 6)
     assert guard.plan.plain == "the measured step is not faster (0.67x)" and not ctl.active
@@ -82,10 +90,7 @@ def test_a_guard_restored_from_its_state_continues_the_same_steps(fake) -> None:
     fake["ard"] = 0.5
     runs = []
     for split in (None, 3):
-        model = _mlp()
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        ctl = ARDController(model, groups=2, seed=3).apply()
-        guard = SpeedGuard(ctl, [opt], schedule=Schedule(start=2, every=0, steps=2), notify=lambda line: None)
+        model, opt, ctl, guard = _guarded(seed=3, momentum=0.9)
         if split is None:
             _train(model, guard, opt, 8)
         else:
@@ -100,24 +105,14 @@ def test_a_guard_restored_from_its_state_continues_the_same_steps(fake) -> None:
             g = torch.Generator().manual_seed(0)
             for _ in range(split):  # the same data stream as the uninterrupted run
                 torch.randn(16, 20, generator=g), torch.randint(0, 5, (16,), generator=g)
-            modes = []
-            for _ in range(8 - split):
-                x, y = torch.randn(16, 20, generator=g), torch.randint(0, 5, (16,), generator=g)
-                with guard.step(len(x)) as mode:
-                    F.cross_entropy(model(x), y).backward()
-                    opt.step()
-                    opt.zero_grad()
-                modes.append(mode)
+            modes = _train(model, guard, opt, 8 - split, g)
             assert modes == ["ard", "plain", "ard", None, None]
         runs.append([p.detach().clone() for p in model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
 
 
 def test_a_replayed_record_decides_nothing(fake) -> None:
-    model = _mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    ctl = ARDController(model, groups=2).apply()
-    guard = SpeedGuard(ctl, [opt], schedule=Schedule(start=2, every=0, steps=2), notify=lambda line: None)
+    model, opt, ctl, guard = _guarded()
     fake["ard"] = 1.5
     _train(model, guard, opt, 7)
     record = guard.record
