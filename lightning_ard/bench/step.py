@@ -7,8 +7,8 @@ For every case (the paper's MLP 784-2048-2048-10 at batch 256 and the Zaremba LS
 
 * ``dense_ms``: the model with ``nn.Dropout`` (the baseline);
 * ``ard_ms``: the same model under :class:`~lightning_ard.ARDController` (patterns drawn inside the timed step);
-* ``limit_ms``: the compact-model limit (METHOD.md): a plain model whose widths are the expected kept widths,
-  with no dropout at all;
+* ``limit_ms``: the compact-model limit (docs/method.md, "How far from the limit"): a plain model whose widths are
+  the expected kept widths, with no dropout at all;
 
 and reports ``speedup = dense/ard``, ``ideal`` (dense/executed FLOP ratio of the step, averaged over the timed
 steps), ``limit`` (dense/limit) and the fractions of both reached. Variants are timed interleaved (dense, ARD,
@@ -117,7 +117,7 @@ class CompactLSTMLM(nn.Module):
 
 
 class GroupedLimit(nn.Module):
-    """The grouped compact limit (METHOD.md): G plain compact models, model g stepping on the g-th contiguous share
+    """The grouped compact limit (docs/method.md): G plain compact models, model g stepping on the g-th contiguous share
     of the batch (``torch.tensor_split`` of dim 0), outputs concatenated; one optimizer over all of them. The least
     work G pattern groups can do: the same FLOPs as one compact model, in products of B/G rows."""
 
@@ -352,7 +352,7 @@ LSTM_SETTINGS = (
     LSTMSetting("structured G=2", 2, 2, "sequence", True),
     LSTMSetting("structured G=4", 4, 4, "sequence", True),
 )
-"""The LSTM settings of issue 13, beside nn.Dropout (every record's ``dense_ms``)."""
+"""The LSTM settings of the comparison, beside nn.Dropout (every record's ``dense_ms``)."""
 
 
 def bench_lstm_settings(

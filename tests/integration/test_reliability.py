@@ -1,4 +1,4 @@
-"""Reliability around the fit (issue 15): activation checkpointing, mixed train/eval modes, resume settings."""
+"""Reliability around the fit: activation checkpointing, mixed train/eval modes, resume settings."""
 
 from __future__ import annotations
 
