@@ -27,6 +27,7 @@ from torch import nn
 from lightning_ard import accounting
 from lightning_ard._validate import check_seed
 from lightning_ard.config import ARDConfig
+from lightning_ard.families import rule_of
 from lightning_ard.kernels import get_backend
 from lightning_ard.layers import ARDLSTM, ARDLinear
 from lightning_ard.layers.lstm import SequenceFollower, lstm_layer_input_size, unscaled
@@ -192,7 +193,7 @@ class ARDController:
                 slots.layer_sites[site.consumer_layer] = site.name
                 continue
             lin = linears.setdefault(site.consumer, _LinearSlots(module))  # type: ignore[arg-type]
-            if sp.family == "tile":
+            if rule_of(sp.family).tiles:
                 lin.tile_site = site.name
                 continue
             lin.in_site = site.name

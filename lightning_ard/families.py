@@ -46,13 +46,25 @@ class FamilyRule:
             consumer = model.get_submodule(site.consumer)
             shape = (consumer.out_features, consumer.in_features)
             grid = auto_tile(*shape) if tile == "auto" else tile
-            return search_distribution(site.p, site.width, "tile", shape=shape, tile=grid, **settings)
+            return search_distribution(site.p, site.width, TILE, shape=shape, tile=grid, **settings)
         except ValueError as err:
             raise ValueError(f"site {site.name!r} (p={site.p}, width={site.width}): {err}") from err
 
 
+TILE = "tile"
+"""The family that drops weight tiles; every other family drops units."""
+
+
+def unit_family(pattern: str) -> str:
+    """The family that drops units under ``pattern``: itself, or ``row`` for the tile family (units have no tiles)."""
+    return "row" if pattern == TILE else pattern
+
+
+def rule_of(family: str) -> FamilyRule:
+    """The rule of a family a plan names."""
+    return FamilyRule(family, tiles=family == TILE)
+
+
 def rule_for(pattern: str, site: Site) -> FamilyRule:
     """The rule of family ``pattern`` at ``site``: tile at Linear sites, row for LSTM sites under ``tile``."""
-    if pattern == "tile":
-        return FamilyRule("tile", tiles=True) if site.kind.feeds_linear else FamilyRule("row")
-    return FamilyRule(pattern)
+    return rule_of(pattern if site.kind.feeds_linear else unit_family(pattern))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from torch import nn
 
 from lightning_ard.config import ARDConfig
+from lightning_ard.families import unit_family
 from lightning_ard.patterns import PatternDistribution
 from lightning_ard.patterns.groups import AUTO_LSTM_GROUPS, resolve_groups
 from lightning_ard.sites import Site, SiteKind, Skipped, find_lstm_followers
@@ -106,7 +107,7 @@ def _structured(model: nn.Module, policy: LSTMPolicy, lstm_paths: set[str], conf
         inter = {s.consumer_layer for s in policy.sites if s.consumer == path and s.kind == SiteKind.LSTM_INTER}
         rated |= {s.name for s in follows}
         rated |= {s.name for s in policy.sites if s.consumer == path and s.kind == SiteKind.LSTM_INTER}
-        family = "row" if config.pattern == "tile" else config.pattern  # LSTM units take row patterns
+        family = unit_family(config.pattern)
         for layer in range(lstm.num_layers):
             if layer + 1 in inter or (layer == lstm.num_layers - 1 and follows):
                 continue

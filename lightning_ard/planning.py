@@ -47,9 +47,7 @@ def build_plan(model: nn.Module, config: ARDConfig) -> ARDPlan:
     producers = {site.producer for site in report.sites}
 
     def eligible(site: Site) -> bool:  # may follow an LSTM's sequence groups
-        return (
-            site.producer is None and site.consumer not in producers and rule_for(config.pattern, site).name != "tile"
-        )
+        return site.producer is None and site.consumer not in producers and not rule_for(config.pattern, site).tiles
 
     policy = lstm_policy(model, list(report.sites), config, eligible)
     skipped = [(s.name, s.reason) for s in [*report.skipped, *policy.skipped]]

@@ -1,0 +1,59 @@
+"""The LSTM policy: which LSTM sites ARD serves under each setting, followers, structured rates, tied groups."""
+
+from __future__ import annotations
+
+import pytest
+from torch import nn
+
+from lightning_ard import ARDConfig
+from lightning_ard.lstm_policy import lstm_policy
+from lightning_ard.sites import find_sites
+
+
+class LM(nn.Module):
+    def __init__(self, bidirectional: bool = False) -> None:
+        super().__init__()
+        self.emb, self.drop_in, self.drop_out = nn.Embedding(30, 16), nn.Dropout(0.5), nn.Dropout(0.5)
+        self.lstm = nn.LSTM(16, 16, 2, dropout=0.5, batch_first=True, bidirectional=bidirectional)
+        self.dec = nn.Linear(16 * (1 + bidirectional), 30)
+
+    def forward(self, x):
+        return self.dec(self.drop_out(self.lstm(self.drop_in(self.emb(x)))[0]))
+
+
+def _policy(model: nn.Module, **settings):
+    config = ARDConfig(**settings)
+    sites = find_sites(model, config.p).sites
+    return lstm_policy(model, list(sites), config, lambda site: True)
+
+
+def test_auto_serves_time_chunks_and_leaves_bidirectional_lstms() -> None:
+    policy = _policy(LM())
+    assert {s.name for s in policy.sites} == {"drop_in", "lstm.l1", "drop_out"}
+    assert policy.tied == {"drop_in": 2, "lstm.l1": 2} and policy.followers == {}
+    both = _policy(LM(bidirectional=True))
+    assert [s.name for s in both.sites] == ["drop_out"]
+    assert [s.name for s in both.skipped] == ["drop_in", "lstm.l1"]
+
+
+def test_sequence_groups_make_the_decoder_follow_the_lstm() -> None:
+    policy = _policy(LM(), lstm_mode="sequence", lstm_groups=3)
+    assert policy.followers == {"drop_out": "lstm"}
+    assert policy.tied == {"drop_in": 3, "lstm.l1": 3, "drop_out": 3}
+    assert _policy(LM(), lstm_mode="sequence").skipped[0].reason.startswith("LSTM sites in lstm_mode='sequence' stay")
+
+
+def test_structured_dropout_rates_the_hidden_unit_sites() -> None:
+    policy = _policy(LM(), lstm_mode="sequence", lstm_groups=2, lstm_recurrent_p=0.3)
+    rates = {s.name: s.p for s in policy.sites}
+    assert rates == {"drop_in": 0.5, "lstm.l1": 0.3, "drop_out": 0.3}
+    assert policy.hidden == {} and policy.tied["drop_out"] == 2  # both layers' hidden units have a site
+    with pytest.raises(ValueError, match="lstm_recurrent_p=0.3 supports unidirectional LSTMs only"):
+        _policy(LM(bidirectional=True), lstm_mode="sequence", lstm_groups=2, lstm_recurrent_p=0.3)
+
+
+def test_the_model_is_not_changed() -> None:
+    model = LM()
+    before = [type(m) for m in model.modules()]
+    _policy(model, lstm_mode="sequence", lstm_groups=2, lstm_recurrent_p=0.3)
+    assert [type(m) for m in model.modules()] == before
