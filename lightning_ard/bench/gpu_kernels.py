@@ -18,8 +18,8 @@ new rows past ``--budget-s`` seconds. Tables:
    (:mod:`lightning_ard.kernels.grouped_mm`) and the Triton grouped kernel, against cuBLAS on one compact shape of
    the same FLOPs;
 2. the MLP 784-4096-4096-10 training step (bf16 autocast over float32 weights, SGD with momentum, a new pattern
-   every step) for each backend vs ``nn.Dropout`` at the same p, with the FLOP ratio and the compact-model limit
-   (the same MLP at the kept widths, no dropout) side by side.
+   every step) for each backend (``grouped_mm`` included) vs ``nn.Dropout`` at the same p, with the FLOP ratio
+   and the compact-model limit (the same MLP at the kept widths, no dropout) side by side.
 
 ``--smoke`` runs everything at tiny shapes (under ``TRITON_INTERPRET=1`` when there is no GPU: numbers are
 meaningless there); CI runs it (tests/kernels/test_gpu_bench_smoke.py). Without a GPU and without ``--smoke`` the
@@ -393,8 +393,10 @@ class Bench:
         t_limit = self.time_ms(stepper(mlp(k1, k2, None)))
         flop_ratio = mlp_flops(batch, (d_in, h1, h2, d_out)) / mlp_flops(batch, (d_in, k1, k2, d_out))
         reference: dict[int, Any] = {}
+        # grouped_mm: the gathered backend with torch._grouped_mm for the pattern groups
+        backends = (*self.backends, "grouped_mm") if hasattr(torch, "_grouped_mm") else self.backends
         for groups in (1, 2 if self.args.smoke else auto_groups(p)):  # the default groups="auto" on the GPU
-            for backend in self.backends:
+            for backend in backends:
 
                 def measure(backend: str = backend, groups: int = groups) -> dict[str, Any]:
                     model = mlp(h1, h2, None)
