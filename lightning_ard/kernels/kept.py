@@ -9,11 +9,14 @@ or :attr:`Kept.selection` (ranges), the gathered and grouped backends :attr:`Kep
 Why the cache lives on the pattern: every device tensor derived from a pattern is stored in that pattern's own
 cache (:meth:`~lightning_ard.patterns.row.DeviceCached.cached`), so it is built once per pattern and device, dies
 with the pattern, and is shared by every backend and by the LSTM layer (which reads ``pattern.index(device)``);
-patterns may not import kernels, so the kernels' derived forms are built here and handed to that cache.
+patterns may not import kernels, so the kernels' derived forms are built here and handed to that cache. A
+:class:`Kept` is cached there too and reaches its pattern through a weak reference, so the cache never keeps its
+pattern alive (a pattern drawn for one step is freed, device tensors included, as soon as the step lets it go).
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Union
@@ -42,14 +45,18 @@ class Kept:
         count: number of kept units.
         device: where the derived tensors live.
         span: ``(start, stop)`` when the kept units are one contiguous range (``(0, width)``: all kept).
-        pattern: the row pattern (None: every unit kept, no pattern).
     """
 
     width: int
     count: int
     device: torch.device
     span: tuple[int, int] | None
-    pattern: RowPattern | None
+    _pattern: weakref.ref | None
+
+    @property
+    def pattern(self) -> RowPattern | None:
+        """The row pattern (None: every unit kept, no pattern)."""
+        return self._pattern() if self._pattern is not None else None
 
     @property
     def full(self) -> bool:
@@ -153,9 +160,9 @@ def kept_units(pattern: RowPattern | None, width: int, device: torch.device | st
 def _build(pattern: RowPattern, device: torch.device, where: str) -> Kept:
     check_kept(pattern.kept, pattern.width, where)
     count = pattern.num_kept
-    ranges = pattern.ranges
     if count == pattern.width:
         span: tuple[int, int] | None = (0, pattern.width)
     else:
+        ranges = pattern.ranges
         span = ranges[0] if ranges is not None and len(ranges) == 1 else None
-    return Kept(pattern.width, count, device, span, pattern)
+    return Kept(pattern.width, count, device, span, weakref.ref(pattern))
