@@ -10,15 +10,12 @@ Why the cache lives on the pattern: every device tensor derived from a pattern i
 cache (:meth:`~lightning_ard.patterns.row.DeviceCached.cached`), so it is built once per pattern and device, dies
 with the pattern, and is shared by every backend and by the LSTM layer (which reads ``pattern.index(device)``);
 patterns may not import kernels, so the kernels' derived forms are built here and handed to that cache. A
-:class:`Kept` is cached there too and reaches its pattern through a weak reference, so the cache never keeps its
-pattern alive (a pattern drawn for one step is freed, device tensors included, as soon as the step lets it go).
+:class:`Kept` itself is a light view made per call and never cached, so that cache holds nothing that refers back
+to its pattern (a pattern drawn for one step is freed, device tensors included, as soon as the step lets it go).
 """
 
 from __future__ import annotations
 
-import weakref
-from dataclasses import dataclass
-from functools import cached_property
 from typing import Union
 
 import torch
@@ -36,39 +33,39 @@ Selection = Union[Ranges, Index]
 """Kept units as the per-group PyTorch path takes them: ranges (weight views) when it can, else an :data:`Index`."""
 
 
-@dataclass(frozen=True, eq=False)
 class Kept:
-    """The kept units of one side of a weight on one device.
+    """The kept units of one side of a weight on one device: a light view of a pattern, made per call.
 
     Attributes:
         width: number of units of the side.
         count: number of kept units.
         device: where the derived tensors live.
         span: ``(start, stop)`` when the kept units are one contiguous range (``(0, width)``: all kept).
+        pattern: the row pattern (None: every unit kept, no pattern); held, so an autograd Function that saves a
+            ``Kept`` for its backward keeps the pattern (and its cached tensors) alive until then.
     """
 
-    width: int
-    count: int
-    device: torch.device
-    span: tuple[int, int] | None
-    _pattern: weakref.ref | None
+    __slots__ = ("count", "device", "pattern", "span", "width")
 
-    @property
-    def pattern(self) -> RowPattern | None:
-        """The row pattern (None: every unit kept, no pattern)."""
-        return self._pattern() if self._pattern is not None else None
+    def __init__(
+        self, width: int, count: int, device: torch.device, span: tuple[int, int] | None, pattern: RowPattern | None
+    ) -> None:
+        self.width, self.count, self.device, self.span, self.pattern = width, count, device, span, pattern
+
+    def __repr__(self) -> str:
+        return f"Kept(width={self.width}, count={self.count}, device={self.device}, span={self.span})"
 
     @property
     def full(self) -> bool:
         """Every unit kept."""
         return self.count == self.width
 
-    @cached_property
+    @property
     def selector(self) -> Index:
         """``None`` (all kept), a ``slice`` (strided, or a contiguous span) or the int64 :attr:`index`."""
         return None if self.full else self.pattern.selector(self.device)  # type: ignore[union-attr]
 
-    @cached_property
+    @property
     def selection(self) -> Selection:
         """``None`` (all kept), sorted ``(start, stop)`` ranges when there are at most two, else :attr:`selector`."""
         if self.full:
@@ -145,7 +142,7 @@ def kept_units(pattern: RowPattern | None, width: int, device: torch.device | st
     """The :class:`Kept` of ``pattern`` over a side of ``width`` units on ``device`` (:func:`all_kept` for None,
     every unit kept).
 
-    Built once per pattern and device, after checking once that the kept indices are sorted, distinct and in range
+    The kept indices are checked once per pattern to be sorted, distinct and in range
     (:func:`~lightning_ard.kernels.indices.check_kept`: a duplicate would race in a gradient's scattered stores).
     """
     if pattern is None:
@@ -154,15 +151,15 @@ def kept_units(pattern: RowPattern | None, width: int, device: torch.device | st
         raise ValueError(
             f"{where} width {pattern.width} does not match the layer width {width}: draw the pattern for this layer"
         )
-    return pattern.cached("kept", device, lambda: _build(pattern, torch.device(device), where))
+    count, span = pattern.cached("count_span", None, lambda: _count_span(pattern, where))
+    return Kept(width, count, device if isinstance(device, torch.device) else torch.device(device), span, pattern)
 
 
-def _build(pattern: RowPattern, device: torch.device, where: str) -> Kept:
+def _count_span(pattern: RowPattern, where: str) -> tuple[int, tuple[int, int] | None]:
+    """Kept count and contiguous span of a pattern, after :func:`~lightning_ard.kernels.indices.check_kept`."""
     check_kept(pattern.kept, pattern.width, where)
     count = pattern.num_kept
     if count == pattern.width:
-        span: tuple[int, int] | None = (0, pattern.width)
-    else:
-        ranges = pattern.ranges
-        span = ranges[0] if ranges is not None and len(ranges) == 1 else None
-    return Kept(pattern.width, count, device, span, weakref.ref(pattern))
+        return count, (0, pattern.width)
+    ranges = pattern.ranges
+    return count, ranges[0] if ranges is not None and len(ranges) == 1 else None

@@ -233,3 +233,30 @@ def test_selected_by_name_and_through_the_layer() -> None:
         results.append([y.detach()] + [p.grad for layer in layers for p in layer.parameters()])
     for got, want in zip(*results, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_pattern_lives_as_long_as_a_product_needs_it_and_no_longer() -> None:
+    """The backward still finds the kept units of a pattern nobody else holds (the saved Kept holds it), and once
+    the graph is gone the pattern and its cached device tensors are freed without waiting for the cycle collector."""
+    import gc
+    import weakref
+
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(5, 30, generator=gen, requires_grad=True)
+    w = torch.randn(12, 30, generator=gen, requires_grad=True)
+    pattern = RandomSubsetRow(30, 11).sample(gen)
+    kept = pattern.kept.clone()
+    alive = weakref.ref(pattern)
+    y = GatheredBackend().row_linear(x, w, None, pattern, None, False)
+    del pattern
+    gc.collect()
+    y.sum().backward()
+    expected = torch.zeros(12, 30)
+    expected[:, kept] = x.detach()[:, kept].sum(0) * 30 / 11
+    torch.testing.assert_close(w.grad, expected)
+    gc.disable()
+    try:
+        del y
+        assert alive() is None  # freed by reference counting alone: no cycle through the pattern's cache
+    finally:
+        gc.enable()
