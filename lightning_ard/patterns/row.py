@@ -256,8 +256,9 @@ class PeriodicRow(RowFamily):
 
 
 @dataclass(frozen=True)
-class BlockRow(RowFamily):
-    """A contiguous (cyclic) block of ``keep`` units starting at a uniform unit; SliceOut-like, best locality.
+class FixedCountRow(RowFamily):
+    """Row families that keep exactly ``keep`` of ``width`` units in every draw (what the block and the random
+    subset families share: validation, keep probability, scale and the kept-count distribution).
 
     Args:
         width: number of units N.
@@ -278,6 +279,21 @@ class BlockRow(RowFamily):
     @property
     def scale(self) -> float:
         return self.width / self.keep
+
+    def kept_count_pmf(self) -> torch.Tensor:
+        pmf = torch.zeros(self.width + 1, dtype=torch.float64)
+        pmf[self.keep] = 1.0
+        return pmf
+
+
+@dataclass(frozen=True)
+class BlockRow(FixedCountRow):
+    """A contiguous (cyclic) block of ``keep`` units starting at a uniform unit; SliceOut-like, best locality.
+
+    Args:
+        width: number of units N.
+        keep: number of kept units K, 1 <= K <= N.
+    """
 
     def pattern(self, start: int) -> RowPattern:
         """The block that starts at unit ``start`` (wrapping around the end; cached per start)."""
@@ -303,11 +319,6 @@ class BlockRow(RowFamily):
     def sample_stratified(self, n: int, generator: torch.Generator | None = None) -> list[RowPattern]:
         return [self.pattern(s) for s in stratified_offsets(n, self.width, generator)]
 
-    def kept_count_pmf(self) -> torch.Tensor:
-        pmf = torch.zeros(self.width + 1, dtype=torch.float64)
-        pmf[self.keep] = 1.0
-        return pmf
-
     def co_keep(self, distance: torch.Tensor) -> torch.Tensor:
         d = distance.to(torch.float64)
         both = (self.keep - d).clamp(min=0) + (self.keep - (self.width - d)).clamp(min=0)
@@ -315,28 +326,13 @@ class BlockRow(RowFamily):
 
 
 @dataclass(frozen=True)
-class RandomSubsetRow(RowFamily):
+class RandomSubsetRow(FixedCountRow):
     """A uniformly random subset of exactly ``keep`` units: maximum mask diversity, gathered by index.
 
     Args:
         width: number of units N.
         keep: number of kept units K, 1 <= K <= N.
     """
-
-    width: int
-    keep: int
-
-    def __post_init__(self) -> None:
-        check_positive_int("width", self.width)
-        check_in_range("keep", self.keep, 1, self.width)
-
-    @property
-    def keep_probability(self) -> float:
-        return self.keep / self.width
-
-    @property
-    def scale(self) -> float:
-        return self.width / self.keep
 
     def sample(self, generator: torch.Generator | None = None) -> RowPattern:
         kept = torch.randperm(self.width, generator=generator)[: self.keep].sort().values
@@ -354,11 +350,6 @@ class RandomSubsetRow(RowFamily):
             RowPattern(self.width, perm[(start + window) % self.width].sort().values, self.scale, None)
             for start in stratified_offsets(n, self.width, generator)
         ]
-
-    def kept_count_pmf(self) -> torch.Tensor:
-        pmf = torch.zeros(self.width + 1, dtype=torch.float64)
-        pmf[self.keep] = 1.0
-        return pmf
 
     def co_keep(self, distance: torch.Tensor) -> torch.Tensor:
         n, k = self.width, self.keep

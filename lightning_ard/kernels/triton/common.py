@@ -63,6 +63,19 @@ def tuning_list(full: list, short: list) -> list:
     return short if SHORT_TUNING else full
 
 
+GEMM_FULL = [  # (BLOCK_M, BLOCK_N, BLOCK_R, stages, warps)
+    (128, 256, 64, 3, 8),
+    (128, 128, 64, 3, 8),
+    (128, 128, 32, 4, 4),
+    (128, 64, 32, 4, 4),
+    (64, 128, 32, 4, 4),
+    (64, 64, 64, 3, 4),
+    (64, 64, 32, 5, 2),
+]
+"""The full tuning list of the gather GEMMs: wgmma-friendly 4- and 8-warp blocks, and one 2-warp block for
+pre-Hopper GPUs (pruned on sm_90+, where 2 warps lower to ``mma.sync`` instead of wgmma). The grouped GEMM leaves
+out the first (widest) block."""
+
 GEMM_SHORT = [(128, 128, 64, 3, 8), (128, 64, 64, 4, 4)]
 """The short tuning list of the gather GEMMs (row and grouped): ``(BLOCK_M, BLOCK_N, BLOCK_R, stages, warps)``."""
 

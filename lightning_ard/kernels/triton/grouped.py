@@ -31,6 +31,7 @@ import triton.language as tl
 from lightning_ard.kernels.kept import kept_units
 from lightning_ard.kernels.torch_ops import compute_dtype
 from lightning_ard.kernels.triton.common import (
+    GEMM_FULL,
     INTERPRET,
     Precision,
     check_offsets,
@@ -52,15 +53,8 @@ BIAS_BLOCKS = (16, 16) if INTERPRET else (64, 64)
 
 
 def _cuda_configs() -> list[triton.Config]:
-    shapes = [  # (BLOCK_M, BLOCK_N, BLOCK_R, stages, warps)
-        (128, 128, 64, 3, 8),
-        (128, 128, 32, 4, 4),
-        (128, 64, 32, 4, 4),
-        (64, 128, 32, 4, 4),
-        (64, 64, 64, 3, 4),
-        (64, 64, 32, 5, 2),
-    ]
-    return gemm_configs(shapes)
+    """:data:`~lightning_ard.kernels.triton.common.GEMM_FULL` without its widest block."""
+    return gemm_configs(GEMM_FULL[1:])
 
 
 # --- kernels -----------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import triton.language as tl
 from lightning_ard.kernels.indices import check_device_index
 from lightning_ard.kernels.kept import complement
 from lightning_ard.kernels.triton.common import (
+    GEMM_FULL,
     INTERPRET,
     Precision,
     empty_output,
@@ -31,19 +32,9 @@ from lightning_ard.kernels.triton.common import (
 
 
 def _cuda_configs() -> list[triton.Config]:
-    """A short list (tuning time is paid at the first step of every shape bucket): wgmma-friendly 4- and 8-warp
-    blocks, and one 2-warp block for pre-Hopper GPUs (:func:`_prune_configs` drops it on sm_90+, where 2 warps lower
-    to ``mma.sync`` instead of wgmma)."""
-    shapes = [  # (BLOCK_M, BLOCK_N, BLOCK_R, stages, warps)
-        (128, 256, 64, 3, 8),
-        (128, 128, 64, 3, 8),
-        (128, 128, 32, 4, 4),
-        (128, 64, 32, 4, 4),
-        (64, 128, 32, 4, 4),
-        (64, 64, 64, 3, 4),
-        (64, 64, 32, 5, 2),
-    ]
-    return gemm_configs(shapes)
+    """A short list (tuning time is paid at the first step of every shape bucket): :data:`GEMM_FULL`
+    (:func:`_prune_configs` drops its 2-warp block on sm_90+)."""
+    return gemm_configs(GEMM_FULL)
 
 
 def smem_bytes(config: triton.Config, a_size: int, b_size: int) -> int:
