@@ -6,15 +6,13 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from lightning_ard._validate import check_choice, check_in_range, check_positive_int, check_rate, check_seed, check_tile
+from lightning_ard.kernels.select import BACKEND_NAMES as BACKENDS
 from lightning_ard.layers.lstm import LSTM_MODES
 from lightning_ard.patterns.groups import MAX_GROUPS
 from lightning_ard.search import FAMILIES, SearchSettings
 
 GROUP_DRAWS = ("stratified", "independent")
 """``group_draws`` choices: offsets of a step's pattern groups in equal strata of one base, or independent."""
-
-BACKENDS = ("auto", "torch", "gathered", "triton")
-"""``backend`` choices: measured per layer on CUDA, PyTorch elsewhere (``auto``), or one forced."""
 
 
 def _check_strings(name: str, value: Any) -> tuple[str, ...] | None:

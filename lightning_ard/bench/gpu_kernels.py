@@ -18,8 +18,8 @@ new rows past ``--budget-s`` seconds. Tables:
    (:mod:`lightning_ard.kernels.grouped_mm`) and the Triton grouped kernel, against cuBLAS on one compact shape of
    the same FLOPs;
 2. the MLP 784-4096-4096-10 training step (bf16 autocast over float32 weights, SGD with momentum, a new pattern
-   every step) for each backend vs ``nn.Dropout`` at the same p, with the FLOP ratio and the compact-model limit
-   (the same MLP at the kept widths, no dropout) side by side.
+   every step) for each backend (``grouped_mm`` included) vs ``nn.Dropout`` at the same p, with the FLOP ratio
+   and the compact-model limit (the same MLP at the kept widths, no dropout) side by side.
 
 ``--smoke`` runs everything at tiny shapes (under ``TRITON_INTERPRET=1`` when there is no GPU: numbers are
 meaningless there); CI runs it (tests/kernels/test_gpu_bench_smoke.py). Without a GPU and without ``--smoke`` the
@@ -118,7 +118,7 @@ def padded(t: Any) -> Any:
     """A copy of the 2-D ``t`` with its row pitch rounded up to 64 elements (what cuBLAS gets)."""
     from lightning_ard.kernels.gathered import padded_empty
 
-    out = padded_empty(t.shape[0], t.shape[1], t.dtype, t.device)
+    out = padded_empty(t.shape[0], t.shape[1], dtype=t.dtype, device=t.device)
     out.copy_(t)
     return out
 
@@ -227,12 +227,9 @@ class Bench:
     # --- 1. row-pattern products vs cuBLAS ---------------------------------------------------------------------
 
     def products(self, m: int, p: float) -> None:
-        from lightning_ard.kernels import torch_ops
-        from lightning_ard.kernels.gathered import aligned, gather_block, mm_into, side_of, write_full
         from lightning_ard.patterns import PeriodicRow
 
         torch, dev, n = self.torch, self.device, self.shapes.width
-        bf16 = torch.bfloat16
         dp, k = PERIODIC[p]
         p_in, p_out = PeriodicRow(n, dp, k).sample(self.gen), PeriodicRow(n, dp, k).sample(self.gen)
         in_idx, out_idx = p_in.index(dev), p_out.index(dev)
@@ -261,49 +258,9 @@ class Bench:
             rest[kept] = 0
             return err if bool((rest == 0).all()) else float("inf")
 
-        # torch backend: what torch_ops' autograd Function does per product
-        wc_t = torch_ops.take(torch_ops.take(w, 0, p_out.selector(dev)), 1, p_in.selector(dev)).contiguous()
-
-        def torch_grad_w() -> Any:
-            gw = torch.zeros(n, n, dtype=bf16, device=dev)
-            torch_ops.put(gw, p_out.selector(dev), p_in.selector(dev), torch.mm(g.t(), xc))
-            return gw
-
-        # gathered backend: gather once (forward), reuse the block, one-pass full gradient
-        ins, outs = side_of(p_in, n, dev), side_of(p_out, n, dev)
-        wc_g = gather_block(w, outs, ins, bf16)
-        xa, ga = aligned(xc, bf16), aligned(g, bf16)
-        # triton backend: the gather GEMM kernels
-        from lightning_ard.kernels.triton.backend import row_index
-        from lightning_ard.kernels.triton.common import precision_for
-        from lightning_ard.kernels.triton.row import row_forward, row_grad_input, row_grad_weight
-
-        prec = precision_for(bf16, dev)
-        ti, to = row_index(p_in, dev), row_index(p_out, dev)
-
-        def triton_grad_w() -> Any:
-            gw = torch.zeros(n, n, dtype=bf16, device=dev)
-            return row_grad_weight(g, xc, gw, ti, to, 1.0, True, prec)
-
-        ops = {
-            "torch": {
-                "forward": lambda: torch.mm(
-                    xc, torch_ops.take(torch_ops.take(w, 0, p_out.selector(dev)), 1, p_in.selector(dev)).t()
-                ),
-                "grad_x": lambda: torch.mm(g, wc_t),
-                "grad_w": torch_grad_w,
-            },
-            "gathered": {
-                "forward": lambda: torch.mm(aligned(xc, bf16), gather_block(w, outs, ins, bf16).t()),
-                "grad_x": lambda: mm_into(torch.empty(m, kc, dtype=bf16, device=dev), aligned(g, bf16), wc_g, 1.0),
-                "grad_w": lambda: write_full(lambda out: mm_into(out, ga.t(), xa, 1.0), outs, ins, bf16, dev),
-            },
-            "triton": {
-                "forward": lambda: row_forward(xc, w, None, ti, to, 1.0, True, prec),
-                "grad_x": lambda: row_grad_input(g, w, ti, to, 1.0, torch.empty(m, kc, dtype=bf16, device=dev), prec),
-                "grad_w": triton_grad_w,
-            },
-        }
+        operands = (w, xc, g, p_in, p_out)
+        ops = {"torch": torch_products(*operands), "gathered": gathered_products(*operands)}
+        ops["triton"] = triton_products(*operands)
         flops = 2 * m * nc * kc
         for backend, products in ops.items():
             for name, fn in products.items():
@@ -414,10 +371,6 @@ class Bench:
     # --- 2. MLP training step -----------------------------------------------------------------------------------
 
     def mlp(self, batch: int, p: float) -> None:
-        import torch.nn.functional as F
-        from torch import nn
-
-        from lightning_ard.accounting import linear_step_flops
         from lightning_ard.layers import ARDLinear
         from lightning_ard.patterns import PeriodicRow
         from lightning_ard.patterns.groups import auto_groups
@@ -429,38 +382,21 @@ class Bench:
         x = torch.randn(batch, d_in, generator=self.gen).to(dev)
         target = torch.randint(0, d_out, (batch,), generator=self.gen).to(dev)
 
-        def mlp(a: int, b: int, drop: float | None) -> nn.Sequential:
-            torch.manual_seed(0)
-            extra = [nn.Dropout(drop)] if drop is not None else []
-            layers = [nn.Linear(d_in, a), nn.ReLU(), *extra, nn.Linear(a, b), nn.ReLU(), *extra, nn.Linear(b, d_out)]
-            return nn.Sequential(*layers).to(dev).train()
+        def mlp(a: int, b: int, drop: float | None) -> Any:
+            return mlp_model((d_in, a, b, d_out), drop, dev)
 
-        def stepper(model: nn.Module, before: Callable[[], None] | None = None) -> Callable[[], Any]:
-            opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-
-            def step() -> Any:
-                if before is not None:
-                    before()
-                with torch.autocast(dev.type, dtype=torch.bfloat16):
-                    loss = F.cross_entropy(model(x).float(), target)
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                return loss
-
-            return step
+        def stepper(model: Any, before: Callable[[], None] | None = None) -> Callable[[], Any]:
+            return training_step(model, x, target, before)
 
         t_dropout = self.time_ms(stepper(mlp(h1, h2, p)))
         k1, k2 = round(h1 * k / dp), round(h2 * k / dp)
         t_limit = self.time_ms(stepper(mlp(k1, k2, None)))
-        dense_flops = linear_step_flops(batch, h1, d_in, False) + linear_step_flops(batch, h2, h1, True)
-        dense_flops += linear_step_flops(batch, d_out, h2, True)
-        ard_flops = linear_step_flops(batch, k1, d_in, False) + linear_step_flops(batch, k2, k1, True)
-        ard_flops += linear_step_flops(batch, d_out, k2, True)
-        flop_ratio = dense_flops / ard_flops
+        flop_ratio = mlp_flops(batch, (d_in, h1, h2, d_out)) / mlp_flops(batch, (d_in, k1, k2, d_out))
         reference: dict[int, Any] = {}
+        # grouped_mm: the gathered backend with torch._grouped_mm for the pattern groups
+        backends = (*self.backends, "grouped_mm") if hasattr(torch, "_grouped_mm") else self.backends
         for groups in (1, 2 if self.args.smoke else auto_groups(p)):  # the default groups="auto" on the GPU
-            for backend in self.backends:
+            for backend in backends:
 
                 def measure(backend: str = backend, groups: int = groups) -> dict[str, Any]:
                     model = mlp(h1, h2, None)
@@ -489,6 +425,115 @@ class Bench:
                 label = {"kind": "mlp", "M": batch, "p": p, "groups": groups, "backend": backend,
                          "shape": "-".join(map(str, self.shapes.mlp))}  # fmt: skip
                 self.row("mlp", label, measure)
+
+
+def mlp_model(widths: tuple[int, int, int, int], drop: float | None, device: Any) -> Any:
+    """The benchmark's MLP ``d_in-a-b-d_out`` (ReLU, nn.Dropout(drop) after each hidden layer unless None), seeded."""
+    import torch
+    from torch import nn
+
+    d_in, a, b, d_out = widths
+    torch.manual_seed(0)
+    extra = [nn.Dropout(drop)] if drop is not None else []
+    layers = [nn.Linear(d_in, a), nn.ReLU(), *extra, nn.Linear(a, b), nn.ReLU(), *extra, nn.Linear(b, d_out)]
+    return nn.Sequential(*layers).to(device).train()
+
+
+def training_step(model: Any, x: Any, target: Any, before: Callable[[], None] | None = None) -> Callable[[], Any]:
+    """One bf16-autocast SGD step of ``model`` on ``(x, target)``, after ``before()`` (new patterns) if given."""
+    import torch
+    import torch.nn.functional as F
+
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step() -> Any:
+        if before is not None:
+            before()
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x).float(), target)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def mlp_flops(batch: int, widths: tuple[int, int, int, int]) -> int:
+    """FLOPs of one training step of the three Linears of an MLP of ``widths`` (no grad_x for the first)."""
+    from lightning_ard.accounting import linear_step_flops
+
+    d_in, a, b, d_out = widths
+    return (
+        linear_step_flops(batch, a, d_in, False) + linear_step_flops(batch, b, a, True)
+        + linear_step_flops(batch, d_out, b, True)
+    )  # fmt: skip
+
+
+# --- the three products of a row-pattern Linear, per backend, on compact operands --------------------------------
+
+Products = dict[str, Callable[[], Any]]
+"""``forward``, ``grad_x`` and ``grad_w`` of one backend, each a call without arguments."""
+
+
+def torch_products(w: Any, xc: Any, g: Any, p_in: Any, p_out: Any) -> Products:
+    """What torch_ops' autograd Function does per product (strided views of the weight, a scattered gradient)."""
+    import torch
+
+    from lightning_ard.kernels import torch_ops
+
+    dev = w.device
+    wc_t = torch_ops.take(torch_ops.take(w, 0, p_out.selector(dev)), 1, p_in.selector(dev)).contiguous()
+
+    def grad_w() -> Any:
+        gw = torch.zeros(w.shape, dtype=w.dtype, device=dev)
+        torch_ops.put(gw, p_out.selector(dev), p_in.selector(dev), torch.mm(g.t(), xc))
+        return gw
+
+    def forward() -> Any:
+        return torch.mm(xc, torch_ops.take(torch_ops.take(w, 0, p_out.selector(dev)), 1, p_in.selector(dev)).t())
+
+    return {"forward": forward, "grad_x": lambda: torch.mm(g, wc_t), "grad_w": grad_w}
+
+
+def gathered_products(w: Any, xc: Any, g: Any, p_in: Any, p_out: Any) -> Products:
+    """The gathered backend: gather once (forward), reuse the block, one-pass full gradient."""
+    import torch
+
+    from lightning_ard.kernels.gathered import aligned, gather_block, mm_into, write_full
+    from lightning_ard.kernels.kept import kept_units
+
+    dev, dt, (n_out, n_in) = w.device, w.dtype, w.shape
+    ins, outs = kept_units(p_in, n_in, dev), kept_units(p_out, n_out, dev)
+    wc_g = gather_block(w, outs, ins, dt)
+    xa, ga = aligned(xc, dt), aligned(g, dt)
+    return {
+        "forward": lambda: torch.mm(aligned(xc, dt), gather_block(w, outs, ins, dt).t()),
+        "grad_x": lambda: mm_into(torch.empty(xc.shape, dtype=dt, device=dev), aligned(g, dt), wc_g, 1.0),
+        "grad_w": lambda: write_full(lambda out: mm_into(out, ga.t(), xa, 1.0), outs, ins, dt, dev),
+    }
+
+
+def triton_products(w: Any, xc: Any, g: Any, p_in: Any, p_out: Any) -> Products:
+    """The Triton backend's gather GEMM kernels, reading the weight through int32 kept-index vectors."""
+    import torch
+
+    from lightning_ard.kernels.kept import kept_units
+    from lightning_ard.kernels.triton.common import precision_for
+    from lightning_ard.kernels.triton.row import row_forward, row_grad_input, row_grad_weight
+
+    dev, dt, (n_out, n_in) = w.device, w.dtype, w.shape
+    prec = precision_for(dt, dev)
+    ti, to = kept_units(p_in, n_in, dev).index32, kept_units(p_out, n_out, dev).index32
+
+    def grad_w() -> Any:
+        return row_grad_weight(g, xc, torch.zeros(w.shape, dtype=dt, device=dev), ti, to, 1.0, True, prec)
+
+    return {
+        "forward": lambda: row_forward(xc, w, None, ti, to, 1.0, True, prec),
+        "grad_x": lambda: row_grad_input(g, w, ti, to, 1.0, torch.empty(xc.shape, dtype=dt, device=dev), prec),
+        "grad_w": grad_w,
+    }
 
 
 # --- output -------------------------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The backend interface: what an ARD layer calls for its compact products, so kernels can change without the layers.
 
-Implementations: :class:`~lightning_ard.kernels.torch_backend.TorchBackend` (PyTorch ops, any device) and
-:class:`~lightning_ard.kernels.triton.backend.TritonBackend` (Triton kernels on CUDA);
+Implementations: :class:`~lightning_ard.kernels.torch_backend.TorchBackend` (PyTorch ops, any device),
+:class:`~lightning_ard.kernels.gathered.GatheredBackend` (gathered blocks and library GEMMs),
+:class:`~lightning_ard.kernels.grouped_mm.GroupedMMBackend` (the gathered backend with ``torch._grouped_mm`` for
+pattern groups) and :class:`~lightning_ard.kernels.triton.backend.TritonBackend` (Triton kernels on CUDA);
 :func:`~lightning_ard.kernels.select.get_backend` picks one for a device.
 """
 
@@ -11,7 +13,6 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from lightning_ard.kernels import torch_ops
 from lightning_ard.patterns import RowPattern, TilePattern
 from lightning_ard.patterns.groups import group_bounds
 
@@ -39,6 +40,7 @@ class Backend(ABC):
     ) -> torch.Tensor:
         """``x · (scale · W ⊙ M)ᵀ + b`` (see :func:`torch_ops.tile_linear`)."""
 
+    @abstractmethod
     def row_linear_groups(
         self,
         x: torch.Tensor,
@@ -53,24 +55,9 @@ class Backend(ABC):
 
         ``x`` is full width, or compact per group (``x_compact``: every group keeps K input units and row r holds
         its group's kept units). The output is full width with zeros at a group's dropped output units, or
-        compact per group (``out_compact``, every group keeping the same number of output units). Groups that
-        drew the same patterns are merged into one row set. This default runs :meth:`row_linear` once per row set
-        (each call makes its own full-size weight gradient, which autograd adds: cheap on a GPU).
+        compact per group (``out_compact``, every group keeping the same number of output units). Gradients:
+        ``x`` in its own layout, ``weight`` and ``bias`` full size with each group's kept block added in.
         """
-        x2 = x.reshape(-1, x.shape[-1])
-        sets = row_sets(x2.shape[0], in_patterns, out_patterns, x.device)
-        if not sets:  # no rows at all
-            return torch.nn.functional.linear(x, weight, bias)
-        parts, order = [], []
-        for rows, inp, out in sets:
-            y = self.row_linear(torch_ops.take(x2, 0, rows), weight, bias, inp, out, x_compact and inp is not None)
-            parts.append(_scatter_columns(y, out, weight.shape[0]) if out is not None and not out_compact else y)
-            order.append(torch.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows.cpu())
-        y = torch.cat(parts)
-        perm = torch.cat(order)
-        if not torch.equal(perm, torch.arange(perm.numel())):  # back to the input's row order
-            y = y.index_select(0, torch.argsort(perm).to(y.device))
-        return y.reshape(*x.shape[:-1], y.shape[-1])
 
     def tile_linear_groups(
         self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, patterns: tuple[TilePattern, ...]
@@ -87,40 +74,7 @@ class Backend(ABC):
         return torch.cat(parts).reshape(*x.shape[:-1], weight.shape[0])
 
 
-def _scatter_columns(y: torch.Tensor, pattern: RowPattern, width: int) -> torch.Tensor:
-    """Compact ``(rows, K)`` columns placed at the pattern's kept units of a zero ``(rows, width)`` (autograd-safe)."""
-    full = y.new_zeros(y.shape[0], width)
-    return full.index_copy(1, pattern.index(y.device), y)
-
-
-def row_sets(
-    rows: int,
-    in_patterns: tuple[RowPattern, ...] | None,
-    out_patterns: tuple[RowPattern, ...] | None,
-    device: torch.device,
-) -> list[tuple[torch.Tensor | slice, RowPattern | None, RowPattern | None]]:
-    """Split ``rows`` into the groups' contiguous chunks and merge the chunks whose groups drew the same
-    (input, output) patterns: ``(rows, in_pattern, out_pattern)`` per distinct pair, rows a slice or an index
-    tensor on ``device``. Empty chunks are dropped."""
-    groups = len(in_patterns or out_patterns or ())
-    bounds = group_bounds(rows, groups)
-    merged: dict[object, tuple[list[int], RowPattern | None, RowPattern | None]] = {}
-    for g, (r0, r1) in enumerate(bounds):
-        if r1 == r0:
-            continue
-        inp = in_patterns[g] if in_patterns is not None else None
-        out = out_patterns[g] if out_patterns is not None else None
-        key = (inp.merge_key if inp is not None else None, out.merge_key if out is not None else None)
-        merged.setdefault(key, ([], inp, out))[0].append(g)
-    return [(_row_set(bounds, members, device), inp, out) for members, inp, out in merged.values()]
-
-
-def _row_set(bounds: list[tuple[int, int]], members: list[int], device: torch.device) -> torch.Tensor | slice:
-    """The rows of the groups ``members``: a slice for one group (or adjacent ones), else an index tensor."""
-    spans = [bounds[g] for g in members]
-    if all(a[1] == b[0] for a, b in zip(spans, spans[1:])):
-        return slice(spans[0][0], spans[-1][1])
-    starts = torch.tensor([r0 for r0, _ in spans])
-    sizes = torch.tensor([r1 - r0 for r0, r1 in spans])
-    offsets = torch.arange(int(sizes.sum())) - torch.repeat_interleave(sizes.cumsum(0) - sizes, sizes)
-    return (torch.repeat_interleave(starts, sizes) + offsets).to(device, non_blocking=True)
+def check_devices(x: torch.Tensor, weight: torch.Tensor) -> None:
+    """Raise unless the input and the weight are on one device."""
+    if x.device != weight.device:
+        raise ValueError(f"input on {x.device} but weight on {weight.device}: move both to one device")

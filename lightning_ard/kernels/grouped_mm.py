@@ -1,10 +1,11 @@
-"""Pattern groups through one grouped GEMM per product (``torch._grouped_mm``) on stacked, gathered weight blocks.
+"""The ``grouped_mm`` backend: pattern groups through one grouped GEMM per product (``torch._grouped_mm``) on
+stacked, gathered weight blocks; single patterns and tiles as the gathered backend.
 
 The G pattern groups of a step share one candidate (:meth:`~lightning_ard.patterns.distribution.PatternDistribution.
 sample_group`), hence one kept count per side, with different offsets. Their kept weight blocks are then gathered
-once into one stacked ``(G, K_out, K_in)`` buffer of the compute dtype (row pitch a multiple of :data:`PITCH`, the
-input scale folded in), and each product is one ``torch._grouped_mm`` over the groups' contiguous row ranges
-(int32 cumulative row ends):
+once into one stacked ``(G, K_out, K_in)`` buffer of the compute dtype (row pitch a multiple of
+:data:`~lightning_ard.kernels.gathered.PITCH`, the input scale folded in), and each product is one
+``torch._grouped_mm`` over the groups' contiguous row ranges (int32 cumulative row ends):
 
 * forward ``y_c = x_c · W_gᵀ`` and ``grad_x_c = g_c · W_g``: 2-D x 3-D grouped products;
 * ``grad_W`` blocks ``g_cᵀ · x_c`` per group: one 2-D x 2-D grouped product (groups along the contracted rows),
@@ -13,7 +14,9 @@ input scale folded in), and each product is one ``torch._grouped_mm`` over the g
 Inputs and outputs follow :meth:`~lightning_ard.kernels.base.Backend.row_linear_groups`: full width (columns
 gathered, or scattered into zeros, per group) or compact per group. On CUDA with bf16 on sm90/sm100 torch runs a
 CUTLASS grouped kernel (one launch, no host sync); elsewhere (CPU, fp32/fp16) it loops over ``mm`` after copying
-the offsets to the host. :func:`grouped_mm_linear` falls back to the per-group path
+the offsets to the host (no faster than the per-group path: docs/notes/kernels.md), so the backend is only a
+candidate on CUDA, where :func:`~lightning_ard.kernels.select.fastest_backend` times it against the others.
+:func:`grouped_mm_linear` falls back to the per-group path
 (:func:`~lightning_ard.kernels.torch_grouped.grouped_linear`) when kept counts or scales differ across groups, the
 dtype is not float32/bfloat16/float16, or torch lacks ``_grouped_mm``.
 """
@@ -25,6 +28,9 @@ from dataclasses import dataclass
 
 import torch
 
+from lightning_ard.kernels.base import check_devices
+from lightning_ard.kernels.gathered import GatheredBackend, aligned, padded_empty
+from lightning_ard.kernels.kept import kept_units
 from lightning_ard.kernels.torch_backend import TorchBackend
 from lightning_ard.kernels.torch_ops import compute_dtype
 from lightning_ard.patterns import RowPattern
@@ -36,11 +42,8 @@ AVAILABLE = hasattr(torch, "_grouped_mm")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 """Compute dtypes ``torch._grouped_mm`` takes."""
 
-MAX_GROUPS = 1023
-"""Most groups one CUTLASS grouped launch takes (torch checks ``group_count < 1024``)."""
-
-PITCH = 64
-"""Row pitch (elements) of the buffers built here: ``_grouped_mm`` wants 16-byte aligned strides (TMA)."""
+MAX_LAUNCH_GROUPS = 1023
+"""Most groups one CUTLASS grouped launch takes (torch checks ``group_count < 1024``); more go per group."""
 
 
 @dataclass(frozen=True)
@@ -71,13 +74,11 @@ def _stacked_index(
     keep different counts (no stacked buffer)."""
     if patterns is None:
         return None, width
-    for p in patterns:
-        if p.width != width:
-            raise ValueError(f"{side} pattern width {p.width} does not match the layer width {width}")
-    counts = {p.num_kept for p in patterns}
+    kept = [kept_units(p, width, device, f"{side} pattern") for p in patterns]
+    counts = {k.count for k in kept}
     if len(counts) != 1:
         return None
-    return torch.stack([p.index(device) for p in patterns]), counts.pop()
+    return torch.stack([k.index for k in kept]), counts.pop()
 
 
 def plan_groups(
@@ -89,9 +90,9 @@ def plan_groups(
     device: torch.device,
 ) -> GroupPlan | None:
     """The :class:`GroupPlan` of a call, or None when the grouped GEMM cannot take it (kept counts or scales
-    differ across groups, no patterns at all, more than :data:`MAX_GROUPS` groups, no rows)."""
+    differ across groups, no patterns at all, more than :data:`MAX_LAUNCH_GROUPS` groups, no rows)."""
     groups = len(in_patterns or out_patterns or ())
-    if groups == 0 or groups > MAX_GROUPS or rows == 0:
+    if groups == 0 or groups > MAX_LAUNCH_GROUPS or rows == 0:
         return None
     if in_patterns is not None and out_patterns is not None and len(in_patterns) != len(out_patterns):
         raise ValueError(
@@ -109,32 +110,10 @@ def plan_groups(
     return GroupPlan(bounds, offs, ins[0], outs[0], ins[1], outs[1], scales.pop())
 
 
-def _padded_empty(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """An uninitialized view of a buffer whose last dimension is padded to a multiple of :data:`PITCH`."""
-    pitch = max(-(-shape[-1] // PITCH) * PITCH, PITCH)
-    return torch.empty(*shape[:-1], pitch, dtype=dtype, device=device)[..., : shape[-1]]
-
-
-def _aligned(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``t`` in ``dtype`` with a unit last stride and 16-byte aligned other strides and start (a copy if needed)."""
-    size = torch.empty((), dtype=dtype).element_size()
-    ok = (
-        t.dtype == dtype
-        and (t.stride(-1) == 1 or t.shape[-1] <= 1)
-        and all((s * size) % 16 == 0 for s in t.stride()[:-1])
-        and t.data_ptr() % 16 == 0
-    )
-    if ok:
-        return t
-    out = _padded_empty(*t.shape, dtype=dtype, device=t.device)
-    out.copy_(t)
-    return out
-
-
 def _gather_columns(t: torch.Tensor, plan: GroupPlan, index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Compact per group ``(rows, K)``: row r of group g holds ``t[r, index[g]]`` (one gather per group)."""
     same = t.dtype == dtype
-    out = _padded_empty(t.shape[0], index.shape[1], dtype=t.dtype if same else dtype, device=t.device)
+    out = padded_empty(t.shape[0], index.shape[1], dtype=t.dtype if same else dtype, device=t.device)
     for g, (r0, r1) in enumerate(plan.bounds):
         if r1 > r0:
             if same:
@@ -168,7 +147,7 @@ def stack_blocks(weight: torch.Tensor, plan: GroupPlan, dtype: torch.dtype) -> t
     """``scale · W[out_g][:, in_g]`` for every group, stacked ``(G, K_out, K_in)`` in ``dtype``, pitch-padded: one
     gather of the weight, then the scale and the dtype conversion in one pass."""
     block = weight[_block_index(plan, weight.shape, weight.device)]  # (G, K_out, K_in)
-    out = _padded_empty(*block.shape, dtype=dtype, device=weight.device)
+    out = padded_empty(*block.shape, dtype=dtype, device=weight.device)
     if plan.scale != 1.0:
         torch.mul(block, plan.scale, out=out)
     else:
@@ -185,7 +164,7 @@ class GroupedMMLinearFn(torch.autograd.Function):
         x2 = x.reshape(-1, x.shape[-1])
         n_out, n_in = weight.shape
         if x_compact or plan.in_index is None:
-            xc = _aligned(x2, dtype)
+            xc = aligned(x2, dtype)
         else:
             xc = _gather_columns(x2, plan, plan.in_index, dtype)
         wg = stack_blocks(weight, plan, dtype)
@@ -213,7 +192,7 @@ class GroupedMMLinearFn(torch.autograd.Function):
         dtype = wg.dtype
         g2 = grad_y.reshape(-1, grad_y.shape[-1])
         if out_compact or plan.out_index is None:
-            gc = _aligned(g2, dtype)
+            gc = aligned(g2, dtype)
         else:
             gc = _gather_columns(g2, plan, plan.out_index, dtype)
         grad_x = grad_w = grad_b = None
@@ -270,3 +249,16 @@ def grouped_mm_linear(
         raise ValueError(f"bias must have shape ({n_out},), got {tuple(bias.shape)}")
     with torch.autocast(x.device.type, enabled=False):
         return GroupedMMLinearFn.apply(x, weight, bias, plan, x_compact, out_compact, dtype)
+
+
+class GroupedMMBackend(GatheredBackend):
+    """The gathered backend with pattern groups through ``torch._grouped_mm`` (:func:`grouped_mm_linear`): one
+    grouped launch per product where torch runs a CUTLASS grouped kernel (CUDA, bfloat16, sm90/sm100)."""
+
+    name = "grouped_mm"
+
+    def row_linear_groups(  # type: ignore[no-untyped-def]
+        self, x, weight, bias, in_patterns, out_patterns, x_compact=False, out_compact=False
+    ):
+        check_devices(x, weight)
+        return grouped_mm_linear(x, weight, bias, in_patterns, out_patterns, x_compact, out_compact)

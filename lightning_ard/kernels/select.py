@@ -1,9 +1,10 @@
 """Backend selection: a name resolved for a device, and the measurement that picks the fastest backend of a layer.
 
-Names: ``"torch"`` (PyTorch ops), ``"gathered"`` (gathered blocks + library GEMMs), ``"triton"`` (Triton kernels)
-and ``"auto"``. ``"auto"`` never assumes a kernel is fast: until a layer is measured it resolves to the PyTorch ops
-off CUDA and to the gathered backend on CUDA (library GEMM speed on the compact shape by construction), and
-:func:`fastest_backend` times every candidate at the layer's real shapes on its real device and keeps the fastest.
+Names: ``"torch"`` (PyTorch ops), ``"gathered"`` (gathered blocks + library GEMMs), ``"grouped_mm"`` (the gathered
+backend with ``torch._grouped_mm`` for pattern groups), ``"triton"`` (Triton kernels) and ``"auto"``. ``"auto"``
+never assumes a kernel is fast: until a layer is measured it resolves to the PyTorch ops off CUDA and to the
+gathered backend on CUDA (library GEMM speed on the compact shape by construction), and :func:`fastest_backend`
+times every candidate at the layer's real shapes on its real device and keeps the fastest.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from lightning_ard.kernels.base import Backend
 from lightning_ard.kernels.torch_backend import TorchBackend
 from lightning_ard.kernels.torch_ops import compute_dtype
 
-BACKEND_NAMES = ("auto", "torch", "gathered", "triton")
-"""Every accepted ``backend`` name."""
+BACKEND_NAMES = ("auto", "torch", "gathered", "grouped_mm", "triton")
+"""Every accepted ``backend`` name (the one list: :class:`~lightning_ard.config.ARDConfig` validates against it)."""
 
 Timer = Callable[[Callable[[], object], torch.device], float]
 """Seconds of one call of a function on a device, synchronized: :func:`lightning_ard.profiling.median_time`."""
@@ -40,7 +41,8 @@ def get_backend(name: str, device: torch.device | str) -> Backend:
     """Resolve a backend name for tensors on ``device``.
 
     ``"auto"``: the PyTorch ops off CUDA, the gathered backend on CUDA (until :func:`fastest_backend` measures);
-    ``"torch"``, ``"gathered"`` and ``"triton"`` force one. Forcing Triton where it cannot run raises.
+    any other name forces one. Forcing Triton where it cannot run, or ``grouped_mm`` on a torch without
+    ``torch._grouped_mm``, raises.
     """
     if name not in BACKEND_NAMES:
         raise ValueError(f"backend must be one of {list(BACKEND_NAMES)}, got {name!r}")
@@ -51,6 +53,8 @@ def get_backend(name: str, device: torch.device | str) -> Backend:
         from lightning_ard.kernels.gathered import GatheredBackend
 
         return GatheredBackend()
+    if name == "grouped_mm":
+        return _grouped_mm_backend()
     if not triton_usable(device):
         raise ValueError(
             f"backend='triton' cannot run on device {device}: Triton needs a CUDA device "
@@ -63,13 +67,27 @@ def get_backend(name: str, device: torch.device | str) -> Backend:
     return TritonBackend()
 
 
+def _grouped_mm_backend() -> Backend:
+    from lightning_ard.kernels.grouped_mm import AVAILABLE, GroupedMMBackend
+
+    if not AVAILABLE:
+        raise ValueError(
+            f"backend='grouped_mm' needs torch._grouped_mm, which torch {torch.__version__} lacks; "
+            "use backend='gathered' or 'auto'"
+        )
+    return GroupedMMBackend()
+
+
 def candidate_backends(device: torch.device | str) -> tuple[str, ...]:
     """The backends worth timing on ``device``: ``("torch",)`` off CUDA (the others only emulate a GPU there);
-    ``torch``, ``gathered`` and, when Triton imports, ``triton`` on CUDA."""
+    ``torch``, ``gathered``, ``grouped_mm`` (when torch has ``torch._grouped_mm``) and, when Triton imports,
+    ``triton`` on CUDA."""
     device = torch.device(device)
     if device.type != "cuda":
         return ("torch",)
     names = ["torch", "gathered"]
+    if hasattr(torch, "_grouped_mm"):
+        names.append("grouped_mm")
     if triton_usable(device):
         try:
             import lightning_ard.kernels.triton.backend  # noqa: F401
@@ -135,12 +153,7 @@ def fastest_backend(
         grad_input: whether the real input needs a gradient (then grad_x is part of the timed backward).
     """
     device = weight.device
-    names = tuple(candidates) if candidates is not None else candidate_backends(device)
-    if not names:
-        raise ValueError("candidates must name at least one backend, got []")
-    for name in names:
-        if name not in BACKEND_NAMES or name == "auto":
-            raise ValueError(f"candidates must be backend names from {list(BACKEND_NAMES[1:])}, got {name!r}")
+    names = _candidate_names(candidates, device)
     if len(names) == 1:
         return BackendChoice(names[0])
     input_dtype = input_dtype or weight.dtype
@@ -148,21 +161,11 @@ def fastest_backend(
     w = weight.detach().clone().requires_grad_(True)
     b = bias.detach().clone().requires_grad_(True) if bias is not None else None
     x = torch.randn(*input_shape, device=device, dtype=input_dtype).requires_grad_(grad_input)
-    autocast = compute != input_dtype
     seconds: dict[str, float] = {}
     errors: dict[str, str] = {}
     for name in names:
         try:
-            backend = get_backend(name, device)
-
-            def step(backend: Backend = backend) -> None:
-                w.grad = x.grad = None
-                if b is not None:
-                    b.grad = None
-                with torch.autocast(device.type, dtype=compute, enabled=autocast):
-                    y = product(backend, x, w, b)
-                y.float().sum().backward()
-
+            step = _training_step(product, get_backend(name, device), x, w, b, compute, compute != input_dtype)
             seconds[name] = float(timer(step, device))
         except Exception as err:  # a candidate that cannot run here (compile error, unsupported shape) loses
             seconds[name] = math.inf
@@ -172,6 +175,39 @@ def fastest_backend(
         raise RuntimeError(f"no candidate backend could run this layer: {errors}")
     best = min(finite, key=lambda n: seconds[n])  # min keeps the first of equal times
     return BackendChoice(best, seconds, errors)
+
+
+def _training_step(
+    product: Product,
+    backend: Backend,
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None,
+    compute: torch.dtype,
+    autocast: bool,
+) -> Callable[[], None]:
+    """One forward + backward of ``product`` through ``backend`` on the stand-ins, gradients reset first."""
+
+    def step() -> None:
+        w.grad = x.grad = None
+        if b is not None:
+            b.grad = None
+        with torch.autocast(x.device.type, dtype=compute, enabled=autocast):
+            y = product(backend, x, w, b)
+        y.float().sum().backward()
+
+    return step
+
+
+def _candidate_names(candidates: Sequence[str] | None, device: torch.device) -> tuple[str, ...]:
+    """The backend names to time (default :func:`candidate_backends`), checked: at least one, no ``"auto"``."""
+    names = tuple(candidates) if candidates is not None else candidate_backends(device)
+    if not names:
+        raise ValueError("candidates must name at least one backend, got []")
+    for name in names:
+        if name not in BACKEND_NAMES or name == "auto":
+            raise ValueError(f"candidates must be backend names from {list(BACKEND_NAMES[1:])}, got {name!r}")
+    return names
 
 
 class MeasurableLinear(Protocol):

@@ -6,7 +6,8 @@ import torch
 
 from lightning_ard.kernels import torch_ops
 from lightning_ard.kernels.base import Backend
-from lightning_ard.kernels.torch_grouped import Group, Selection, grouped_linear
+from lightning_ard.kernels.kept import Index, Selection, kept_units
+from lightning_ard.kernels.torch_grouped import Group, grouped_linear
 from lightning_ard.patterns import RowPattern
 from lightning_ard.patterns.groups import group_bounds
 
@@ -22,8 +23,8 @@ class TorchBackend(Backend):
             x,
             weight,
             bias,
-            in_pattern.selector(x.device) if in_pattern is not None else None,
-            out_pattern.selector(x.device) if out_pattern is not None else None,
+            _selector(in_pattern, x.device),
+            _selector(out_pattern, x.device),
             scale,
             x_compact,
         )
@@ -40,12 +41,14 @@ class TorchBackend(Backend):
         return grouped_linear(x, weight, bias, groups, x_compact, out_compact)
 
 
+def _selector(pattern: RowPattern | None, device: torch.device) -> Index:
+    """How the ops take a pattern's kept units: all (None), a view (slice) or a gather (the ops check shapes)."""
+    return None if pattern is None else kept_units(pattern, pattern.width, device).selector
+
+
 def _selection(pattern: RowPattern | None, device: torch.device) -> Selection:
     """How the grouped op takes a pattern's kept units: ranges (weight views) when it can, else a gather."""
-    if pattern is None:
-        return None
-    ranges = pattern.ranges
-    return ranges if ranges is not None else pattern.selector(device)
+    return None if pattern is None else kept_units(pattern, pattern.width, device).selection
 
 
 def _groups(

@@ -11,23 +11,20 @@ Compact layouts: when every group keeps the same number K of input (output) unit
 dense ``(rows, K)`` tensor whose row r holds the kept units of r's group, in sorted unit order ("compact per
 group"). A producer then hands its compact output through the activation to its consumer, as with one pattern.
 
-A unit selection is ``None`` (all units), a tuple of ``(start, stop)`` ranges in sorted order, or an int64 index
-tensor (random or strided patterns: gathered).
+A unit selection (:data:`~lightning_ard.kernels.kept.Selection`) is ``None`` (all units), a tuple of
+``(start, stop)`` ranges in sorted order, a strided slice, or an int64 index tensor (random patterns: gathered).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 
 from lightning_ard.kernels.cover import plan_cover
-from lightning_ard.kernels.torch_ops import Index, compute_dtype, put, take
-
-Selection = Union[tuple[tuple[int, int], ...], slice, torch.Tensor, None]
-"""Kept units of one side of one group: all (None), sorted contiguous ranges, a strided slice, or an index."""
+from lightning_ard.kernels.kept import Index, Selection
+from lightning_ard.kernels.torch_ops import compute_dtype, put, take
 
 
 @dataclass(frozen=True)
@@ -210,9 +207,8 @@ def _add_bias_grad(grad_b: torch.Tensor, units: Index, summed: torch.Tensor) -> 
 
 
 def _take(t: torch.Tensor, dim: int, index: Index) -> torch.Tensor:
-    """:func:`~lightning_ard.kernels.torch_ops.take` with ranges as basic-slicing views (dims 0 and 1). The
-    per-piece Python cost of a grouped step is what groups pay per group, and ``t[a:b]`` costs less than
-    ``t.narrow`` (about 0.9 against 1.5 µs; a grouped step makes about 290 views)."""
+    """:func:`~lightning_ard.kernels.torch_ops.take` with ranges as basic-slicing views (dims 0 and 1): cheaper
+    than ``t.narrow``, and a grouped step makes hundreds of views (docs/notes/kernels.md)."""
     if type(index) is slice and index.step is None:
         return t[index] if dim == 0 else t[:, index]
     return take(t, dim, index)

@@ -4,17 +4,15 @@ Both ops compute only the kept part of a Linear and are autograd Functions so th
 only the kept work and writes the weight gradient straight into the kept block of one full-size tensor (one
 allocation, no chain of index_add's).
 
-An index is ``None`` (every unit), a ``slice`` (a strided view: cheapest on the CPU) or an int64 tensor of kept
-indices (any family).
+An index (:data:`~lightning_ard.kernels.kept.Index`) is ``None`` (every unit), a ``slice`` (a strided view:
+cheapest on the CPU) or an int64 tensor of kept indices (any family).
 """
 
 from __future__ import annotations
 
-from typing import Union
-
 import torch
 
-Index = Union[torch.Tensor, slice, None]
+from lightning_ard.kernels.kept import Index
 
 
 def take(t: torch.Tensor, dim: int, index: Index) -> torch.Tensor:

@@ -26,29 +26,19 @@ from lightning_ard.patterns.tile import TilePattern
 P = TypeVar("P")
 
 AUTO_GROUPS = 4
-"""Pattern groups per step under ``groups="auto"`` (the default) at p = 0.5 up to :data:`AUTO_BATCH` samples per
-step, and the fewest at any rate. Measured (docs/results.md, "Safe defaults"): with one pattern per mini-batch a
-kept unit's gradient carries the noise of one mask, of relative size sqrt(p / ((1-p) G)) for G groups, and SGD
-with momentum diverged at G = 1; at p = 0.5, batch 128, 2 groups lost 1.1 points, 4 groups 0.15-0.27, 8 none.
-Stratified draws (the default) remove most of it (4 groups: +0.17 points with SGD, +0.29 with Adam, +0.37 with
-AdamW, +1.01 at batch 32), but 2 groups are not safe at p = 0.5 nor at p = 0.3 (-0.40 with SGD, -0.30 with Adam),
-so the count stays. The price of groups is set by the rows per group (GEMM size), not by their number."""
+"""Pattern groups per step under ``groups="auto"`` at p = 0.5 up to :data:`AUTO_BATCH` samples per step, and the
+fewest at any rate: fewer groups lost accuracy (measurements: docs/notes/kernels.md)."""
 
 AUTO_BATCH = 256
 """Samples per step up to which :data:`AUTO_GROUPS` serve p = 0.5; larger batches get more groups, growing with
-the square root of the batch (8 at 1024). Measured with SGD, momentum 0.9, lr 0.1, p = 0.5, 6 seeds
-(docs/results.md, "Safe defaults"): batch 512 lost 0.41 points with 4 groups, 0.20 with 6 (the rule's count),
-0.15 with 8; batch 1024 lost 0.12 with 8 groups (the rule's count), 0.38 with 6 and 1.06 with 4. Adam kept
-accuracy with the rule (+0.21 / -0.05 points at 512 / 1024). Groups in proportion to the batch (16 at 1024) would
-cost speed the accuracy does not ask for."""
+the square root of the batch (8 at 1024): the count accuracy needed (docs/notes/kernels.md)."""
 
 
 def auto_groups(p: float, samples: int | None = None) -> int:
     """Groups per step under ``groups="auto"`` for a site of rate ``p`` in steps of ``samples`` samples (None:
     unknown, as up to :data:`AUTO_BATCH`): the smallest G >= :data:`AUTO_GROUPS` that keeps p / ((1-p) G) at its
-    value for p = 0.5 with 4 sqrt(samples / 256) groups, at least 4 (4 up to p = 0.5, 6 at 0.6, 10 at 0.7, 16 at
-    0.8; at 1024 samples 4 at p = 0.3, 8 at 0.5, 19 at 0.7). The rate's factor is measured too: 4 groups at
-    p = 0.7 lost 9 points, 10 groups none."""
+    value for p = 0.5 with 4 sqrt(samples / 256) groups (4 up to p = 0.5, 6 at 0.6, 10 at 0.7, 16 at 0.8; at 1024
+    samples 4 at p = 0.3, 8 at 0.5, 19 at 0.7). Why this rule: docs/notes/kernels.md."""
     reference = max(1.0, math.sqrt((samples or 0) / AUTO_BATCH)) * AUTO_GROUPS
     return max(AUTO_GROUPS, math.ceil(reference * p / (1.0 - p) - 1e-9))
 
@@ -56,10 +46,7 @@ def auto_groups(p: float, samples: int | None = None) -> int:
 AUTO_LSTM_GROUPS = 2
 """Time chunks per step at (unidirectional) LSTM sites under ``groups="auto"`` with no ``lstm_groups``: each LSTM
 layer runs as 2 fused calls, chunk 1 carrying its state into chunk 2, with 2 stratified patterns, while the Linear
-site after the LSTM (the decoder) takes :func:`auto_groups`. Measured on the KJV corpus (docs/results.md, "LSTM
-on a PTB-size corpus"): at p = 0.5 test perplexity 78.1 against nn.Dropout's 79.7 (3 seeds; +0.3 % at p = 0.3,
--3.6 % at 0.7), 1.15-1.32x on the paper's 2 x 650 step on a Xeon, 1.31-1.41x on an AMD EPYC, 1.20x on a
-faster Xeon (one pattern per step: +20 %, 1.33-1.45x on the Xeon)."""
+site after the LSTM (the decoder) takes :func:`auto_groups`. Perplexity and speed it kept: docs/notes/kernels.md."""
 
 MAX_GROUPS = 1 << 20
 """Largest accepted ``groups``: more groups than rows are empty (free), but each costs a draw per step."""

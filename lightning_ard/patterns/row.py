@@ -2,7 +2,7 @@
 
 A family is a frozen description (width, period, ...) that draws one :class:`RowPattern` per step from a
 ``torch.Generator``. Every family keeps each unit with the same probability over draws, and scales the kept
-units by the reciprocal of that probability, so the scaled output is unbiased (METHOD.md, "Statistical
+units by the reciprocal of that probability, so the scaled output is unbiased (docs/method.md, "Statistical
 equivalence"). Families also give the exact statistics the distribution search needs: the distribution of the
 number of kept units per step, and the probability that two units at a given distance are kept together.
 """
@@ -11,15 +11,36 @@ from __future__ import annotations
 
 import functools
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 
 from lightning_ard._validate import check_in_range, check_positive_int
 
+T = TypeVar("T")
+
+
+class DeviceCached:
+    """The one per-device cache of a pattern: every tensor derived from a pattern for a device (its kept indices,
+    the kernels' tables, position maps) is built once by :meth:`cached` and stored in the pattern's ``_on_device``
+    dict, so it lives and dies with the pattern (families cache their patterns per offset). Kernels read them
+    through :mod:`lightning_ard.kernels.kept`; patterns stay free of kernel imports."""
+
+    _on_device: dict
+
+    def cached(self, name: str, device: torch.device | str | None, build: Callable[[], T]) -> T:
+        """The value ``build()`` for ``(name, device)``, built on first use and then reused."""
+        key = (name, device if device is None or isinstance(device, torch.device) else torch.device(device))
+        value = self._on_device.get(key)
+        if value is None:
+            value = self._on_device[key] = build()
+        return value
+
 
 @dataclass(frozen=True, eq=False)
-class RowPattern:
+class RowPattern(DeviceCached):
     """One step's kept units of an N-unit layer.
 
     Attributes:
@@ -67,9 +88,8 @@ class RowPattern:
             return ((start, self.width),) if step == 1 else None
         if self.span is not None:
             return (self.span,)
-        if "ranges" not in self._on_device:  # computed once per pattern (patterns are cached per offset)
-            self._on_device["ranges"] = self._ranges_of_kept()
-        return self._on_device["ranges"]
+        ranges = self.cached("ranges", None, lambda: (self._ranges_of_kept(),))  # a 1-tuple: None is cached too
+        return ranges[0]
 
     def _ranges_of_kept(self) -> tuple[tuple[int, int], ...] | None:
         kept = self.kept
@@ -93,12 +113,7 @@ class RowPattern:
 
     def index(self, device: torch.device | str) -> torch.Tensor:
         """The kept indices on ``device`` (copied once per pattern and device, then cached)."""
-        device = torch.device(device)
-        idx = self._on_device.get(device)
-        if idx is None:
-            idx = self.kept.to(device, non_blocking=True)
-            self._on_device[device] = idx
-        return idx
+        return self.cached("index", device, lambda: self.kept.to(device, non_blocking=True))
 
     def mask(self, dtype: torch.dtype = torch.float32, scaled: bool = True) -> torch.Tensor:
         """The equivalent dense mask over all N units (scaled by ``scale`` when ``scaled``); for tests and oracles."""
@@ -151,11 +166,6 @@ class RowFamily(ABC):
 
         For the periodic family this is exact for every i; for the block family it is the cyclic value.
         """
-
-    def check_width(self, width: int, where: str = "pattern") -> None:
-        """Raise if this family was built for another width than ``width``."""
-        if width != self.width:
-            raise ValueError(f"{where}: pattern width {self.width} does not match the layer width {width}")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -246,8 +256,9 @@ class PeriodicRow(RowFamily):
 
 
 @dataclass(frozen=True)
-class BlockRow(RowFamily):
-    """A contiguous (cyclic) block of ``keep`` units starting at a uniform unit; SliceOut-like, best locality.
+class FixedCountRow(RowFamily):
+    """Row families that keep exactly ``keep`` of ``width`` units in every draw (what the block and the random
+    subset families share: validation, keep probability, scale and the kept-count distribution).
 
     Args:
         width: number of units N.
@@ -268,6 +279,21 @@ class BlockRow(RowFamily):
     @property
     def scale(self) -> float:
         return self.width / self.keep
+
+    def kept_count_pmf(self) -> torch.Tensor:
+        pmf = torch.zeros(self.width + 1, dtype=torch.float64)
+        pmf[self.keep] = 1.0
+        return pmf
+
+
+@dataclass(frozen=True)
+class BlockRow(FixedCountRow):
+    """A contiguous (cyclic) block of ``keep`` units starting at a uniform unit; SliceOut-like, best locality.
+
+    Args:
+        width: number of units N.
+        keep: number of kept units K, 1 <= K <= N.
+    """
 
     def pattern(self, start: int) -> RowPattern:
         """The block that starts at unit ``start`` (wrapping around the end; cached per start)."""
@@ -293,11 +319,6 @@ class BlockRow(RowFamily):
     def sample_stratified(self, n: int, generator: torch.Generator | None = None) -> list[RowPattern]:
         return [self.pattern(s) for s in stratified_offsets(n, self.width, generator)]
 
-    def kept_count_pmf(self) -> torch.Tensor:
-        pmf = torch.zeros(self.width + 1, dtype=torch.float64)
-        pmf[self.keep] = 1.0
-        return pmf
-
     def co_keep(self, distance: torch.Tensor) -> torch.Tensor:
         d = distance.to(torch.float64)
         both = (self.keep - d).clamp(min=0) + (self.keep - (self.width - d)).clamp(min=0)
@@ -305,28 +326,13 @@ class BlockRow(RowFamily):
 
 
 @dataclass(frozen=True)
-class RandomSubsetRow(RowFamily):
+class RandomSubsetRow(FixedCountRow):
     """A uniformly random subset of exactly ``keep`` units: maximum mask diversity, gathered by index.
 
     Args:
         width: number of units N.
         keep: number of kept units K, 1 <= K <= N.
     """
-
-    width: int
-    keep: int
-
-    def __post_init__(self) -> None:
-        check_positive_int("width", self.width)
-        check_in_range("keep", self.keep, 1, self.width)
-
-    @property
-    def keep_probability(self) -> float:
-        return self.keep / self.width
-
-    @property
-    def scale(self) -> float:
-        return self.width / self.keep
 
     def sample(self, generator: torch.Generator | None = None) -> RowPattern:
         kept = torch.randperm(self.width, generator=generator)[: self.keep].sort().values
@@ -344,11 +350,6 @@ class RandomSubsetRow(RowFamily):
             RowPattern(self.width, perm[(start + window) % self.width].sort().values, self.scale, None)
             for start in stratified_offsets(n, self.width, generator)
         ]
-
-    def kept_count_pmf(self) -> torch.Tensor:
-        pmf = torch.zeros(self.width + 1, dtype=torch.float64)
-        pmf[self.keep] = 1.0
-        return pmf
 
     def co_keep(self, distance: torch.Tensor) -> torch.Tensor:
         n, k = self.width, self.keep

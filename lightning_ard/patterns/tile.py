@@ -14,11 +14,24 @@ from dataclasses import dataclass, field
 import torch
 
 from lightning_ard._validate import check_in_range, check_positive_int, check_tile
-from lightning_ard.patterns.row import stratified_offsets
+from lightning_ard.patterns.row import DeviceCached, stratified_offsets
+
+DEFAULT_TILE = (64, 64)
+"""Tile shape ``(rows, cols)`` when none is given: a GEMM block shape the kernels handle well."""
+
+
+def kept_table(kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a bool matrix: (int32 table of the True column indices of each row, padded with -1; int32 counts)."""
+    counts = kept.sum(dim=1)
+    width = int(counts.max()) if kept.shape[0] else 0
+    order = torch.argsort((~kept).to(torch.int8), dim=1, stable=True)[:, :width]
+    valid = torch.arange(width)[None, :] < counts[:, None]
+    table = torch.where(valid, order, torch.full_like(order, -1))
+    return table.to(torch.int32).contiguous(), counts.to(torch.int32)
 
 
 @dataclass(frozen=True, eq=False)
-class TilePattern:
+class TilePattern(DeviceCached):
     """One step's kept tiles of a weight matrix.
 
     Attributes:
@@ -61,21 +74,11 @@ class TilePattern:
 
     def kept_columns(self) -> torch.Tensor:
         """(grid_rows, max kept per row) int32 column-tile indices of kept tiles, padded with -1; kernels read it."""
-        gr, gc = self.grid
-        counts = self.kept_tiles.sum(dim=1)
-        width = int(counts.max()) if gr else 0
-        order = torch.argsort((~self.kept_tiles).to(torch.int8), dim=1, stable=True)[:, :width]
-        valid = torch.arange(width)[None, :] < counts[:, None]
-        return torch.where(valid, order, torch.full_like(order, -1)).to(torch.int32)
+        return kept_table(self.kept_tiles)[0]
 
     def kept_columns_on(self, device: torch.device | str) -> torch.Tensor:
         """:meth:`kept_columns` on ``device``, cached per pattern."""
-        device = torch.device(device)
-        out = self._on_device.get(device)
-        if out is None:
-            out = self.kept_columns().to(device)
-            self._on_device[device] = out
-        return out
+        return self.cached("kept_columns", device, lambda: self.kept_columns().to(device))
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ class PeriodicTile:
     in_features: int
     dp: int
     k: int = 1
-    tile: tuple[int, int] = (64, 64)
+    tile: tuple[int, int] = DEFAULT_TILE
 
     def __post_init__(self) -> None:
         check_positive_int("out_features", self.out_features)
@@ -167,14 +170,6 @@ class PeriodicTile:
         s = torch.arange(self.dp)[None, :]
         d = distance.long()[:, None]
         return (self._kept(s) & self._kept(s + d)).sum(dim=1).to(torch.float64) / self.dp
-
-    def check_shape(self, out_features: int, in_features: int, where: str = "tile pattern") -> None:
-        """Raise if this family was built for another weight shape."""
-        if (out_features, in_features) != (self.out_features, self.in_features):
-            raise ValueError(
-                f"{where}: pattern shape {(self.out_features, self.in_features)} does not match the weight "
-                f"shape {(out_features, in_features)}"
-            )
 
 
 TILE_SIDES = (64, 32, 16, 8)

@@ -41,10 +41,11 @@ def kernels():
     grouped = importlib.import_module("lightning_ard.kernels.triton.grouped")
     backend = importlib.import_module("lightning_ard.kernels.triton.backend")
     row = importlib.import_module("lightning_ard.kernels.triton.row")
+    common = importlib.import_module("lightning_ard.kernels.triton.common")
     assert isinstance(grouped._grouped_gemm_kernel, InterpretedFunction)
-    grouped.POISON_OUTPUTS = backend.POISON_OUTPUTS = True
+    common.POISON_OUTPUTS = True
     yield type("Kernels", (), {"grouped": grouped, "backend": backend, "row": row})
-    grouped.POISON_OUTPUTS = backend.POISON_OUTPUTS = False
+    common.POISON_OUTPUTS = False
 
 
 @pytest.fixture(scope="module")

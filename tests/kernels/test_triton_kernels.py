@@ -13,9 +13,9 @@ Hence: the tests that need the interpreter are marked ``@interpreted``. When thi
 (``TRITON_INTERPRET=1`` was set before triton's import: :data:`IN_PROCESS`), they run here. Otherwise the first
 of them starts one child ``pytest`` on this file with ``TRITON_INTERPRET=1`` in its environment from the start,
 and every ``@interpreted`` test of the parent reports its own outcome from the child's JUnit XML (a failure shows
-the child's traceback). Nothing leaks into the parent session, and the result does not depend on test order.
+the child's traceback). Nothing leaks into the parent process, and the result does not depend on test order.
 
-Every output a kernel must write completely is allocated filled with NaN (``triton_backend.POISON_OUTPUTS``, or
+Every output a kernel must write completely is allocated filled with NaN (``triton_common.POISON_OUTPUTS``, or
 NaN tensors passed straight to the launchers), so an element a kernel forgets to write fails the comparison.
 
 A last test compiles every kernel variant the backend launches for an sm_90 GPU with Triton's offline compiler
@@ -72,9 +72,9 @@ def kernels():
     assert k.triton_common.INTERPRET
     assert isinstance(k.triton_row._gather_gemm_kernel, InterpretedFunction)
     assert isinstance(k.triton_tile._tile_grad_weight_kernel, InterpretedFunction)
-    k.triton_backend.POISON_OUTPUTS = True
+    k.triton_common.POISON_OUTPUTS = True
     yield k
-    k.triton_backend.POISON_OUTPUTS = False
+    k.triton_common.POISON_OUTPUTS = False
 
 
 @pytest.fixture(scope="module")
@@ -631,6 +631,14 @@ def _compile_all_variants() -> None:
             consts = dict(HAS_IDX=has_idx, ACCUMULATE=False, INT64=int64, BLOCK_M=128, BLOCK_N=32)
             compile_one(triton_row._column_sum_kernel, types_, consts, None)
 
+    _compile_tile_variants(ints, f32, bf16)
+    print("compiled all variants")
+
+
+def _compile_tile_variants(ints: dict, f32: dict, bf16: dict) -> None:
+    """The tile kernels' part of :func:`_compile_all_variants` (both precisions, first and last configuration)."""
+    from lightning_ard.kernels.triton import tile as triton_tile
+
     geometry = dict(TILE_N=64, TILE_K=64, CHUNKS_N=1, CHUNKS_K=1, BLOCK_N=64, BLOCK_K=64)
     for precision, dt in ((f32, "*fp32"), (bf16, "*bf16")):
         common = dict(geometry, **precision)
@@ -643,8 +651,7 @@ def _compile_all_variants() -> None:
             (triton_tile._tile_grad_weight_kernel, dw, dict(common, ACCUMULATE=False)),
         ):
             for config in (kernel.configs[0], kernel.configs[-1]):
-                compile_one(kernel, dict(ints, **types_), consts, config)
-    print("compiled all variants")
+                compile_for_sm90(kernel, dict(ints, **types_), consts, config)
 
 
 @pytest.mark.slow

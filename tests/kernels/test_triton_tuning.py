@@ -31,10 +31,11 @@ def kernels():
 
     row = importlib.import_module("lightning_ard.kernels.triton.row")
     backend = importlib.import_module("lightning_ard.kernels.triton.backend")
+    common = importlib.import_module("lightning_ard.kernels.triton.common")
     assert isinstance(row._gather_gemm_kernel, InterpretedFunction)
-    backend.POISON_OUTPUTS = True
+    common.POISON_OUTPUTS = True
     yield type("Kernels", (), {"row": row, "backend": backend})
-    backend.POISON_OUTPUTS = False
+    common.POISON_OUTPUTS = False
 
 
 @pytest.fixture(scope="module")

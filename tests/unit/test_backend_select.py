@@ -110,10 +110,13 @@ def test_layer_measurement_needs_a_training_step_and_real_timer_runs() -> None:
 def test_candidates_and_names() -> None:
     assert candidate_backends("cpu") == ("torch",)
     assert candidate_backends(torch.device("cuda"))[:2] == ("torch", "gathered")
-    assert BACKEND_NAMES == ("auto", "torch", "gathered", "triton")
+    assert ("grouped_mm" in candidate_backends(torch.device("cuda"))) == hasattr(torch, "_grouped_mm")
+    assert BACKEND_NAMES == ("auto", "torch", "gathered", "grouped_mm", "triton")
     assert isinstance(get_backend("auto", "cpu"), TorchBackend)
     assert isinstance(get_backend("auto", "cuda"), GatheredBackend)  # until measured: cuBLAS by construction
-    with pytest.raises(ValueError, match=r"backend must be one of \['auto', 'torch', 'gathered', 'triton'\], got 'x'"):
+    with pytest.raises(
+        ValueError, match=r"backend must be one of \['auto', 'torch', 'gathered', 'grouped_mm', 'triton'\], got 'x'"
+    ):
         get_backend("x", "cpu")
 
 

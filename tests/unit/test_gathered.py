@@ -14,9 +14,9 @@ from lightning_ard.kernels.gathered import (
     aligned,
     gather_block,
     is_aligned,
-    side_of,
     write_full,
 )
+from lightning_ard.kernels.kept import kept_units
 from lightning_ard.kernels.torch_backend import TorchBackend
 from lightning_ard.layers import ARDLinear
 from lightning_ard.patterns import BlockRow, PeriodicRow, PeriodicTile, RandomSubsetRow, RowPattern
@@ -165,14 +165,14 @@ def test_tile_linear_groups_match_torch_ops() -> None:
 def test_buffers_are_pitch_padded_and_contiguous_blocks_are_views() -> None:
     weight = torch.randn(64, 128)
     cpu = torch.device("cpu")
-    idx = side_of(PeriodicRow(128, 10, 7).pattern(3), 128, cpu)  # 90 kept columns, gathered
-    block = gather_block(weight, side_of(None, 64, cpu), idx, torch.float32)
+    idx = kept_units(PeriodicRow(128, 10, 7).pattern(3), 128, cpu)  # 90 kept columns, gathered
+    block = gather_block(weight, kept_units(None, 64, cpu), idx, torch.float32)
     assert block.shape == (64, idx.count) and block.stride() == (_pitch(idx.count), 1)
     assert torch.equal(block, weight[:, PeriodicRow(128, 10, 7).pattern(3).kept])
-    span = side_of(BlockRow(64, 16).pattern(8), 64, cpu)
-    view = gather_block(weight, span, side_of(None, 128, cpu), torch.float32)
+    span = kept_units(BlockRow(64, 16).pattern(8), 64, cpu)
+    view = gather_block(weight, span, kept_units(None, 128, cpu), torch.float32)
     assert view.data_ptr() == weight[8].data_ptr() and view.shape == (16, 128)  # no copy
-    as_bf16 = gather_block(weight, span, side_of(None, 128, cpu), torch.bfloat16)
+    as_bf16 = gather_block(weight, span, kept_units(None, 128, cpu), torch.bfloat16)
     assert as_bf16.dtype == torch.bfloat16 and is_aligned(as_bf16)
     odd = torch.randn(7, 2867)
     assert (
@@ -197,7 +197,7 @@ def test_write_full_zeros_outside_the_block(rows_kind, cols_kind) -> None:
         "index": lambda n: RandomSubsetRow(n, n // 3).sample(torch.Generator().manual_seed(n)),
     }
     pr, pc = pats[rows_kind](30), pats[cols_kind](45)
-    rows, cols = side_of(pr, 30, cpu), side_of(pc, 45, cpu)
+    rows, cols = kept_units(pr, 30, cpu), kept_units(pc, 45, cpu)
     block = torch.randn(rows.count, cols.count)
     full = write_full(lambda out: out.copy_(block), rows, cols, torch.float64, cpu)
     expected = torch.zeros(30, 45, dtype=torch.float64)
@@ -233,3 +233,30 @@ def test_selected_by_name_and_through_the_layer() -> None:
         results.append([y.detach()] + [p.grad for layer in layers for p in layer.parameters()])
     for got, want in zip(*results, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_pattern_lives_as_long_as_a_product_needs_it_and_no_longer() -> None:
+    """The backward still finds the kept units of a pattern nobody else holds (the saved Kept holds it), and once
+    the graph is gone the pattern and its cached device tensors are freed without waiting for the cycle collector."""
+    import gc
+    import weakref
+
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(5, 30, generator=gen, requires_grad=True)
+    w = torch.randn(12, 30, generator=gen, requires_grad=True)
+    pattern = RandomSubsetRow(30, 11).sample(gen)
+    kept = pattern.kept.clone()
+    alive = weakref.ref(pattern)
+    y = GatheredBackend().row_linear(x, w, None, pattern, None, False)
+    del pattern
+    gc.collect()
+    y.sum().backward()
+    expected = torch.zeros(12, 30)
+    expected[:, kept] = x.detach()[:, kept].sum(0) * 30 / 11
+    torch.testing.assert_close(w.grad, expected)
+    gc.disable()
+    try:
+        del y
+        assert alive() is None  # freed by reference counting alone: no cycle through the pattern's cache
+    finally:
+        gc.enable()

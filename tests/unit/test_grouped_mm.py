@@ -1,13 +1,14 @@
 """Pattern groups through ``torch._grouped_mm`` equal the per-group PyTorch path (the torch backend): forward and
 every gradient, float32 and bfloat16, G = 1, 2, 4, 7, ragged rows and empty groups, full-width and compact layouts,
-block / row / random families; non-uniform kept counts fall back; the gathered backend's switch picks the path."""
+block / row / random families; non-uniform kept counts fall back; the ``grouped_mm`` backend takes the grouped path
+and the gathered backend the per-group one."""
 
 import pytest
 import torch
 
-from lightning_ard.kernels import gathered, grouped_mm
+from lightning_ard.kernels import get_backend, grouped_mm
 from lightning_ard.kernels.gathered import GatheredBackend
-from lightning_ard.kernels.grouped_mm import grouped_mm_linear, plan_groups
+from lightning_ard.kernels.grouped_mm import GroupedMMBackend, grouped_mm_linear, plan_groups
 from lightning_ard.kernels.torch_backend import TorchBackend
 from lightning_ard.patterns import BlockRow, PeriodicRow, RandomSubsetRow
 
@@ -113,20 +114,20 @@ def test_bad_inputs_name_the_value() -> None:
         grouped_mm_linear(torch.randn(4, 30), torch.randn(N_OUT, 30), None, ins, None)
 
 
-@pytest.mark.parametrize("mode", ["always", "never"])
-def test_gathered_backend_switch_forces_the_path(monkeypatch, mode) -> None:
-    monkeypatch.setattr(gathered, "GROUPED_MM", mode)
+@pytest.mark.parametrize("backend", [GroupedMMBackend(), GatheredBackend()], ids=lambda b: b.name)
+def test_grouped_mm_is_a_backend_of_its_own(backend) -> None:
+    """``grouped_mm`` runs pattern groups through ``torch._grouped_mm``; ``gathered`` through the per-group path."""
     ins, outs, xc, oc, x, weight, bias, gy = _case("row", 4, 13, "both", False, False, torch.float32, seed=5)
-    y, got = _run(lambda a, w, b: GatheredBackend().row_linear_groups(a, w, b, ins, outs, xc, oc), x, weight, bias, gy)
-    assert (type(y.grad_fn).__name__ == "GroupedMMLinearFnBackward") == (mode == "always")
+    y, got = _run(lambda a, w, b: backend.row_linear_groups(a, w, b, ins, outs, xc, oc), x, weight, bias, gy)
+    assert (type(y.grad_fn).__name__ == "GroupedMMLinearFnBackward") == (backend.name == "grouped_mm")
     _, want = _run(lambda a, w, b: TorchBackend().row_linear_groups(a, w, b, ins, outs, xc, oc), x, weight, bias, gy)
-    _assert_same(got, want, torch.float32, mode)
+    _assert_same(got, want, torch.float32, backend.name)
 
 
-def test_gathered_backend_auto_rule(monkeypatch) -> None:
-    assert gathered.GROUPED_MM == "auto"
-    assert not gathered.use_grouped_mm(torch.device("cpu"), torch.float32)
-    assert not gathered.use_grouped_mm(torch.device("cpu"), torch.bfloat16)
-    monkeypatch.setattr(gathered, "GROUPED_MM", "sometimes")
-    with pytest.raises(ValueError, match=r"GROUPED_MM must be one of \('auto', 'always', 'never'\), got 'sometimes'"):
-        gathered.use_grouped_mm(torch.device("cpu"), torch.float32)
+def test_grouped_mm_backend_by_name_runs_single_patterns_as_the_gathered_backend() -> None:
+    backend = get_backend("grouped_mm", "cpu")
+    assert isinstance(backend, GroupedMMBackend) and backend.name == "grouped_mm"
+    ins, outs, _, _, x, weight, bias, gy = _case("block", 1, 6, "both", False, True, torch.float32, seed=2)
+    y, got = _run(lambda a, w, b: backend.row_linear(a, w, b, ins[0], outs[0], False), x, weight, bias, gy)
+    _, want = _run(lambda a, w, b: GatheredBackend().row_linear(a, w, b, ins[0], outs[0], False), x, weight, bias, gy)
+    _assert_same(got, want, torch.float32, "single pattern")

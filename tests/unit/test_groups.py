@@ -8,12 +8,12 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lightning_ard import ARDController
-from lightning_ard.kernels.base import Backend
 from lightning_ard.kernels.torch_backend import TorchBackend
 from lightning_ard.layers import ARDLSTM, ARDLinear
 from lightning_ard.patterns import BlockRow, PeriodicRow, PeriodicTile, RandomSubsetRow, RowPattern
 from lightning_ard.patterns.groups import as_groups, common_groups, group_bounds
 from tests.grads import take_grads
+from tests.kernels.oracle import row_linear_groups_oracle
 from tests.row_families import row_family
 
 TOL = dict(rtol=1e-10, atol=1e-10)
@@ -73,7 +73,7 @@ def test_group_helpers_reject_bad_values() -> None:
 def test_grouped_row_linear_matches_per_row_masks(
     data, n_in, n_out, rows, groups, kind, use_in, use_out, bias, default_loop
 ) -> None:
-    """Forward and every gradient, for the PyTorch single pass and for the per-group loop other backends use."""
+    """Forward and every gradient, for the PyTorch single pass and for the tests' per-row-set oracle."""
     dt = torch.float64
     gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
     if not (use_in or use_out):
@@ -85,7 +85,7 @@ def test_grouped_row_linear_matches_per_row_masks(
     outs = tuple(fout.sample(gen) for _ in range(groups)) if use_out else None
     x = torch.randn(rows, n_in, dtype=dt, generator=gen, requires_grad=True)
     if default_loop:
-        y = Backend.row_linear_groups(TorchBackend(), x, weight, b, ins, outs)
+        y = row_linear_groups_oracle(TorchBackend(), x, weight, b, ins, outs)
     else:
         y = TorchBackend().row_linear_groups(x, weight, b, ins, outs)
     m_in = _row_masks(ins, rows, dt, True) if ins else torch.ones(rows, n_in, dtype=dt)
@@ -129,7 +129,7 @@ def test_compact_per_group_chain_matches_masked_dense(
     w2 = torch.randn(3, hidden, dtype=dt, generator=gen, requires_grad=True)
     x = torch.randn(rows, n_in, dtype=dt, generator=gen, requires_grad=True)
     backend = TorchBackend()
-    run = (lambda *a: Backend.row_linear_groups(backend, *a)) if default_loop else backend.row_linear_groups
+    run = (lambda *a: row_linear_groups_oracle(backend, *a)) if default_loop else backend.row_linear_groups
     h = run(x, w1, b1, None, pats, False, True)
     assert h.shape == (rows, keep)
     y = run(torch.relu(h), w2, None, pats, None, True, False)

@@ -34,10 +34,47 @@ SHORT_TUNING: bool = os.environ.get("LIGHTNING_ARD_TUNING", "full") == "short"
 of its full list, so a benchmark on a fresh GPU spends seconds, not minutes, compiling (bench/gpu_kernels.py)."""
 
 
+INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_R": 16, "GROUP_M": 2}
+"""The one block configuration of the GEMM kernels under TRITON_INTERPRET=1 (small, so ragged edges are
+exercised); kernels with fewer block parameters take their subset (:func:`interpreter_config`)."""
+
+POISON_OUTPUTS = False
+"""Test hook: when True, outputs the kernels must write completely are allocated filled with NaN instead of
+uninitialized, so an element a kernel forgets to write shows up as NaN."""
+
+
+def interpreter_config(*names: str) -> dict:
+    """The launch keywords ``names`` (default: all) of :data:`INTERPRETER_CONFIG` in the interpreter; nothing on
+    CUDA, where the autotuner chooses."""
+    if not INTERPRET:
+        return {}
+    return {n: INTERPRETER_CONFIG[n] for n in names or INTERPRETER_CONFIG}
+
+
+def empty_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An output a kernel writes completely: uninitialized, or NaN under :data:`POISON_OUTPUTS`."""
+    if POISON_OUTPUTS:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
 def tuning_list(full: list, short: list) -> list:
     """The configurations to autotune over: ``short`` under :data:`SHORT_TUNING`, else ``full``."""
     return short if SHORT_TUNING else full
 
+
+GEMM_FULL = [  # (BLOCK_M, BLOCK_N, BLOCK_R, stages, warps)
+    (128, 256, 64, 3, 8),
+    (128, 128, 64, 3, 8),
+    (128, 128, 32, 4, 4),
+    (128, 64, 32, 4, 4),
+    (64, 128, 32, 4, 4),
+    (64, 64, 64, 3, 4),
+    (64, 64, 32, 5, 2),
+]
+"""The full tuning list of the gather GEMMs: wgmma-friendly 4- and 8-warp blocks, and one 2-warp block for
+pre-Hopper GPUs (pruned on sm_90+, where 2 warps lower to ``mma.sync`` instead of wgmma). The grouped GEMM leaves
+out the first (widest) block."""
 
 GEMM_SHORT = [(128, 128, 64, 3, 8), (128, 64, 64, 4, 4)]
 """The short tuning list of the gather GEMMs (row and grouped): ``(BLOCK_M, BLOCK_N, BLOCK_R, stages, warps)``."""

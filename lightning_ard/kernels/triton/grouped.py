@@ -28,14 +28,17 @@ import torch
 import triton
 import triton.language as tl
 
-from lightning_ard.kernels.indices import check_kept
+from lightning_ard.kernels.kept import kept_units
 from lightning_ard.kernels.torch_ops import compute_dtype
 from lightning_ard.kernels.triton.common import (
+    GEMM_FULL,
     INTERPRET,
     Precision,
     check_offsets,
+    empty_output,
     gemm_configs,
     grouped_pid,
+    interpreter_config,
     load_mma,
     precision_for,
     tune_bucket,
@@ -45,32 +48,13 @@ from lightning_ard.kernels.triton.row import prune_configs
 from lightning_ard.patterns import RowPattern
 from lightning_ard.patterns.groups import group_bounds
 
-INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_R": 16, "GROUP_M": 2}
-"""The one block configuration used under TRITON_INTERPRET=1 (small, so ragged edges are exercised)."""
-
 BIAS_BLOCKS = (16, 16) if INTERPRET else (64, 64)
 """(BLOCK_M rows, BLOCK_N units) of the grouped bias gradient."""
 
-POISON_OUTPUTS = False
-"""Test hook: when True, outputs the kernels must write completely are allocated filled with NaN."""
-
 
 def _cuda_configs() -> list[triton.Config]:
-    shapes = [  # (BLOCK_M, BLOCK_N, BLOCK_R, stages, warps)
-        (128, 128, 64, 3, 8),
-        (128, 128, 32, 4, 4),
-        (128, 64, 32, 4, 4),
-        (64, 128, 32, 4, 4),
-        (64, 64, 64, 3, 4),
-        (64, 64, 32, 5, 2),
-    ]
-    return gemm_configs(shapes)
-
-
-def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    if POISON_OUTPUTS:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
+    """:data:`~lightning_ard.kernels.triton.common.GEMM_FULL` without its widest block."""
+    return gemm_configs(GEMM_FULL[1:])
 
 
 # --- kernels -----------------------------------------------------------------------------------------------------
@@ -307,14 +291,11 @@ def _side(
     offs: list[int] = []
     lens: list[int] = []
     pos = torch.full((groups, width), -1, dtype=torch.int32)
+    cpu = torch.device("cpu")
     for g, p in enumerate(patterns):
-        if p.width != width:
-            raise ValueError(f"{name}[{g}] has width {p.width}, the layer {width}")
-        check_kept(p.kept, width, f"{name}[{g}]")
+        units = kept_units(p, width, cpu, f"{name}[{g}]")  # checks the width and the indices once per pattern
         kept = p.kept
-        dropped = torch.ones(width, dtype=torch.bool)
-        dropped[kept] = False
-        perms.append(torch.cat([kept, dropped.nonzero().flatten()]).to(torch.int32))
+        perms.append(torch.cat([kept, units.dropped_cpu()]).to(torch.int32))
         offs.append(at + g * width)
         lens.append(int(kept.numel()))
         pos[g, kept] = torch.arange(kept.numel(), dtype=torch.int32)
@@ -400,7 +381,7 @@ def grouped_gemm(
         tune_bucket(max(m for m, _ in sizes)), tune_bucket(max(n_per_group)), tune_bucket(b.shape[1]),
         RED_IDX=red_idx, A_RED_IDX=a_red_idx, COL_IDX=col_idx, SCATTER=scatter, HAS_BIAS=bias is not None,
         DOT_DTYPE=precision.dtype, INPUT_PRECISION=precision.input_precision, UPCAST=precision.upcast,
-        **(INTERPRETER_CONFIG if INTERPRET else {}),
+        **interpreter_config(),
     )  # fmt: skip
     return c
 
@@ -431,7 +412,7 @@ def grouped_grad_weight(
         OUT_POS=tables.pos_out is not None, IN_POS=tables.pos_in is not None,
         G_COMPACT=g_compact and tables.pos_out is not None, X_COMPACT=x_compact and tables.pos_in is not None,
         DOT_DTYPE=precision.dtype, INPUT_PRECISION=precision.input_precision, UPCAST=precision.upcast,
-        **(INTERPRETER_CONFIG if INTERPRET else {}),
+        **interpreter_config(),
     )  # fmt: skip
     return grad_w
 
@@ -465,7 +446,7 @@ class GroupedRowLinearFn(torch.autograd.Function):
         has_in, has_out = tables.pos_in is not None, tables.pos_out is not None
         precision = precision_for(dtype, x.device)
         width = tables.out_len[0] if out_compact else n_out
-        y = _empty((x2.shape[0], width), dtype, x.device)
+        y = empty_output((x2.shape[0], width), dtype, x.device)
         grouped_gemm(
             x2, weight, y, tables, tables.in_tab, tables.out_tab, tables.out_len, width, precision,
             red_idx=has_in, a_red_idx=has_in and not x_compact, col_idx=has_out, scatter=has_out and not out_compact,
@@ -485,7 +466,7 @@ class GroupedRowLinearFn(torch.autograd.Function):
         device = g.device
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = _empty((g.shape[0], x_shape[-1]), x_dtype, device)
+            grad_x = empty_output((g.shape[0], x_shape[-1]), x_dtype, device)
             grouped_gemm(
                 g, weight.t(), grad_x, tables, tables.out_tab, tables.in_tab, tables.in_len, x_shape[-1], precision,
                 red_idx=has_out, a_red_idx=has_out and not out_compact, col_idx=has_in,
@@ -493,11 +474,11 @@ class GroupedRowLinearFn(torch.autograd.Function):
             )  # fmt: skip
             grad_x = grad_x.reshape(x_shape)
         if ctx.needs_input_grad[1]:
-            grad_w = _empty(tuple(weight.shape), weight.dtype, device)
+            grad_w = empty_output(tuple(weight.shape), weight.dtype, device)
             grouped_grad_weight(g, x2, grad_w, tables, out_compact, x_compact, precision)
         if ctx.bias_meta is not None and ctx.needs_input_grad[2]:
             shape, dtype = ctx.bias_meta
-            grad_b = grouped_bias_grad(g, _empty(shape, dtype, device), tables, out_compact)
+            grad_b = grouped_bias_grad(g, empty_output(shape, dtype, device), tables, out_compact)
         return grad_x, grad_w, grad_b, None, None, None, None
 
 

@@ -1,4 +1,5 @@
-"""Compact gather GEMM: the Triton kernels of row-pattern (neuron dropout) Linears, forward and backward.
+"""Compact gather GEMM: the Triton kernels of row-pattern (neuron dropout) Linears, their launchers and the
+autograd Function over them (:class:`RowLinearFn`).
 
 :func:`gather_gemm` computes ``C[ci, cj] (+)= scale · A[:, ar] · B[bj][:, br]ᵀ (+ bias[bj])`` on the kept block,
 reading operands through optional index vectors (distinct indices) instead of gathered copies; the forward, grad_x
@@ -14,34 +15,26 @@ import triton
 import triton.language as tl
 
 from lightning_ard.kernels.indices import check_device_index
+from lightning_ard.kernels.kept import complement
 from lightning_ard.kernels.triton.common import (
+    GEMM_FULL,
     INTERPRET,
     Precision,
+    empty_output,
     gemm_configs,
     grouped_pid,
+    interpreter_config,
     load_mma,
+    precision_for,
     tune_bucket,
     tuned,
 )
 
-INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_R": 16, "GROUP_M": 2}
-"""The one block configuration used under TRITON_INTERPRET=1 (small, so ragged edges are exercised)."""
-
 
 def _cuda_configs() -> list[triton.Config]:
-    """A short list (tuning time is paid at the first step of every shape bucket): wgmma-friendly 4- and 8-warp
-    blocks, and one 2-warp block for pre-Hopper GPUs (:func:`_prune_configs` drops it on sm_90+, where 2 warps lower
-    to ``mma.sync`` instead of wgmma)."""
-    shapes = [  # (BLOCK_M, BLOCK_N, BLOCK_R, stages, warps)
-        (128, 256, 64, 3, 8),
-        (128, 128, 64, 3, 8),
-        (128, 128, 32, 4, 4),
-        (128, 64, 32, 4, 4),
-        (64, 128, 32, 4, 4),
-        (64, 64, 64, 3, 4),
-        (64, 64, 32, 5, 2),
-    ]
-    return gemm_configs(shapes)
+    """A short list (tuning time is paid at the first step of every shape bucket): :data:`GEMM_FULL`
+    (:func:`_prune_configs` drops its 2-warp block on sm_90+)."""
+    return gemm_configs(GEMM_FULL)
 
 
 def smem_bytes(config: triton.Config, a_size: int, b_size: int) -> int:
@@ -245,6 +238,49 @@ def _check_index(name: str, idx: torch.Tensor | None, device: torch.device, boun
     check_device_index(name, idx, bound)
 
 
+def _check_gemm(
+    product: str,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    bias: torch.Tensor | None,
+    idx: dict[str, torch.Tensor | None],
+) -> tuple[int, int, int, int]:
+    """Check the operands of :func:`gather_gemm` against each other; return ``(M, N, R, zero-filled columns)``."""
+    if product not in PRODUCT_KERNELS:
+        raise ValueError(f"product must be one of {sorted(PRODUCT_KERNELS)}, got {product!r}")
+    a_red_idx, b_row_idx, b_red_idx = idx["a_red_idx"], idx["b_row_idx"], idx["b_red_idx"]
+    c_row_idx, c_col_idx, zero_idx = idx["c_row_idx"], idx["c_col_idx"], idx["zero_idx"]
+    if a.dim() != 2 or b.dim() != 2 or c.dim() != 2:
+        raise ValueError(f"gather_gemm needs 2-D operands, got {a.dim()}-D, {b.dim()}-D, {c.dim()}-D")
+    device = a.device
+    for name, t in (("b", b), ("c", c), ("bias", bias)):
+        if t is not None and t.device != device:
+            raise ValueError(f"{name} is on {t.device}, a on {device}")
+    M = a.shape[0]
+    N = b_row_idx.numel() if b_row_idx is not None else b.shape[0]
+    R = b_red_idx.numel() if b_red_idx is not None else b.shape[1]
+    a_width = a_red_idx.numel() if a_red_idx is not None else a.shape[1]
+    if a_width != R:
+        raise ValueError(f"reduction sizes differ: A gives {a_width}, B gives {R}")
+    bounds = {"a_red_idx": a.shape[1], "b_row_idx": b.shape[0], "b_red_idx": b.shape[1], "c_row_idx": c.shape[0],
+              "c_col_idx": c.shape[1], "zero_idx": c.shape[1]}  # fmt: skip
+    for name, bound in bounds.items():
+        _check_index(name, idx[name], device, bound)
+    if (c_row_idx.numel() if c_row_idx is not None else c.shape[0]) != M:
+        raise ValueError(f"c has {c.shape[0]} rows (or row indices) for M={M}")
+    if c_col_idx is None and c.shape[1] != N:
+        raise ValueError(f"c has {c.shape[1]} columns for N={N}")
+    if c_col_idx is not None and c_col_idx.numel() != N:
+        raise ValueError(f"c_col_idx has {c_col_idx.numel()} entries for N={N}")
+    n_zero = zero_idx.numel() if zero_idx is not None else 0
+    if n_zero and c_col_idx is None:
+        raise ValueError("zero_idx needs c_col_idx (the zero-filled columns are the complement of the written ones)")
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != b.shape[0]):
+        raise ValueError(f"bias must be 1-D with {b.shape[0]} entries, got {tuple(bias.shape)}")
+    return M, N, R, n_zero
+
+
 def gather_gemm(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -273,47 +309,16 @@ def gather_gemm(
         zero_idx: columns of ``c`` to set to zero at the same rows (the dropped units when a gradient is
             scattered to full width), in the same launch, so every element of ``c`` is written exactly once.
         bias: 1-D, added at ``b_row_idx`` (the forward's bias of the kept output units).
-        scale: factor on the product (not on the bias or on what is accumulated).
-        accumulate: add to ``c`` instead of overwriting it.
+        scale, accumulate: factor on the product (not on the bias or on ``c``); add to ``c`` instead of writing.
         product: ``"forward"``, ``"grad_x"`` or ``"grad_w"``: which tuning cache (:data:`PRODUCT_KERNELS`).
 
-    Index vectors must hold distinct entries (a duplicate among C's would race); they are checked at every launch
-    only under ``LIGHTNING_ARD_CHECK_INDICES=1`` (:mod:`lightning_ard.kernels.indices`), since the check needs a
-    device sync; the backend checks each pattern's indices once instead. Operands past 2**31 elements switch to
-    64-bit offsets.
+    Index vectors must hold distinct entries (a duplicate among C's would race): checked at every launch only
+    under ``LIGHTNING_ARD_CHECK_INDICES=1`` (a device sync; :mod:`lightning_ard.kernels.indices`), once per
+    pattern by the backend. Operands past 2**31 elements switch to 64-bit offsets.
     """
-    if product not in PRODUCT_KERNELS:
-        raise ValueError(f"product must be one of {sorted(PRODUCT_KERNELS)}, got {product!r}")
-    if a.dim() != 2 or b.dim() != 2 or c.dim() != 2:
-        raise ValueError(f"gather_gemm needs 2-D operands, got {a.dim()}-D, {b.dim()}-D, {c.dim()}-D")
-    device = a.device
-    for name, t in (("b", b), ("c", c), ("bias", bias)):
-        if t is not None and t.device != device:
-            raise ValueError(f"{name} is on {t.device}, a on {device}")
-    M = a.shape[0]
-    N = b_row_idx.numel() if b_row_idx is not None else b.shape[0]
-    R = b_red_idx.numel() if b_red_idx is not None else b.shape[1]
-    a_width = a_red_idx.numel() if a_red_idx is not None else a.shape[1]
-    if a_width != R:
-        raise ValueError(f"reduction sizes differ: A gives {a_width}, B gives {R}")
-    _check_index("a_red_idx", a_red_idx, device, a.shape[1])
-    _check_index("b_row_idx", b_row_idx, device, b.shape[0])
-    _check_index("b_red_idx", b_red_idx, device, b.shape[1])
-    _check_index("c_row_idx", c_row_idx, device, c.shape[0])
-    _check_index("c_col_idx", c_col_idx, device, c.shape[1])
-    _check_index("zero_idx", zero_idx, device, c.shape[1])
-    if (c_row_idx.numel() if c_row_idx is not None else c.shape[0]) != M:
-        raise ValueError(f"c has {c.shape[0]} rows (or row indices) for M={M}")
-    if c_col_idx is None and c.shape[1] != N:
-        raise ValueError(f"c has {c.shape[1]} columns for N={N}")
-    if c_col_idx is not None and c_col_idx.numel() != N:
-        raise ValueError(f"c_col_idx has {c_col_idx.numel()} entries for N={N}")
-    n_zero = zero_idx.numel() if zero_idx is not None else 0
-    if n_zero and c_col_idx is None:
-        raise ValueError("zero_idx needs c_col_idx (the zero-filled columns are the complement of the written ones)")
-    if bias is not None and (bias.dim() != 1 or bias.shape[0] != b.shape[0]):
-        raise ValueError(f"bias must be 1-D with {b.shape[0]} entries, got {tuple(bias.shape)}")
-    int64 = needs_int64(a, b, c)
+    idx = dict(a_red_idx=a_red_idx, b_row_idx=b_row_idx, b_red_idx=b_red_idx, c_row_idx=c_row_idx, c_col_idx=c_col_idx,
+               zero_idx=zero_idx)  # fmt: skip
+    M, N, R, n_zero = _check_gemm(product, a, b, c, bias, idx)
     if M == 0 or (N == 0 and n_zero == 0):
         return c
 
@@ -331,8 +336,8 @@ def gather_gemm(
         A_RED_IDX=a_red_idx is not None, B_ROW_IDX=b_row_idx is not None, B_RED_IDX=b_red_idx is not None,
         C_ROW_IDX=c_row_idx is not None, C_COL_IDX=c_col_idx is not None, HAS_BIAS=bias is not None,
         ACCUMULATE=bool(accumulate), ZERO_FILL=n_zero > 0,
-        DOT_DTYPE=precision.dtype, INPUT_PRECISION=precision.input_precision, UPCAST=precision.upcast, INT64=int64,
-        **(INTERPRETER_CONFIG if INTERPRET else {}),
+        DOT_DTYPE=precision.dtype, INPUT_PRECISION=precision.input_precision, UPCAST=precision.upcast,
+        INT64=needs_int64(a, b, c), **interpreter_config(),
     )  # fmt: skip
     return c
 
@@ -468,8 +473,44 @@ def row_grad_weight(
     )  # fmt: skip
 
 
-def complement(idx: torch.Tensor, width: int) -> torch.Tensor:
-    """Sorted int64 indices in [0, width) that are not in ``idx`` (on idx's device)."""
-    keep = torch.zeros(width, dtype=torch.bool, device=idx.device)
-    keep[idx] = True
-    return (~keep).nonzero().flatten()
+# --- autograd ----------------------------------------------------------------------------------------------------
+
+
+class RowLinearFn(torch.autograd.Function):
+    """y = scale · x[:, in] · W[out][:, in]ᵀ + b[out] and its backward, all on the kept block (Triton). Index
+    vectors are int32 (:attr:`~lightning_ard.kernels.kept.Kept.index32`), None where every unit is kept."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, in_idx, out_idx, dropped_idx, scale, x_compact, dtype):  # type: ignore[override]
+        x2 = x.reshape(-1, x.shape[-1])
+        precision = precision_for(dtype, x.device)
+        n_out = out_idx.numel() if out_idx is not None else weight.shape[0]
+        y = empty_output((x2.shape[0], n_out), dtype, x.device)
+        row_forward(x2, weight, bias, in_idx, out_idx, scale, x_compact, precision, out=y)
+        ctx.save_for_backward(x2, weight)
+        ctx.meta = (x.shape, x.dtype, in_idx, out_idx, dropped_idx, scale, x_compact, precision)
+        ctx.bias_meta = None if bias is None else (bias.shape, bias.dtype)
+        return y.reshape(*x.shape[:-1], n_out)
+
+    @staticmethod
+    def backward(ctx, grad_y):  # type: ignore[override]
+        x2, weight = ctx.saved_tensors
+        x_shape, x_dtype, in_idx, out_idx, dropped_idx, scale, x_compact, precision = ctx.meta
+        g = grad_y.reshape(-1, grad_y.shape[-1])
+        device = g.device
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = empty_output((g.shape[0], x_shape[-1]), x_dtype, device)
+            row_grad_input(g, weight, in_idx, out_idx, scale, grad_x, precision, dropped_idx)
+            grad_x = grad_x.reshape(x_shape)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.zeros(weight.shape, dtype=weight.dtype, device=device)
+            row_grad_weight(g, x2, grad_w, in_idx, out_idx, scale, x_compact, precision)
+        if ctx.bias_meta is not None and ctx.needs_input_grad[2]:
+            shape, dtype = ctx.bias_meta
+            if out_idx is None:
+                grad_b = empty_output(shape, dtype, device)
+            else:
+                grad_b = torch.zeros(shape, dtype=dtype, device=device)
+            column_sum(g, grad_b, out_idx)
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None

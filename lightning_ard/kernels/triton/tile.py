@@ -1,4 +1,5 @@
-"""Tile-skipping GEMM: the Triton kernels of tile-pattern (DropConnect) Linears, forward and backward.
+"""Tile-skipping GEMM: the Triton kernels of tile-pattern (DropConnect) Linears, their launchers and the autograd
+Function over them (:class:`TileLinearFn`).
 
 The forward, grad_x (the same kernel on the view Wᵀ with the transposed tables) and grad_W only visit kept tiles of
 the weight, so a dropped tile costs no load and no multiply. Blocks along the weight follow the tile shape
@@ -8,7 +9,6 @@ section "Tile patterns: the tile-skipping GEMM".
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 
 import torch
@@ -19,16 +19,18 @@ from lightning_ard.kernels.triton.common import (
     INTERPRET,
     Precision,
     check_offsets,
+    empty_output,
     grouped_pid,
+    interpreter_config,
     load_mma,
+    precision_for,
     tune_bucket,
     tuned,
     tuning_list,
 )
+from lightning_ard.kernels.triton.row import column_sum
 from lightning_ard.patterns import TilePattern
-
-INTERPRETER_CONFIG = {"BLOCK_M": 16, "GROUP_M": 2}
-"""Batch block and grouping used under TRITON_INTERPRET=1."""
+from lightning_ard.patterns.tile import kept_table
 
 BLOCK_CAPS = (16, 16) if INTERPRET else (128, 64)
 """Largest block along the weight's (rows, columns): small in the interpreter so tiles span several blocks."""
@@ -64,36 +66,17 @@ class TileTables:
     row_counts: torch.Tensor
 
 
-def kept_table(kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For a bool matrix: (int32 table of the True column indices of each row, padded with -1; int32 counts)."""
-    counts = kept.sum(dim=1)
-    width = int(counts.max()) if kept.shape[0] else 0
-    order = torch.argsort((~kept).to(torch.int8), dim=1, stable=True)[:, :width]
-    valid = torch.arange(width)[None, :] < counts[:, None]
-    table = torch.where(valid, order, torch.full_like(order, -1))
-    return table.to(torch.int32).contiguous(), counts.to(torch.int32)
-
-
-_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def tile_tables(pattern: TilePattern, device: torch.device | str) -> TileTables:
-    """The pattern's tables on ``device``, built once per pattern and device (a pattern lives one step)."""
-    device = torch.device(device)
-    per_device = _TABLES.setdefault(pattern, {})
-    tables = per_device.get(device)
-    if tables is None:
+    """The pattern's tables on ``device``, built once per pattern and device (in the pattern's cache)."""
+
+    def build() -> TileTables:
         kept = pattern.kept_tiles.cpu()
         col_counts = kept.sum(dim=1).to(torch.int32)
         rows, row_counts = kept_table(kept.t())
-        tables = TileTables(
-            pattern.kept_columns_on(device).contiguous(),
-            col_counts.to(device),
-            rows.to(device),
-            row_counts.to(device),
-        )
-        per_device[device] = tables
-    return tables
+        cols = pattern.kept_columns_on(device).contiguous()
+        return TileTables(cols, col_counts.to(device), rows.to(device), row_counts.to(device))
+
+    return pattern.cached("tile_tables", device, build)
 
 
 def _cuda_configs(block_ms: tuple[int, ...]) -> list[triton.Config]:
@@ -238,9 +221,7 @@ def _geometry_kwargs(geo: _Geometry, precision: Precision) -> dict:
         DOT_DTYPE=precision.dtype, INPUT_PRECISION=precision.input_precision, UPCAST=precision.upcast,
         BLOCK_N=geo.block_n, BLOCK_K=geo.block_k,
     )  # fmt: skip
-    if INTERPRET:
-        kwargs.update(INTERPRETER_CONFIG)
-    return kwargs
+    return kwargs | interpreter_config("BLOCK_M", "GROUP_M")
 
 
 def _check(name: str, t: torch.Tensor, shape: tuple[int, int], device: torch.device) -> None:
@@ -350,3 +331,40 @@ def tile_grad_weight(
         ACCUMULATE=bool(accumulate), **_geometry_kwargs(geo, precision),
     )  # fmt: skip
     return grad_weight
+
+
+# --- autograd ----------------------------------------------------------------------------------------------------
+
+
+class TileLinearFn(torch.autograd.Function):
+    """y = x · (scale · W ⊙ M)ᵀ + b for a tile mask M and its backward, visiting kept tiles only (Triton)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, tables, tile, scale, dtype):  # type: ignore[override]
+        x2 = x.reshape(-1, x.shape[-1])
+        precision = precision_for(dtype, x.device)
+        y = empty_output((x2.shape[0], weight.shape[0]), dtype, x.device)
+        tile_forward(x2, weight, bias, tables, tile, scale, precision, y)
+        ctx.save_for_backward(x2, weight)
+        ctx.meta = (x.shape, x.dtype, tables, tile, scale, precision)
+        ctx.bias_meta = None if bias is None else (bias.shape, bias.dtype)
+        return y.reshape(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_y):  # type: ignore[override]
+        x2, weight = ctx.saved_tensors
+        x_shape, x_dtype, tables, tile, scale, precision = ctx.meta
+        g = grad_y.reshape(-1, grad_y.shape[-1])
+        device = g.device
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = empty_output((g.shape[0], x_shape[-1]), x_dtype, device)
+            tile_grad_input(g, weight, tables, tile, scale, precision, grad_x)
+            grad_x = grad_x.reshape(x_shape)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.zeros(weight.shape, dtype=weight.dtype, device=device)
+            tile_grad_weight(g, x2, grad_w, tables, tile, scale, precision)
+        if ctx.bias_meta is not None and ctx.needs_input_grad[2]:
+            shape, dtype = ctx.bias_meta
+            grad_b = column_sum(g, empty_output(shape, dtype, device))
+        return grad_x, grad_w, grad_b, None, None, None, None
