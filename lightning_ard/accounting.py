@@ -4,8 +4,9 @@ and the one-off count of the step's other products.
 Counts follow ``torch.utils.flop_counter.FlopCounterMode`` (2 FLOPs per multiply-add, matrix products only):
 a Linear over M rows costs 2·M·out·in for the forward, the same for the weight gradient, and the same again for
 the input gradient when the input requires one. ARD changes only ``out`` and ``in`` (row patterns) or the kept
-share of the weight (tile patterns). The ARD layers record the rows of their last training forward
-(``ard_rows``, ``ard_group_rows``, ``ard_grad_input``); the functions here turn those into FLOPs.
+share of the weight (tile patterns). The ARD layers write the rows of their last training forward into their
+:class:`~lightning_ard.layers.record.StepRecord` (the controller keeps them); the functions here turn those into
+FLOPs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 if TYPE_CHECKING:
     from lightning_ard.layers import ARDLSTM, ARDLinear
+    from lightning_ard.layers.record import StepRecord
     from lightning_ard.sites import Site
 
 LayerFlops = dict[str, tuple[int, int]]
@@ -44,12 +46,12 @@ def lstm_layer_step_flops(tokens: int, input_width: int, hidden: int, directions
     return directions * (projection + recurrent)
 
 
-def ard_linear_flops(lin: ARDLinear) -> tuple[int, int]:
+def ard_linear_flops(lin: ARDLinear, record: StepRecord) -> tuple[int, int]:
     """(dense, executed) FLOPs of an ARD Linear's last training step, summed over its pattern groups."""
-    grad_in = lin.ard_grad_input
-    dense = linear_step_flops(lin.ard_rows, lin.out_features, lin.in_features, grad_in)
+    grad_in = record.grad_input
+    dense = linear_step_flops(record.rows, lin.out_features, lin.in_features, grad_in)
     executed = 0
-    for g, rows in enumerate(lin.ard_group_rows or [lin.ard_rows]):
+    for g, rows in enumerate(record.group_rows or [record.rows]):
         if lin.ard_tile_patterns is not None:
             full = linear_step_flops(rows, lin.out_features, lin.in_features, grad_in)
             executed += round(full * lin.ard_tile_patterns[g].keep_fraction)
@@ -60,24 +62,26 @@ def ard_linear_flops(lin: ARDLinear) -> tuple[int, int]:
     return dense, executed
 
 
-def ard_lstm_flops(lstm: ARDLSTM) -> tuple[int, int]:
+def ard_lstm_flops(lstm: ARDLSTM, record: StepRecord) -> tuple[int, int]:
     """(dense, executed) FLOPs of an ARD LSTM's last training step, layer by layer and fused call by fused call
-    (time chunks or sequence groups: the work each call recorded in ``ard_work``)."""
+    (time chunks or sequence groups: the work each call recorded)."""
     dirs = 2 if lstm.bidirectional else 1
     dense = executed = 0
     for layer in range(lstm.num_layers):
-        grad_in = layer > 0 or lstm.ard_grad_input
-        full = lstm_layer_step_flops(lstm.ard_rows, lstm.layer_input_size(layer), lstm.hidden_size, dirs, grad_in)
+        grad_in = layer > 0 or record.grad_input
+        full = lstm_layer_step_flops(record.rows, lstm.layer_input_size(layer), lstm.hidden_size, dirs, grad_in)
         dense += full
-        work = lstm.ard_work[layer] if layer < len(lstm.ard_work) else []
+        work = record.work[layer] if layer < len(record.work) else []
         executed += sum(lstm_layer_step_flops(t, k_in, k_h, dirs, grad_in) for t, k_in, k_h in work) if work else full
     return dense, executed
 
 
-def step_flops(linears: Mapping[str, ARDLinear], lstms: Mapping[str, ARDLSTM]) -> LayerFlops:
-    """(dense, executed) FLOPs of the last step for every ARD layer, by path."""
-    out = {path: ard_linear_flops(lin) for path, lin in linears.items()}
-    out.update({path: ard_lstm_flops(lstm) for path, lstm in lstms.items()})
+def step_flops(
+    linears: Mapping[str, ARDLinear], lstms: Mapping[str, ARDLSTM], records: Mapping[str, StepRecord]
+) -> LayerFlops:
+    """(dense, executed) FLOPs of the last step for every ARD layer, by path, from the layers' records."""
+    out = {path: ard_linear_flops(lin, records[path]) for path, lin in linears.items()}
+    out.update({path: ard_lstm_flops(lstm, records[path]) for path, lstm in lstms.items()})
     return out
 
 
@@ -157,11 +161,7 @@ class OtherFlops:
             mode.__exit__(None, None, None)
 
 
-def group_rows(layer: ARDLinear | ARDLSTM, lstm_mode: str = "time") -> int:
-    """Rows the last training step gave a layer's pattern groups to cut: a Linear's input rows (samples, or tokens
-    for sequence input); an LSTM's sequences in sequence mode, its tokens in time mode (0: not run yet)."""
-    from lightning_ard.layers import ARDLSTM
-
-    if isinstance(layer, ARDLSTM) and lstm_mode == "sequence":
-        return layer.ard_layout.batch if layer.ard_layout is not None else 0
-    return int(layer.ard_rows)
+def group_rows(record: StepRecord, sequences: bool = False) -> int:
+    """Rows the last training step gave a layer's pattern groups to cut: its input rows (samples, or tokens for
+    sequence input; an LSTM's tokens in time mode), or with ``sequences`` an LSTM's sequences (0: not run yet)."""
+    return (record.batch or 0) if sequences else int(record.rows)

@@ -384,7 +384,7 @@ class ARDController:
         """(dense, executed) FLOPs of the last step per ARD layer path (forward + backward products)."""
         if self.surgery is None:
             return {}
-        return accounting.step_flops(self.surgery.linears, self.surgery.lstms)
+        return accounting.step_flops(self.surgery.linears, self.surgery.lstms, self.surgery.records)
 
     def step_rows(self) -> dict[str, int]:
         """Rows the last step had for every draw, as the group bound counts them: a Linear site's input rows,
@@ -393,8 +393,9 @@ class ARDController:
             return {}
         out: dict[str, int] = {}
         for sp in self.plan.sites:
-            layer = self.surgery.lstms.get(sp.site.consumer) or self.surgery.linears.get(sp.site.consumer)
-            rows = accounting.group_rows(layer, self.config.lstm_mode) if layer is not None else None
+            record = self.surgery.records.get(sp.site.consumer)
+            sequences = sp.site.consumer in self.surgery.lstms and self.config.lstm_mode == "sequence"
+            rows = accounting.group_rows(record, sequences) if record is not None else 0
             if rows:
                 out[sp.name] = rows
         return out

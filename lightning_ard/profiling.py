@@ -103,15 +103,17 @@ def interleaved_medians(
 def time_linear(
     lin: ARDLinear, dropout_p: float = 0.0, optimizers: Sequence[torch.optim.Optimizer] = ()
 ) -> tuple[float, float]:
-    """(dense, ARD) seconds of a training step's share of an ARD Linear at its last step's shape, on stand-ins:
+    """(dense, ARD) seconds of a training step's share of an ARD Linear at its last step's shape (its record), on
+    stand-ins:
     forward, backward and the optimizer's update of its parameters; the dense side also pays nn.Dropout on its
     input (``dropout_p``), which ARD replaces."""
     device = lin.weight.device
     w = lin.weight.detach().clone().requires_grad_(True)
     b = lin.bias.detach().clone().requires_grad_(True) if lin.bias is not None else None
     params = [w] if b is None else [w, b]
-    rows, grad_x = max(lin.ard_rows, 1), lin.ard_grad_input
-    width = lin.ard_input[0][-1] if lin.ard_input is not None else lin.in_features  # compact when fed by a producer
+    record = lin.ard_record
+    rows, grad_x = max(record.rows, 1), record.grad_input
+    width = record.input[0][-1] if record.input is not None else lin.in_features  # compact when fed by a producer
     x = torch.randn(rows, width, device=device, dtype=w.dtype, requires_grad=grad_x)
     x_dense = torch.randn(rows, lin.in_features, device=device, dtype=w.dtype, requires_grad=grad_x)
     opt = _optimizer_like(optimizers, lin.weight, params)
@@ -134,8 +136,8 @@ def time_lstm(
         args = (lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.bias, True, lstm.dropout, lstm.bidirectional)
         return nn.LSTM(*args).to(device)
 
-    tokens = max(lstm.ard_rows, 1)
-    batch = lstm.ard_layout.batch if lstm.ard_layout is not None else max(min(tokens, 32), 1)
+    tokens = max(lstm.ard_record.rows, 1)
+    batch = lstm.ard_record.batch or max(min(tokens, 32), 1)
     x = torch.randn(batch, max(tokens // batch, 1), lstm.input_size, device=device)
     dense_copy, ard_copy = copy(), ARDLSTM.from_lstm(copy())
     ard_copy.set_patterns(**lstm.ard_settings())

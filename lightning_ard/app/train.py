@@ -41,6 +41,11 @@ def instantiate_ard(ard_cfg: DictConfig) -> L.Callback:
     assert isinstance(node, dict)
     for key in ARD_APP_KEYS:
         node.pop(key, None)
+    if node.get("plan") is not None:  # a replay: the settings come from the plan, only the callback's options stay
+        from lightning_ard import ARDConfig
+
+        for key in (*ARDConfig.names(), "search"):
+            node.pop(key, None)
     return hydra.utils.instantiate(node)
 
 

@@ -210,12 +210,18 @@ def _candidate_names(candidates: Sequence[str] | None, device: torch.device) -> 
     return names
 
 
+class InputRecord(Protocol):
+    """What a layer's step record says of its last input (``lightning_ard.layers.record.StepRecord``)."""
+
+    input: tuple[tuple[int, ...], torch.dtype, torch.dtype, bool] | None
+
+
 class MeasurableLinear(Protocol):
     """What :func:`fastest_layer_backend` reads of an ARD Linear (``lightning_ard.layers.ARDLinear``)."""
 
     weight: torch.Tensor
     bias: torch.Tensor | None
-    ard_input: tuple[tuple[int, ...], torch.dtype, torch.dtype, bool] | None
+    ard_record: InputRecord
 
     def ard_product(
         self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, backend: Backend | None = None
@@ -227,9 +233,9 @@ def fastest_layer_backend(
 ) -> BackendChoice:
     """:func:`fastest_backend` for an ARD Linear at its last training step's input (shape, dtype, compute dtype,
     whether the input needed a gradient) and patterns. Needs one training forward with patterns set first."""
-    if layer.ard_input is None:
+    if layer.ard_record.input is None:
         raise ValueError("the layer has not run a training step with patterns yet: nothing to measure its shapes on")
-    shape, input_dtype, compute, grad_input = layer.ard_input
+    shape, input_dtype, compute, grad_input = layer.ard_record.input
 
     def product(backend: Backend, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         return layer.ard_product(x, w, b, backend=backend)

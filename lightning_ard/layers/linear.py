@@ -9,6 +9,7 @@ from torch import nn
 from lightning_ard.kernels import Backend, get_backend
 from lightning_ard.kernels.select import layer_input
 from lightning_ard.layers._swap import revert_class, swap_class
+from lightning_ard.layers.record import StepRecord
 from lightning_ard.patterns import RowPattern, TilePattern
 from lightning_ard.patterns.groups import RowSlot, TileSlot, as_groups, common_groups, group_bounds
 
@@ -19,10 +20,7 @@ _ATTRIBUTES = (
     "ard_groups",
     "ard_backend_name",
     "_ard_backends",
-    "ard_rows",
-    "ard_group_rows",
-    "ard_grad_input",
-    "ard_input",
+    "ard_record",
 )
 
 
@@ -50,15 +48,15 @@ class ARDLinear(nn.Linear):
     ard_backend_name: str
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, backend: str = "auto") -> "ARDLinear":
-        """Convert ``linear`` in place (same object, same Parameters) and return it."""
+    def from_linear(cls, linear: nn.Linear, backend: str = "auto", record: StepRecord | None = None) -> "ARDLinear":
+        """Convert ``linear`` in place (same object, same Parameters) and return it; its training forwards write their
+        shapes into ``record`` (a fresh one by default)."""
         get_backend(backend, linear.weight.device)  # validates the name (and a forced Triton) before any change
         swap_class(linear, nn.Linear, cls)
         layer: ARDLinear = linear  # type: ignore[assignment]
         layer.ard_backend_name = backend
         layer._ard_backends: dict[torch.device, Backend] = {}
-        layer.ard_rows, layer.ard_group_rows, layer.ard_grad_input = 0, [], False
-        layer.ard_input = None
+        layer.ard_record = record if record is not None else StepRecord()
         layer.clear_patterns()
         return layer
 
@@ -118,10 +116,11 @@ class ARDLinear(nn.Linear):
         ins, outs, tiles = self.ard_in_patterns, self.ard_out_patterns, self.ard_tile_patterns
         if not self.training or (ins is None and outs is None and tiles is None):
             return F.linear(input, self.weight, self.bias)
-        rows = self.ard_rows = input.numel() // max(input.shape[-1], 1)  # read by FLOP accounting
-        self.ard_group_rows = [r1 - r0 for r0, r1 in group_bounds(rows, self.ard_groups)]
-        self.ard_grad_input = input.requires_grad
-        self.ard_input = layer_input(input)  # shape, dtype, compute dtype: what a backend measurement replays
+        record = self.ard_record  # read by FLOP accounting, calibration and the backend choice
+        rows = record.rows = input.numel() // max(input.shape[-1], 1)
+        record.group_rows = [r1 - r0 for r0, r1 in group_bounds(rows, self.ard_groups)]
+        record.grad_input = input.requires_grad
+        record.input = layer_input(input)  # shape, dtype, compute dtype: what a backend measurement replays
         return self.ard_product(input, self.weight, self.bias)
 
     def _grouped_input_is_compact(self, input: torch.Tensor, ins: tuple[RowPattern, ...] | None) -> bool:

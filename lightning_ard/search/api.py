@@ -21,6 +21,7 @@ import torch
 
 from lightning_ard._validate import check_choice, check_positive_int, check_rate, check_tile
 from lightning_ard.patterns import PatternDistribution
+from lightning_ard.patterns.tile import DEFAULT_TILE
 from lightning_ard.search.candidates import FAMILIES, build_candidates
 from lightning_ard.search.diagnostics import diagnose
 from lightning_ard.search.exact import exact_weights
@@ -38,7 +39,7 @@ def search_distribution(
     method: str = "sgd",
     *,
     shape: tuple[int, int] | None = None,
-    tile: tuple[int, int] = (64, 64),
+    tile: tuple[int, int] = DEFAULT_TILE,
     **settings: Any,
 ) -> PatternDistribution:
     """A distribution over patterns of ``family`` whose expected drop rate is ``p`` and whose per-step kept count is
@@ -96,7 +97,7 @@ def _search(
     settings: SearchSettings,
 ) -> PatternDistribution:
     """The uncached search (arguments validated and normalized: this is the cache key)."""
-    cands = build_candidates(family, p, width, shape, tile or (64, 64), settings)
+    cands = build_candidates(family, p, width, shape, tile or DEFAULT_TILE, settings)
     cands.check_reaches(p)
     # Within the 1e-12 slack of the reachability check, solve for the nearest reachable rate.
     p_solve = min(max(p, float(cands.rates.min())), float(cands.rates.max()))

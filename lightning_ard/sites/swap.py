@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from lightning_ard.layers import ARDLSTM, ARDDropout, ARDLinear
+from lightning_ard.layers.record import StepRecord
 from lightning_ard.sites.site import Site
 
 
@@ -25,6 +26,7 @@ class Surgery:
     lstms: dict[str, ARDLSTM] = field(default_factory=dict)
     dropouts: dict[str, ARDDropout] = field(default_factory=dict)
     dropout_uses: dict[str, int] = field(default_factory=dict)
+    records: dict[str, StepRecord] = field(default_factory=dict)  # ARD layer path -> what its last step ran
 
     def apply(self) -> Surgery:
         """Convert every module the sites name, in place (same objects, same Parameters)."""
@@ -33,10 +35,11 @@ class Surgery:
                 if path is None:
                     continue
                 module = self.model.get_submodule(path)
+                record = self.records.setdefault(path, StepRecord())
                 if isinstance(module, nn.LSTM):
-                    self.lstms[path] = ARDLSTM.from_lstm(module)
+                    self.lstms[path] = ARDLSTM.from_lstm(module, record)
                 else:
-                    self.linears[path] = ARDLinear.from_linear(module, self.backend)
+                    self.linears[path] = ARDLinear.from_linear(module, self.backend, record)
             if site.dropout is not None:
                 self.dropouts[site.dropout] = ARDDropout.from_dropout(self.model.get_submodule(site.dropout))
                 self.dropout_uses[site.dropout] = self.dropout_uses.get(site.dropout, 0) + 1
@@ -63,4 +66,4 @@ class Surgery:
             lstm.to_lstm()
         for drop in self.dropouts.values():
             drop.to_dropout()
-        self.linears.clear(), self.lstms.clear(), self.dropouts.clear()
+        self.linears.clear(), self.lstms.clear(), self.dropouts.clear(), self.records.clear()

@@ -35,7 +35,7 @@ def test_lstm_flops_hand_count_padded() -> None:
     layer0 = 12 * (2 * 20 * 3 * 2 + 2 * 20 * 5 * 3) + 8 * (2 * 20 * 3 * 2 + 2 * 20 * 5 * 3)
     layer1 = 12 * (2 * 20 * 2 * 3 + 2 * 20 * 5 * 3) + 8 * (2 * 20 * 2 * 3 + 2 * 20 * 5 * 3)
     dense = 20 * (2 * 20 * 6 * 2 + 2 * 20 * 5 * 3) + 20 * (2 * 20 * 5 * 3 + 2 * 20 * 5 * 3)
-    assert accounting.ard_lstm_flops(lstm) == (dense, layer0 + layer1)
+    assert accounting.ard_lstm_flops(lstm, lstm.ard_record) == (dense, layer0 + layer1)
 
 
 def test_lstm_flops_hand_count_packed_and_flop_counter() -> None:
@@ -50,7 +50,7 @@ def test_lstm_flops_hand_count_packed_and_flop_counter() -> None:
     layer0 = 10 * (2 * 20 * 3 * 2 + 2 * 20 * 5 * 3) + 3 * (2 * 20 * 3 * 2 + 2 * 20 * 5 * 3)
     layer1 = 10 * (2 * 20 * 2 * 3 + 2 * 20 * 5 * 3) + 3 * (2 * 20 * 2 * 3 + 2 * 20 * 5 * 3)
     dense = 13 * (2 * 20 * 6 * 2 + 2 * 20 * 5 * 3) + 13 * (2 * 20 * 5 * 3 + 2 * 20 * 5 * 3)
-    assert accounting.ard_lstm_flops(lstm) == (dense, layer0 + layer1)
+    assert accounting.ard_lstm_flops(lstm, lstm.ard_record) == (dense, layer0 + layer1)
     first_step_hidden_gradient = 2 * (3 + 2) * 20 * 5 * 2  # groups of 3 and 2 sequences, two layers
     assert mode.get_total_flops() == layer0 + layer1 - first_step_hidden_gradient
 
@@ -66,7 +66,7 @@ def test_structured_lstm_flops_hand_count() -> None:
     out.sum().backward()
     layer0 = 20 * (2 * 12 * 3 * 2 + 2 * 12 * 3 * 3)  # 4·3 gate rows, 3 inputs, 3 recurrent columns
     layer1 = 20 * (2 * 16 * 3 * 3 + 2 * 16 * 4 * 3)  # 4·4 gate rows, layer 0's 3 kept units, 4 recurrent columns
-    assert accounting.ard_lstm_flops(lstm)[1] == layer0 + layer1
+    assert accounting.ard_lstm_flops(lstm, lstm.ard_record)[1] == layer0 + layer1
 
 
 class _LMWithHead(nn.Module):

@@ -88,7 +88,7 @@ def test_layer_measurement_replays_the_real_input_under_autocast() -> None:
 
     with torch.autocast("cpu", dtype=torch.bfloat16):
         layer(torch.randn(2, 3, 8))
-    assert layer.ard_input == ((2, 3, 8), torch.float32, torch.bfloat16, False)
+    assert layer.ard_record.input == ((2, 3, 8), torch.float32, torch.bfloat16, False)
     layer.ard_product = spy
     choice = fastest_layer_backend(layer, timer, ["torch", "gathered"])
     assert choice.name == "torch"  # equal times: the first candidate
@@ -132,4 +132,4 @@ def test_use_backend_switches_after_conversion() -> None:
         layer.use_backend("cublas")
     assert layer.ard_backend_name == "gathered"  # unchanged by the bad call
     plain = layer.to_linear()
-    assert type(plain) is nn.Linear and not hasattr(plain, "ard_input")
+    assert type(plain) is nn.Linear and not hasattr(plain, "ard_record")

@@ -70,7 +70,7 @@ def test_names_are_the_fields_in_order() -> None:
 def test_choices() -> None:
     """Pattern families and backends are the documented ones, each accepted."""
     assert FAMILIES == ("row", "block", "random", "tile")
-    assert BACKENDS == ("auto", "torch", "gathered", "triton")
+    assert BACKENDS == ("auto", "torch", "gathered", "grouped_mm", "triton")
     for family in FAMILIES:
         assert ARDConfig(pattern=family).pattern == family
     for backend in BACKENDS:
@@ -86,7 +86,8 @@ def test_pattern_error(pattern: Any) -> None:
 @pytest.mark.parametrize("backend", ["cuda", "", None])
 def test_backend_error(backend: Any) -> None:
     """An unknown backend names the value and the allowed backends."""
-    _raises(f"backend must be one of ['auto', 'torch', 'gathered', 'triton'], got {backend!r}", backend=backend)
+    allowed = "['auto', 'torch', 'gathered', 'grouped_mm', 'triton']"
+    _raises(f"backend must be one of {allowed}, got {backend!r}", backend=backend)
 
 
 @pytest.mark.parametrize("draws", ["strata", "", None])

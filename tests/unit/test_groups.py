@@ -181,7 +181,7 @@ def test_grouped_tile_linear_matches_per_row_masks(data, groups, rows) -> None:
     y_ref.backward(cot)
     torch.testing.assert_close(x.grad, xr.grad, **TOL)
     torch.testing.assert_close(lin.weight.grad, wr.grad, **TOL)
-    assert lin.ard_group_rows == [e - s for s, e in group_bounds(rows, groups)]
+    assert lin.ard_record.group_rows == [e - s for s, e in group_bounds(rows, groups)]
 
 
 def test_grouped_producer_consumer_chain_equals_masked_mlp() -> None:
@@ -281,7 +281,7 @@ def test_grouped_lstm_matches_per_time_step_masks(data, bidirectional, batch_fir
     for (name, _), g in zip(layer.named_parameters(), got[1:], strict=True):
         torch.testing.assert_close(g, want[name], **TOL)
     if any(slot is not None for slot in slots):
-        assert layer.ard_group_rows == [(e - s) * 3 for s, e in group_bounds(steps, groups)]
+        assert layer.ard_record.group_rows == [(e - s) * 3 for s, e in group_bounds(steps, groups)]
 
 
 def test_grouped_lstm_packed_sequences() -> None:
@@ -306,7 +306,7 @@ def test_grouped_lstm_packed_sequences() -> None:
     (y.pow(2).sum() + h.sum() + c.sum()).backward()
     (y_ref.pow(2).sum() + h_ref.sum() + c_ref.sum()).backward()
     torch.testing.assert_close(x.grad, xr.grad, **TOL)
-    assert layer.ard_group_rows == [5 + 5 + 4, 4 + 3, 2 + 2]
+    assert layer.ard_record.group_rows == [5 + 5 + 4, 4 + 3, 2 + 2]
     bi = ARDLSTM.from_lstm(nn.LSTM(6, 5, bidirectional=True).to(dt))
     bi.set_patterns([slots[0]])
     with pytest.raises(ValueError, match="bidirectional LSTM on packed sequences; pass padded input, or use groups=1"):
@@ -381,7 +381,7 @@ def test_lstm_groups_apply_to_lstm_sites_only() -> None:
     assert {name: len(v) for name, v in pats.items()} == {"drop->lstm": 3, "lstm.l1": 3, "drop->dec": 7}
     model(torch.randint(0, 30, (9, 4))).sum().backward()
     ctl.check_calls()
-    assert model.lstm.ard_group_rows == [12, 12, 12] and model.dec.ard_group_rows == [6, 5, 5, 5, 5, 5, 5]
+    assert model.lstm.ard_record.group_rows == [12, 12, 12] and model.dec.ard_record.group_rows == [6, 5, 5, 5, 5, 5, 5]
     ctl.restore()
 
 

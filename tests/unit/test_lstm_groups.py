@@ -96,7 +96,7 @@ def test_sequence_groups_match_per_sequence_masks(data, bidirectional, batch_fir
     for (name, _), g in zip(layer.named_parameters(), got[1:], strict=True):
         torch.testing.assert_close(g, want[name], **TOL)
     if any(slot is not None for slot in slots):
-        assert layer.ard_group_rows == [(b1 - b0) * steps for b0, b1 in group_bounds(batch, groups)]
+        assert layer.ard_record.group_rows == [(b1 - b0) * steps for b0, b1 in group_bounds(batch, groups)]
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
@@ -216,8 +216,8 @@ def test_structured_layer_equals_masked_dense_lstm(groups, batch_first, layers, 
             dropped = unit.mask(DT, scaled=False) == 0
             assert torch.equal(h[i, b0:b1][:, dropped], h0[i, b0:b1][:, dropped].detach())
             assert torch.equal(c[i, b0:b1][:, dropped], c0[i, b0:b1][:, dropped].detach())
-    assert [sum(t for t, _, _ in w) for w in layer.ard_work] == [batch * steps] * layers
-    assert [w[0][2] for w in layer.ard_work] == [hidden[i][0].num_kept for i in range(layers)]
+    assert [sum(t for t, _, _ in w) for w in layer.ard_record.work] == [batch * steps] * layers
+    assert [w[0][2] for w in layer.ard_record.work] == [hidden[i][0].num_kept for i in range(layers)]
 
 
 def test_structured_state_carries_across_bptt_windows() -> None:

@@ -60,7 +60,7 @@ def test_time_chunks_merge_adjacent_chunks_and_share_gathers(monkeypatch) -> Non
     calls = _count_calls(monkeypatch, time_module, "fused_layer")
     layer(torch.randn(8, 3, 6))
     assert (len(calls), len(gathers)) == (3, 2)
-    assert [t for t, _, _ in layer.ard_work[0]] == [2 * 3] * 4  # work is still recorded per chunk
+    assert [t for t, _, _ in layer.ard_record.work[0]] == [2 * 3] * 4  # work is still recorded per chunk
 
 
 def test_sequence_groups_share_gathers_of_equal_patterns(monkeypatch) -> None:

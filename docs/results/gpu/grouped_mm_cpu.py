@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lightning_ard.kernels import gathered
 from lightning_ard.kernels.gathered import GatheredBackend
+from lightning_ard.kernels.grouped_mm import GroupedMMBackend
 from lightning_ard.patterns import PeriodicRow
 
 WIDTH, P, REPS = 2048, 0.5, 7
@@ -45,10 +45,9 @@ def grouped_step(batch: int, groups: int, mode: str, compact: bool):  # type: ig
     w = torch.randn(WIDTH, WIDTH, generator=gen, requires_grad=True)
     b = torch.zeros(WIDTH, requires_grad=True)
     gy = torch.randn(batch, k if compact else WIDTH, generator=gen)
-    backend = GatheredBackend()
+    backend = GroupedMMBackend() if mode == "grouped_mm" else GatheredBackend()
 
     def step() -> None:
-        gathered.GROUPED_MM = mode
         w.grad = b.grad = None
         backend.row_linear_groups(x, w, b, ins, outs, compact, compact).backward(gy)
 
@@ -75,7 +74,7 @@ def main() -> None:
         for groups in GROUPS:
             for compact in (True, False):
                 layout = "compact" if compact else "full"
-                for path, mode in (("per-group (torch_grouped)", "never"), ("torch._grouped_mm", "always")):
+                for path, mode in (("per-group (torch_grouped)", "gathered"), ("torch._grouped_mm", "grouped_mm")):
                     cases[(batch, groups, path, layout)] = grouped_step(batch, groups, mode, compact)
     times: dict[tuple, list[float]] = {key: [] for key in cases}
     for fn in cases.values():
@@ -85,7 +84,6 @@ def main() -> None:
             start = time.perf_counter()
             fn()
             times[key].append(time.perf_counter() - start)
-    gathered.GROUPED_MM = "auto"
     lines = [
         "# Pattern groups on the CPU: `torch._grouped_mm` vs one product per group vs dense + dropout",
         "",

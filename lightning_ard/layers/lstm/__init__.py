@@ -7,10 +7,11 @@ pattern share work (:mod:`.merge`). Design: docs/method.md, section "The LSTM la
 """
 
 from lightning_ard.layers.lstm.follower import SequenceFollower
-from lightning_ard.layers.lstm.layer import Work, lstm_layer_input_size
+from lightning_ard.layers.lstm.layer import lstm_layer_input_size
 from lightning_ard.layers.lstm.layout import SequenceLayout
 from lightning_ard.layers.lstm.module import ARDLSTM, LSTM_MODES
 from lightning_ard.layers.lstm.structured import unscaled
+from lightning_ard.layers.record import Work
 from lightning_ard.patterns.groups import RowSlot
 
 __all__ = [

@@ -17,9 +17,6 @@ from lightning_ard.patterns import RowPattern
 if TYPE_CHECKING:
     from lightning_ard.layers.lstm.module import ARDLSTM
 
-Work = tuple[int, int, int]
-"""One fused call's work in one layer: (tokens, input units read, hidden units run)."""
-
 State = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -65,7 +62,7 @@ def run_layer(
     tokens: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``layer`` over all of ``x`` in one fused call on ``pattern``'s kept inputs (scaled), or without a pattern on
-    the module's own dropout above layer 0; the call's work goes to ``lstm.ard_work[layer]``."""
+    the module's own dropout above layer 0; the call's work goes to the layer's record."""
     selector = pattern.selector(x.device) if pattern is not None else None
     if pattern is not None:
         x = take(x, -1, selector) * pattern.scale
@@ -73,7 +70,7 @@ def run_layer(
         x = F.dropout(x, lstm.dropout, training=True)
     weights = shared.get((layer, *pattern_key(pattern)), lambda: layer_weights(lstm, layer, selector))
     kept = pattern.num_kept if pattern is not None else lstm_layer_input_size(lstm, layer)
-    lstm.ard_work[layer].append((tokens, kept, lstm.hidden_size))
+    lstm.ard_record.work[layer].append((tokens, kept, lstm.hidden_size))
     return fused_layer(
         x, state, weights,
         batch_sizes=batch_sizes, has_biases=lstm.bias, bidirectional=lstm.bidirectional, batch_first=batch_first,

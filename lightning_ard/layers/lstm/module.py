@@ -11,11 +11,12 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from lightning_ard.layers._swap import revert_class, swap_class
-from lightning_ard.layers.lstm.layer import State, Work, lstm_layer_input_size
+from lightning_ard.layers.lstm.layer import State, lstm_layer_input_size
 from lightning_ard.layers.lstm.layout import SequenceLayout
 from lightning_ard.layers.lstm.sequence_groups import plain_group, sequence_forward
 from lightning_ard.layers.lstm.structured import check_hidden, structured_group
 from lightning_ard.layers.lstm.time_chunks import time_forward
+from lightning_ard.layers.record import StepRecord
 from lightning_ard.patterns import RowPattern
 from lightning_ard.patterns.groups import RowSlot, as_groups, common_groups
 
@@ -26,8 +27,7 @@ LSTM_MODES = ("time", "sequence")
 """What pattern groups cut in an ARD LSTM: time steps (chunks of the sequence) or sequences (groups of the batch)."""
 
 _ATTRIBUTES = (
-    "ard_patterns", "ard_hidden", "ard_groups", "ard_mode", "ard_rows", "ard_group_rows", "ard_grad_input",
-    "ard_work", "ard_layout", "ard_followers",
+    "ard_patterns", "ard_hidden", "ard_groups", "ard_mode", "ard_record", "ard_layout", "ard_followers",
 )  # fmt: skip
 
 
@@ -45,22 +45,20 @@ class ARDLSTM(nn.LSTM):
     ard_hidden: list[tuple[RowPattern, ...]] | None
     ard_groups: int
     ard_mode: str
-    ard_rows: int
-    ard_group_rows: list[int]
-    ard_grad_input: bool
-    ard_work: list[list[Work]]
+    ard_record: StepRecord
     ard_layout: SequenceLayout | None
     ard_followers: list[SequenceFollower]
 
     @classmethod
-    def from_lstm(cls, lstm: nn.LSTM) -> ARDLSTM:
-        """Convert ``lstm`` in place (same object, same Parameters) and return it."""
+    def from_lstm(cls, lstm: nn.LSTM, record: StepRecord | None = None) -> ARDLSTM:
+        """Convert ``lstm`` in place (same object, same Parameters) and return it; its forwards write their shapes
+        into ``record`` (a fresh one by default)."""
         if lstm.proj_size > 0:
             raise ValueError(f"ARDLSTM does not support proj_size > 0, got proj_size={lstm.proj_size}")
         swap_class(lstm, nn.LSTM, cls)
         layer: ARDLSTM = lstm  # type: ignore[assignment]
-        layer.ard_rows, layer.ard_group_rows, layer.ard_grad_input = 0, [], False
-        layer.ard_work, layer.ard_layout, layer.ard_followers = [], None, []
+        layer.ard_record = record if record is not None else StepRecord()
+        layer.ard_layout, layer.ard_followers = None, []
         layer.clear_patterns()
         return layer
 
@@ -129,9 +127,10 @@ class ARDLSTM(nn.LSTM):
             x, batch_sizes, sorted_indices, unsorted_indices = self._batched(input), None, None, None
             batch, batched = x.size(0 if self.batch_first else 1), input.dim() == 3
         hx = self._initial_state(hx, x, batch, sorted_indices, batched)
-        self.ard_rows = x.numel() // max(x.shape[-1], 1)  # tokens (T·B), read by FLOP accounting
-        self.ard_grad_input = x.requires_grad
-        self.ard_work = [[] for _ in range(self.num_layers)]
+        record = self.ard_record
+        record.rows = x.numel() // max(x.shape[-1], 1)  # tokens (T·B), read by FLOP accounting
+        record.grad_input, record.batch = x.requires_grad, batch
+        record.work = [[] for _ in range(self.num_layers)]
         if self.ard_mode == "sequence":
             run_group = plain_group if self.ard_hidden is None else structured_group
             x, h, c = sequence_forward(self, x, batch_sizes, hx, batch, sorted_indices, run_group)

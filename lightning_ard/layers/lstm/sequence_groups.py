@@ -50,14 +50,14 @@ def sequence_forward(
     else:
         inputs = [x[b0:b1] if lstm.batch_first else x[:, b0:b1] for b0, b1 in bounds]
         sizes, perm = [None] * len(bounds), None
-    lstm.ard_group_rows = [int(xg.numel() // max(xg.shape[-1], 1)) for xg in inputs]
+    group_rows = lstm.ard_record.group_rows = [int(xg.numel() // max(xg.shape[-1], 1)) for xg in inputs]
     outs, hs, cs = [], [], []
     shared = SharedWeights()
     for g, (b0, b1) in enumerate(bounds):
         if b1 == b0:
             continue
         state = (hx[0][:, b0:b1], hx[1][:, b0:b1])
-        out, h, c = run_group(lstm, g, inputs[g], sizes[g], state, lstm.ard_group_rows[g], shared)
+        out, h, c = run_group(lstm, g, inputs[g], sizes[g], state, group_rows[g], shared)
         outs.append(out)
         hs.append(h)
         cs.append(c)

@@ -82,7 +82,7 @@ def structured_group(
         weights = shared.get((layer, *pattern_key(unit, pattern)), build)
         kept = unit.index(device)
         h0, c0 = layer_state(state, layer, 1)
-        lstm.ard_work[layer].append((tokens, in_kept, unit.num_kept))
+        lstm.ard_record.work[layer].append((tokens, in_kept, unit.num_kept))
         small = (h0.index_select(2, kept), c0.index_select(2, kept))
         x, h, c = fused_layer(x, small, weights, batch_sizes=sizes, has_biases=lstm.bias, batch_first=lstm.batch_first)
         hs.append(h0.index_copy(2, kept, h))  # dropped units: state carried unchanged

@@ -32,21 +32,22 @@ def time_forward(
         x = x.transpose(0, 1)  # grouped layers cut the time axis
     steps = len(batch_sizes) if batch_sizes is not None else x.size(0)
     bounds = group_bounds(steps, lstm.ard_groups)
-    lstm.ard_group_rows = _chunk_rows(bounds, batch_sizes, lstm.ard_rows, steps)
+    record = lstm.ard_record
+    record.group_rows = _chunk_rows(bounds, batch_sizes, record.rows, steps)
     hs, cs = [], []
     for layer, slot in enumerate(lstm.ard_patterns):
         state = layer_state(hx, layer, dirs)
         if slot is not None and grouped:
             x, h, c = _chunked_layer(lstm, layer, x, batch_sizes, state, merge_runs(bounds, slot))
-            lstm.ard_work[layer] = [
-                (rows, p.num_kept, lstm.hidden_size) for rows, p in zip(lstm.ard_group_rows, slot, strict=True)
+            record.work[layer] = [
+                (rows, p.num_kept, lstm.hidden_size) for rows, p in zip(record.group_rows, slot, strict=True)
             ]
         else:
             pattern = slot[0] if slot is not None else None
             batch_first = lstm.batch_first and not grouped
             x, h, c = run_layer(
                 lstm, layer, x, state, pattern, SharedWeights(),
-                batch_sizes=batch_sizes, batch_first=batch_first, tokens=lstm.ard_rows,
+                batch_sizes=batch_sizes, batch_first=batch_first, tokens=record.rows,
             )  # fmt: skip
         hs.append(h)
         cs.append(c)
