@@ -120,6 +120,20 @@ def test_ard_config_passes_every_setting_to_the_callback(tmp_path: Path, monkeyp
     assert "enabled" not in received and received["tile"] == "auto"
 
 
+def test_ard_plan_replays_a_saved_plan_with_its_own_settings(tmp_path: Path) -> None:
+    """ard.plan=<file>: the callback replays it; the node's ARD settings are left out (the plan holds its own)."""
+    from torch import nn
+
+    from lightning_ard import ARDConfig, PlanRecord
+    from lightning_ard.planning import build_plan
+
+    model = nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.5), nn.Linear(16, 2))
+    PlanRecord([(0, build_plan(model, ARDConfig(pattern="row", p=0.3)))]).save(tmp_path / "ard_plan.json")
+    cfg = compose_cfg(["ard=tile", f"ard.plan={tmp_path / 'ard_plan.json'}"], tmp_path)
+    cb = instantiate_ard(cfg.ard)
+    assert cb.replay is not None and cb.config.pattern == "row" and cb.config.p == 0.3 and not cb.measure_speedup
+
+
 def test_objective_returns_the_monitored_metric(tmp_path: Path) -> None:
     cfg = compose_cfg([], tmp_path)
     assert objective(cfg, {"val/acc": 0.75, "val/loss": 1.0}) == 0.75
