@@ -9,7 +9,7 @@ from lightning_ard.kernels.base import Backend
 from lightning_ard.kernels.kept import Index, Selection, kept_units
 from lightning_ard.kernels.torch_grouped import Group, grouped_linear
 from lightning_ard.patterns import RowPattern
-from lightning_ard.patterns.groups import group_bounds
+from lightning_ard.patterns.groups import group_bounds, pattern_key
 
 
 class TorchBackend(Backend):
@@ -66,7 +66,7 @@ def _groups(
             continue
         inp = in_patterns[g] if in_patterns is not None else None
         outp = out_patterns[g] if out_patterns is not None else None
-        key = (inp.merge_key if inp is not None else None, outp.merge_key if outp is not None else None)
+        key = pattern_key(inp, outp)
         if out and key == last_key and out[-1].rows.stop == r0:  # type: ignore[union-attr]
             prev = out.pop()
             out.append(Group(slice(prev.rows.start, r1), prev.in_units, prev.out_units, prev.scale))  # type: ignore[union-attr]

@@ -105,3 +105,9 @@ def describe(family: str, groups: int = 1, pool: int | None = None, lstm_groups:
     if pool is not None and groups > 1:
         label += f" pool {pool}"
     return label + (f" lstm {lstm_groups}" if lstm_groups is not None else "")
+
+
+def pattern_key(*patterns: RowPattern | None) -> tuple[object, ...]:
+    """The merge key of a combination of patterns (``None`` for an absent one): groups with equal keys compute the
+    same weight slices, so adjacent ones run as one product (Linear backends) or one fused call (LSTM)."""
+    return tuple(p.merge_key if p is not None else None for p in patterns)

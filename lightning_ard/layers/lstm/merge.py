@@ -13,11 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from lightning_ard.patterns import RowPattern
-
-
-def pattern_key(*patterns: RowPattern | None) -> tuple[object, ...]:
-    """The merge key of a combination of patterns (``None`` for an absent one): equal keys, same weight slices."""
-    return tuple(p.merge_key if p is not None else None for p in patterns)
+from lightning_ard.patterns.groups import pattern_key  # noqa: F401 - the LSTM modes key their merges by it
 
 
 class SharedWeights:
