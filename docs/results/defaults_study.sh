@@ -14,7 +14,7 @@
 #            factor)), SGD lr 0.1, 3 seeds: batch 512 at p = 0.5 (4 groups), batch 1024 at p = 0.3 (4 groups)
 #            and p = 0.7 (19 groups; 10, the rate-only count, beside them)
 #   batch_rule2a, batch_rule2b: more seeds (6 in all) where batch_rule was short of 0.3 points, and 8 groups
-#            beside them: batch 512 at p = 0.5, batch 1024 at p = 0.3; batch 1024 at p = 0.5 in this session too
+#            beside them: batch 512 at p = 0.5, batch 1024 at p = 0.3; batch 1024 at p = 0.5 in this stage too
 #   big_a, big_b: the batch rule's defaults (groups="auto" from the batch) against nn.Dropout at the large batches
 #            with Adam (lr 1e-3, batch 512 and 1024) and with SGD at the low end of its lr range (0.01, batch 1024),
 #            p = 0.5, 3 seeds (one stage per core)
@@ -22,9 +22,9 @@
 #   batch_rule3a, batch_rule3b: 6 groups at batch 512, p = 0.5 (what groups grown with the square root of the batch
 #            give there), seeds 0-2 and 3-5 (one stage per core)
 #   b1024_g6a, b1024_g6b: batch 1024, SGD lr 0.1, p = 0.5: nn.Dropout, 4 and 6 groups (fewer than the rule's 8, to
-#            see what their speed would cost), seeds 0-2 and 3-5 (one stage per core; fifth session, AMD EPYC)
-#   recheck_sgd, recheck_adam: the accuracy goal of issue 12 measured again on one machine with the current code
-#            (sixth session, AMD EPYC, one stage per core): nn.Dropout and the defaults (the setting's own accuracy),
+#            see what their speed would cost), seeds 0-2 and 3-5 (one stage per core; 2-core AMD EPYC)
+#   recheck_sgd, recheck_adam: the accuracy goal of the defaults measured again on one machine with the current code
+#            (2-core AMD EPYC, one stage per core): nn.Dropout and the defaults (the setting's own accuracy),
 #            SGD lr 0.05 batch 128 and Adam batch 256, p = 0.3/0.5/0.7, 3 seeds
 #   recheck_sgd_p03: seeds 3-5 of the SGD rows at p = 0.3, where recheck_sgd's 3 seeds gave -0.32 points
 set -euo pipefail
@@ -46,7 +46,7 @@ case $stage in
   adam)
     run dropout "${adam[@]}" ard=dropout ard.p=0.3,0.5,0.7 seed=0,1,2
     run default "${adam[@]}" ard=default ard.p=0.3,0.5,0.7 seed=0,1,2 ;;
-  strat_sgd)  # nn.Dropout again beside them: the SGD runs of an earlier session differ run by run
+  strat_sgd)  # nn.Dropout again beside them: the SGD runs of an earlier date differ run by run
     run dropout "${sgd[@]}" ard=dropout ard.p=0.3,0.5,0.7 seed=0,1,2
     run default "${sgd[@]}" ard=default ard.p=0.3,0.5,0.7 seed=0,1,2 "${own[@]}"
     run g2_p03 "${sgd[@]}" ard=default ard.groups=2 ard.p=0.3 seed=0,1,2 "${own[@]}" ;;

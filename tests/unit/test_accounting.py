@@ -31,7 +31,7 @@ def test_lstm_flops_hand_count_padded() -> None:
     with FlopCounterMode(display=False) as mode:
         out, _ = lstm(torch.randn(4, 5, 6))
         out.sum().backward()
-    assert mode.get_total_flops() == 0  # what the issue saw: the fused op is invisible here
+    assert mode.get_total_flops() == 0  # the fused op is invisible to the flop counter
     layer0 = 12 * (2 * 20 * 3 * 2 + 2 * 20 * 5 * 3) + 8 * (2 * 20 * 3 * 2 + 2 * 20 * 5 * 3)
     layer1 = 12 * (2 * 20 * 2 * 3 + 2 * 20 * 5 * 3) + 8 * (2 * 20 * 2 * 3 + 2 * 20 * 5 * 3)
     dense = 20 * (2 * 20 * 6 * 2 + 2 * 20 * 5 * 3) + 20 * (2 * 20 * 5 * 3 + 2 * 20 * 5 * 3)

@@ -1,7 +1,8 @@
-"""Prototype of the sixth session, not the product: stratified groups whose base offset moves from step to step
+"""Prototype, not the product: stratified groups whose base offset moves from step to step
 along a Weyl sequence (u0 + t * alpha mod 1, one u0 and alpha per site) instead of a fresh uniform draw, so that the
 steps a momentum buffer averages cover the period evenly. Usage (docs/results.md, "Crossed groups and
-low-discrepancy bases"): python docs/results/defaults/amd6/proto_weyl.py lightning_ard.app.train -m <overrides>
+low-discrepancy bases"):
+python docs/results/defaults/epyc-2core-set3/proto_weyl.py lightning_ard.app.train -m <overrides>
 """
 
 import math

@@ -1,10 +1,11 @@
-"""Prototype of the sixth session, not the product: crossed (factorial) pattern groups, patched into PatternSampler.
+"""Prototype, not the product: crossed (factorial) pattern groups, patched into PatternSampler.
 
 With G = 2 x G/2 groups, even sites (in draw order) take 2 stratified patterns (group g the (g // (G/2))-th) and odd
 sites G/2 (group g the (g % (G/2))-th), so at p = 0.5 every weight of a hidden-to-hidden layer is kept by exactly
 G/4 groups and the blocks of its gradient tile the matrix. Usage (docs/results.md, "Crossed groups and
-low-discrepancy bases"): python docs/results/defaults/amd6/proto_crossed.py lightning_ard.app.train -m <overrides>;
-the speed: python docs/results/defaults/amd6/proto_crossed_speed.py <case> [groups] [rounds].
+low-discrepancy bases"):
+python docs/results/defaults/epyc-2core-set3/proto_crossed.py lightning_ard.app.train -m <overrides>;
+the speed: python docs/results/defaults/epyc-2core-set3/proto_crossed_speed.py <case> [groups] [rounds].
 """
 
 import runpy

@@ -1,7 +1,8 @@
-"""Prototype of the sixth session: the step of nn.Dropout, stratified groups, crossed groups (proto_crossed.py) and
+"""Prototype, not the product: the step of nn.Dropout, stratified groups, crossed groups (proto_crossed.py) and
 the grouped compact limit, interleaved in one process (the medians of ``rounds`` rounds of 5 steps each).
 
-Usage: OMP_NUM_THREADS=1 python docs/results/defaults/amd6/proto_crossed_speed.py mlp784-2048-2048-10_b256 auto 6
+Usage:
+OMP_NUM_THREADS=1 python docs/results/defaults/epyc-2core-set3/proto_crossed_speed.py mlp784-2048-2048-10_b256 auto 6
 """
 
 import statistics
