@@ -208,7 +208,7 @@ class ApproximateDropout(pl.Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._reset_fit_state()
-        self._log_dir = trainer.log_dir or trainer.default_root_dir
+        self._log_dir = trainer.log_dir if trainer.loggers else None  # no logger: no run directory to write to
         seed = self._base_seed()
         resumed = self._check_resumed_settings(seed)  # raises before the model is touched
         state = self._pending_state if resumed else None
@@ -313,7 +313,8 @@ class ApproximateDropout(pl.Callback):
             self.controller.restore() if restore else self.controller.clear()
 
     def _write_record(self, trainer: pl.Trainer) -> None:
-        """The plan record as ``ard_plan.json`` in the log directory (rank zero, when it changed)."""
+        """The plan record as ``ard_plan.json`` in the log directory (rank zero, when it changed; a fit without a
+        logger has no run directory: its record stays in :attr:`record` and in the checkpoints)."""
         record = self.record
         if record is None or not trainer.is_global_zero or self._log_dir is None:
             return

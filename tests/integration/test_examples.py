@@ -27,9 +27,11 @@ def test_lstm_example_with_pattern_groups() -> None:
 
 
 def test_add_callback_example() -> None:
-    out, err = _run("add_callback_to_existing_trainer.py")
-    assert "ApproximateDropout sites:" in err  # the site table is logged (rank zero) at fit start
-    assert "speedup" in out and "nn.Dropout" in out
+    out, _ = _run("add_callback_to_existing_trainer.py", "--steps", "24")
+    assert out.count("speedup") == 2 and out.count("\nnn.Dropout ") == 2
+    assert out.count("ApproximateDropout sites:") == 2  # the plan's decisions after each ARD fit
+    assert "small model: ARD " in out and "what the never-slower rule measured and decided" in out
+    assert "main model (512-2048-2048-10, batch 256)" in out
 
 
 @pytest.mark.skipif(not FASHION.is_dir(), reason="needs `apt-get install dataset-fashion-mnist` (CI installs it)")
