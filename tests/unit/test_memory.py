@@ -51,3 +51,28 @@ def test_step_peak_is_none_where_the_device_keeps_no_statistics() -> None:
     peak.begin(torch.device("cpu"))
     torch.empty(MIB)
     assert peak.end() is None and not memory.StepPeak.supported(torch.device("cpu"))
+
+
+def test_callback_logs_the_step_peak_of_ard_and_reference_steps(tmp_path, monkeypatch) -> None:
+    """With a device that reports a step's peak (here a fake reader: 3 MiB for ARD steps, 5 MiB for reference steps
+    of the plain model), every logged ARD step carries ``ard/step_peak_mib`` and every reference step of the timing
+    window (steps 10-19: 5 of them) ``ard/step_peak_mib_plain``; on the CPU's own reader neither is logged."""
+    import lightning.pytorch as pl
+
+    from lightning_ard import ApproximateDropout
+    from tests.integration.test_callback import MLP, _data, _scalars, _trainer
+
+    pl.seed_everything(0)
+    plain_fit = ApproximateDropout(measure_speedup=False)
+    _trainer(tmp_path / "cpu", plain_fit, max_steps=2).fit(MLP(), _data())
+    assert not any("step_peak" in tag for tag in _scalars(tmp_path / "cpu"))
+
+    cb = ApproximateDropout(measure_speedup=True, never_slower=False)
+    begun: list[torch.device] = []
+    monkeypatch.setattr(memory.StepPeak, "begin", lambda self, device: begun.append(device))
+    monkeypatch.setattr(memory.StepPeak, "end", lambda self: (5 if cb.guard.mode == "plain" else 3) * MIB)
+    _trainer(tmp_path, cb, max_steps=20).fit(MLP(), _data())
+    scalars = _scalars(tmp_path)
+    assert len(begun) == 20 and begun[0] == torch.device("cpu")
+    assert scalars["ard/step_peak_mib"] == [3.0] * 15
+    assert scalars["ard/step_peak_mib_plain"] == [5.0] * 5
