@@ -221,9 +221,10 @@ def test_bench_records_the_peak_memory_of_every_variant() -> None:
 def test_ard_step_peaks_below_nn_dropout_where_activations_dominate() -> None:
     """MLP 784-2048-2048-10, batch 1024, p = 0.5, block family, one pattern per step. nn.Dropout keeps per hidden
     layer a B×N ReLU output, a B×N dropout output and a B×N mask (8 + 8 + 2 MiB, 36 MiB for both layers); ARD keeps
-    the compact B×K ReLU output and its scaled copy (K ≈ N/2: about 16 MiB), but gathers compact weight copies
-    (about 7 MiB) and builds each full-size weight gradient through a temporary. Measured 10-17 MiB below
-    nn.Dropout over patterns; the CPU reader is exact to the byte on hand-counted steps, so 5 MiB is a safe bound."""
+    the compact B×K ReLU output and its scaled copy (K ≈ N/2: about 16 MiB), and, for a block that wraps around
+    the layer's end, gathered weight copies (about 7 MiB); both build each full-size weight gradient through a
+    temporary. nn.Dropout measured 56.1 MiB, ARD 32-48 MiB over twelve steps (by pattern): at least 8 MiB saved.
+    The CPU reader is exact to the byte on hand-counted steps (no noise), so 5 MiB is a safe bound."""
     case = next(c for c in bench.paper_cases() if c.name == "mlp784-2048-2048-10_b1024")
     rec = bench.bench_case(case, "block", 0.5, torch.device("cpu"), warmup=1, rounds=1, steps=1, groups=1)
     assert rec.groups == 1
