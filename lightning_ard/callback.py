@@ -14,6 +14,10 @@ Hooks, one job each; the decisions are an :class:`~lightning_ard.plan.ARDPlan` (
   decide (first step: group bound, backends, calibration; end of a window: never slower), log ``ard/…``, and
   write the plan record to the log directory when it changed.
 * ``on_fit_end`` / ``on_exception``: log the last step's figures, give back the original modules.
+* on CUDA, the peak memory of every step above its start (:class:`~lightning_ard.memory.StepPeak`), logged as
+  ``ard/step_peak_mib`` on logged ARD steps and ``ard/step_peak_mib_plain`` on a window's reference steps. Not on
+  the CPU: its reader is a profiler around the step, which would slow the steps a window times and clash with a
+  user's own profiler.
 * ``state_dict`` / ``load_state_dict``: the plan record, the step count, the open window, the pattern generator,
   the global generator (reference steps and nn.Dropout sites draw from it) and the settings, so that a resumed fit
   trains exactly as the uninterrupted one.
@@ -34,7 +38,7 @@ from lightning.pytorch.utilities.data import _extract_batch_size
 from torch.nn.utils.rnn import PackedSequence
 from typing_extensions import override
 
-from lightning_ard import accounting, step_speedup
+from lightning_ard import accounting, memory, step_speedup
 from lightning_ard.config import ARDConfig
 from lightning_ard.controller import ARDController
 from lightning_ard.patterns.groups import AUTO_BATCH
@@ -165,6 +169,7 @@ class ApproximateDropout(pl.Callback):
         self._saved_record: dict[str, Any] | None = None
         self._log_dir: str | None = None
         self._in_step = False  # between a batch start that ran the guard and its batch end
+        self._step_peak = memory.StepPeak()  # the step's peak memory where the device reports it (CUDA)
 
     @property
     def seed(self) -> int | None:
@@ -344,6 +349,7 @@ class ApproximateDropout(pl.Callback):
             self._said_groups(before, guard.plan)
         if guard.mode != PLAIN and self.active and self._other_flops.pending:
             self._other_flops.start()
+        self._step_peak.begin(pl_module.device)
 
     @staticmethod
     def _said_groups(before: ARDPlan, after: ARDPlan) -> None:
@@ -365,6 +371,7 @@ class ApproximateDropout(pl.Callback):
             return
         self._in_step = False
         guard.stop()
+        peak = self._step_peak.end()
         reference = guard.mode == PLAIN
         layer_flops = None if reference else self._account()
         guard.end()
@@ -375,10 +382,13 @@ class ApproximateDropout(pl.Callback):
                                 **self._step_time_metrics()})  # fmt: skip
             return
         if layer_flops is None:
+            if peak is not None:
+                self._log(trainer, {"ard/step_peak_mib_plain": peak / memory.MIB}, pl_module)
             return  # a reference step of the plain model: nothing of ARD ran
         self._last_step = (layer_flops, guard.step_index)
         if guard.step_index == 1 or guard.step_index % max(trainer.log_every_n_steps, 1) == 0:
-            self._log(trainer, self._metrics(layer_flops), pl_module)
+            step_peak = {} if peak is None else {"ard/step_peak_mib": peak / memory.MIB}
+            self._log(trainer, {**self._metrics(layer_flops), **step_peak}, pl_module)
             self._logged_step = guard.step_index
 
     def _account(self) -> accounting.LayerFlops:

@@ -13,6 +13,10 @@ For every case (the paper's MLP 784-2048-2048-10 at batch 256 and the Zaremba LS
 and reports ``speedup = dense/ard``, ``ideal`` (dense/executed FLOP ratio of the step, averaged over the timed
 steps), ``limit`` (dense/limit) and the fractions of both reached. Variants are timed interleaved (dense, ARD,
 limit, dense, …) so that drift on a shared machine hits all three alike; each figure is a median.
+
+Beside each time, the peak memory of one training step of the variant (``dense_peak_mib``, ``ard_peak_mib``,
+``limit_peak_mib``, ``grouped_limit_peak_mib``): the most MiB its tensors held at once above what was allocated
+before the step (:mod:`lightning_ard.memory`), measured on one extra untimed step after the timed ones.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from lightning_ard.app.models.lstm_lm import LSTMLanguageModel
 from lightning_ard.app.models.mlp import build_mlp
 from lightning_ard.bench.cli import check_outputs, parse_rates, select_cases
 from lightning_ard.controller import ARDController
+from lightning_ard.memory import peak_mib
 from lightning_ard.patterns.groups import describe
 from lightning_ard.plan import Schedule
 from lightning_ard.profiling import time_calls
@@ -69,6 +74,10 @@ class Record:
     setting: str | None = None
     served: str | None = None  # "k/n" sites ARD served after the never-slower rule (None: rule off, all served)
     step_check: float | None = None  # the rule's step window (plain / ARD step) when it gave the plain model back
+    dense_peak_mib: float | None = None  # peak memory of one step above its start (lightning_ard.memory)
+    ard_peak_mib: float | None = None
+    limit_peak_mib: float | None = None
+    grouped_limit_peak_mib: float | None = None  # None: one group (the compact limit is the grouped one)
 
     @property
     def label(self) -> str:
@@ -219,6 +228,12 @@ def _time(runner: _Runner, device: torch.device, steps: int) -> list[float]:
     return time_calls(runner.step, device, steps, after=runner.record_flops)
 
 
+def _peaks(runners: dict[str, _Runner], device: torch.device) -> dict[str, float]:
+    """Variant -> peak MiB of one more (untimed) training step, each after its timed ones (warm: optimizer state
+    exists, so the figure is a steady step's)."""
+    return {name: round(peak_mib(runner.step, device), 3) for name, runner in runners.items()}
+
+
 def device_name(device: torch.device) -> str:
     """A readable name of the device (GPU model, or CPU model and thread count)."""
     if device.type == "cuda":
@@ -275,6 +290,7 @@ def bench_case(
     for _ in range(rounds):
         for name, runner in runners.items():
             times[name] += _time(runner, device, steps)
+    peaks = _peaks(runners, device)  # after the timed steps: the FLOP ratio stays theirs (no flops recorded)
     ctl.restore()
     med = {k: statistics.median(v) for k, v in times.items()}
     ideal = sum(d for d, _ in ard.flops) / sum(e for _, e in ard.flops) if ard.flops else 1.0
@@ -302,6 +318,10 @@ def bench_case(
         round(speedup / (med["dense"] / grouped), 3),
         served=served,
         step_check=step_check,
+        dense_peak_mib=peaks["dense"],
+        ard_peak_mib=peaks["ard"],
+        limit_peak_mib=peaks["limit"],
+        grouped_limit_peak_mib=peaks.get("grouped_limit"),
     )
 
 
@@ -395,6 +415,7 @@ def bench_lstm_settings(
     for _ in range(rounds):
         for name, runner in runners.items():
             times[name] += _time(runner, device, steps)
+    peaks = _peaks(runners, device)
     med = {k: statistics.median(v) for k, v in times.items()}
     limit = med["dense"] / med["limit"]
     records = []
@@ -420,25 +441,34 @@ def bench_lstm_settings(
                 groups=controllers[setting.name].linear_groups,
                 lstm_groups=setting.lstm_groups,
                 setting=setting.name,
+                dense_peak_mib=peaks["dense"],
+                ard_peak_mib=peaks[setting.name],
+                limit_peak_mib=peaks["limit"],
             )
         )
     return records
 
 
+def _mib(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
 def format_table(records: list[Record]) -> str:
-    """Markdown table of the records: speedup with the three yardsticks side by side."""
+    """Markdown table of the records: speedup with the three yardsticks side by side, then the peak memory of a
+    step of each variant (MiB above the step's start; "–": not measured, or no grouped limit)."""
     head = (
         "| case | family | p | dense ms | ARD ms | speedup | ideal (FLOPs) | of ideal | limit | of limit "
-        "| grouped limit | of grouped limit |"
+        "| grouped limit | of grouped limit | dense MiB | ARD MiB | limit MiB | grouped limit MiB |"
     )
-    lines = [head, "|" + "---|" * 12]
+    lines = [head, "|" + "---|" * 16]
     for r in records:
         grouped = r.grouped_limit if r.grouped_limit is not None else r.limit
         of_grouped = r.of_grouped_limit if r.of_grouped_limit is not None else r.of_limit
         lines.append(
             f"| {r.case} | {r.label} | {r.p:.1f} | {r.dense_ms:.1f} | {r.ard_ms:.1f} | {r.speedup:.2f}× | "
             f"{r.ideal:.2f}× | {r.of_ideal:.0%} | {r.limit:.2f}× | {r.of_limit:.0%} | {grouped:.2f}× "
-            f"| {of_grouped:.0%} |"
+            f"| {of_grouped:.0%} | {_mib(r.dense_peak_mib)} | {_mib(r.ard_peak_mib)} | {_mib(r.limit_peak_mib)} "
+            f"| {_mib(r.grouped_limit_peak_mib)} |"
         )
     return "\n".join(lines)
 
@@ -537,7 +567,10 @@ def main(argv: list[str] | None = None) -> int:
                 for p in rates:
                     for rec in bench_lstm_settings(case, family, p, device, warmup, rounds, steps):
                         records.append(rec)
-                        print(f"{rec.case} {rec.label} p={rec.p}: speedup {rec.speedup:.2f}x (ideal {rec.ideal:.2f}x)")
+                        print(
+                            f"{rec.case} {rec.label} p={rec.p}: speedup {rec.speedup:.2f}x (ideal {rec.ideal:.2f}x), "
+                            f"peak {rec.dense_peak_mib:.1f} MiB dense, {rec.ard_peak_mib:.1f} MiB ARD"
+                        )
             continue
         for family in families:
             for groups in group_counts:
@@ -549,7 +582,8 @@ def main(argv: list[str] | None = None) -> int:
                     records.append(rec)
                     print(
                         f"{rec.case} {rec.label} p={rec.p}: dense {rec.dense_ms:.1f} ms, ARD {rec.ard_ms:.1f} ms, "
-                        f"speedup {rec.speedup:.2f}x (ideal {rec.ideal:.2f}x, limit {rec.limit:.2f}x)",
+                        f"speedup {rec.speedup:.2f}x (ideal {rec.ideal:.2f}x, limit {rec.limit:.2f}x), "
+                        f"peak {rec.dense_peak_mib:.1f} MiB dense, {rec.ard_peak_mib:.1f} MiB ARD",
                         flush=True,
                     )
     table = format_table(records)
