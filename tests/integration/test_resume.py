@@ -167,7 +167,9 @@ def test_two_fits_with_the_same_seed_train_the_same_weights(tmp_path, measured) 
 def test_a_fit_without_a_logger_writes_no_plan_file(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     cb = ApproximateDropout(seed=7, measure_speedup=False, verbose=False)
-    trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu", devices=1)  # fmt: skip
+    trainer = pl.Trainer(
+        max_steps=2, logger=False, callbacks=[cb], enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu", devices=1,
+    )  # fmt: skip
     trainer.fit(SmallMLP(), _data(lm=False))
     assert list(tmp_path.iterdir()) == [] and cb.record is not None and cb.record.plans
