@@ -13,7 +13,8 @@ from torch.nn.utils.rnn import PackedSequence
 from lightning_ard.layers._swap import revert_class, swap_class
 from lightning_ard.layers.lstm.layer import State, lstm_layer_input_size
 from lightning_ard.layers.lstm.layout import SequenceLayout
-from lightning_ard.layers.lstm.sequence_groups import plain_group, sequence_forward
+from lightning_ard.layers.lstm.one_recurrence import one_recurrence_forward
+from lightning_ard.layers.lstm.sequence_groups import sequence_forward
 from lightning_ard.layers.lstm.structured import check_hidden, structured_group
 from lightning_ard.layers.lstm.time_chunks import time_forward
 from lightning_ard.layers.record import StepRecord
@@ -131,9 +132,10 @@ class ARDLSTM(nn.LSTM):
         record.rows = x.numel() // max(x.shape[-1], 1)  # tokens (T·B), read by FLOP accounting
         record.grad_input, record.batch = x.requires_grad, batch
         record.work = [[] for _ in range(self.num_layers)]
-        if self.ard_mode == "sequence":
-            run_group = plain_group if self.ard_hidden is None else structured_group
-            x, h, c = sequence_forward(self, x, batch_sizes, hx, batch, sorted_indices, run_group)
+        if self.ard_mode == "sequence" and self.ard_hidden is None:
+            x, h, c = one_recurrence_forward(self, x, batch_sizes, hx, batch, sorted_indices)
+        elif self.ard_mode == "sequence":
+            x, h, c = sequence_forward(self, x, batch_sizes, hx, batch, sorted_indices, structured_group)
         else:
             x, h, c = time_forward(self, x, batch_sizes, hx, grouped=self.ard_groups > 1)
         hidden = self.permute_hidden((h, c), unsorted_indices)
