@@ -34,59 +34,68 @@ def recurrence(
 
 
 class _Recurrence(torch.autograd.Function):
-    """Forward and backward of :func:`recurrence` (``order``: the steps in the order they run)."""
+    """Forward and backward of :func:`recurrence` (``order``: the steps in the order they run). Each step's
+    tensors are kept as they come (no copies into whole-sequence buffers); a sequence that is not active keeps its
+    rows of the state."""
 
     @staticmethod
     def forward(ctx, gates, h0, c0, w_hh, order):  # type: ignore[no-untyped-def, override]
-        rows, hidden = gates.shape[0], h0.shape[1]
-        acts = torch.empty_like(gates)  # activated gates (i, f, g, o)
-        c_prev, h_prev, tanh_c = (gates.new_empty(rows, hidden) for _ in range(3))
-        out = gates.new_empty(rows, hidden)
-        h, c = h0.detach().clone(), c0.detach().clone()
-        product = _right_product(w_hh.detach(), ctx_batch := h0.shape[0])
+        hidden = h0.shape[1]
+        h, c = h0.detach(), c0.detach()
+        product = _right_product(w_hh.detach(), h0.shape[0])
+        acts, h_prev, c_prev, tanh_c, outs = [], [], [], [], []
         for offset, size in order:
-            rs = slice(offset, offset + size)
-            a = acts[rs]
-            a.copy_(product(h[:size], gates[rs]))
+            a = product(h[:size], gates[offset : offset + size])  # activated in place: i, f, g, o
             a[:, : 2 * hidden].sigmoid_()
             a[:, 2 * hidden : 3 * hidden].tanh_()
             a[:, 3 * hidden :].sigmoid_()
             i, f, g, o = a.chunk(4, 1)
-            c_prev[rs], h_prev[rs] = c[:size], h[:size]
             c_new = torch.addcmul(f * c[:size], i, g)
-            torch.tanh(c_new, out=tanh_c[rs])
-            torch.mul(o, tanh_c[rs], out=out[rs])
-            h[:size], c[:size] = out[rs], c_new
-        ctx.save_for_backward(acts, c_prev, h_prev, tanh_c, w_hh)
-        ctx.order, ctx.batch = order, ctx_batch
-        return out, h, c
+            tc = torch.tanh(c_new)
+            h_new = o * tc
+            acts.append(a), h_prev.append(h[:size]), c_prev.append(c[:size]), tanh_c.append(tc), outs.append(h_new)
+            h, c = _rows_updated(h, h_new), _rows_updated(c, c_new)
+        ctx.steps = (acts, h_prev, c_prev, tanh_c)
+        ctx.save_for_backward(w_hh)
+        ctx.order, ctx.batch = order, h0.shape[0]
+        return _in_row_order(outs, order), h.clone() if h is h0 else h, c.clone() if c is c0 else c
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out, d_h, d_c):  # type: ignore[no-untyped-def, override]
-        acts, c_prev, h_prev, tanh_c, w_hh = ctx.saved_tensors
+        (w_hh,) = ctx.saved_tensors
+        acts, h_prev, c_prev, tanh_c = ctx.steps
         hidden = w_hh.shape[1]
-        dh, dc = (g.clone() if g is not None else acts.new_zeros(ctx.batch, hidden) for g in (d_h, d_c))
-        d_out = d_out if d_out is not None else torch.zeros_like(h_prev)
-        d_gates = torch.empty_like(acts)
+        dh, dc = (g if g is not None else acts[0].new_zeros(ctx.batch, hidden) for g in (d_h, d_c))
         product = _right_product(w_hh.t().contiguous(), ctx.batch)
-        for offset, size in reversed(ctx.order):
-            rs = slice(offset, offset + size)
-            i, f, g, o = acts[rs].chunk(4, 1)
-            dh_t = dh[:size] + d_out[rs]
-            tc = tanh_c[rs]
-            dc_t = dc[:size] + dh_t * o * (1 - tc * tc)
-            di, df, dg, do = d_gates[rs].chunk(4, 1)
-            torch.mul(dc_t * g, i * (1 - i), out=di)
-            torch.mul(dc_t * c_prev[rs], f * (1 - f), out=df)
-            torch.mul(dc_t * i, 1 - g * g, out=dg)
-            torch.mul(dh_t * tc, o * (1 - o), out=do)
-            dh[:size] = product(d_gates[rs])
-            dc[:size] = dc_t * f
-        d_w_hh = d_gates.t() @ h_prev if ctx.needs_input_grad[3] else None
-        return d_gates, dh, dc, d_w_hh, None
+        d_gates: list[torch.Tensor] = [acts[0]] * len(acts)  # placeholders, each replaced by its step's gradient
+        for k in reversed(range(len(acts))):
+            offset, size = ctx.order[k]
+            i, f, g, o = acts[k].chunk(4, 1)
+            tc = tanh_c[k]
+            dh_t = dh[:size] + d_out[offset : offset + size] if d_out is not None else dh[:size]
+            dc_t = torch.addcmul(dc[:size], dh_t * o, 1 - tc * tc)
+            d_a = torch.cat([dc_t * g * i * (1 - i), dc_t * c_prev[k] * f * (1 - f), dc_t * i * (1 - g * g),
+                             dh_t * tc * o * (1 - o)], 1)  # fmt: skip
+            d_gates[k] = d_a
+            dh, dc = _rows_updated(dh, product(d_a)), _rows_updated(dc, dc_t * f)
+        d_gates_rows = _in_row_order(d_gates, ctx.order)
+        d_w_hh = None
+        if ctx.needs_input_grad[3]:
+            d_w_hh = d_gates_rows.t() @ _in_row_order(h_prev, ctx.order)
+        return d_gates_rows, dh, dc, d_w_hh, None
 
 
+def _rows_updated(state: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    """``state`` with its first rows replaced by ``first`` (the sequences active at a step)."""
+    return first if first.shape[0] == state.shape[0] else torch.cat([first, state[first.shape[0] :]])
+
+
+def _in_row_order(per_step: list[torch.Tensor], order: Steps) -> torch.Tensor:
+    """The steps' tensors stacked in the rows' order (``order`` lists the steps as they ran)."""
+    if order and order[0][0] > order[-1][0]:  # ran backwards
+        per_step = per_step[::-1]
+    return torch.cat(per_step)
 
 PACKED_WEIGHTS = True
 """Whether float32 CPU recurrences multiply by a weight packed once for oneDNN (off: a plain GEMM per step)."""
