@@ -4,8 +4,8 @@ Run from the repository root, e.g. ``OMP_NUM_THREADS=1 python docs/notes/lstm_re
 markdown table (median seconds per step over interleaved rounds, and the speed relative to nn.LSTM with nn.Dropout).
 
 Variants: ``nn.Dropout + nn.LSTM`` (the baseline: input dropout, inter-layer ``dropout=p``), ``time, 1 group`` (one
-pattern per step), ``sequence, one call per group`` (one fused ``_VF.lstm`` call per group of sequences),
-and sequence groups with one recurrence over the batch fed by per-group compact input projections, the recurrence
+pattern per step), ``sequence, one call per group`` (one fused ``_VF.lstm`` call per group of sequences, the default
+sequence mode), and sequence groups with one recurrence over the batch fed by per-group compact input projections, the recurrence
 being the hand-written autograd Function with its per-step products on a weight packed once for oneDNN (``one
 recurrence``) or on plain GEMMs (``one recurrence, plain GEMM``), a plain autograd loop of ``addmm`` and gate ops
 (``autograd loop``), or ``_VF.lstm`` reading the gates through an identity input weight (``identity _VF.lstm``).
@@ -21,10 +21,8 @@ import torch
 from torch import _VF, nn
 
 from lightning_ard.layers import ARDLSTM
-from lightning_ard.layers.lstm import module as lstm_module
 from lightning_ard.layers.lstm import one_recurrence
 from lightning_ard.layers.lstm import recurrence as recurrence_module
-from lightning_ard.layers.lstm.sequence_groups import plain_group, sequence_forward
 from lightning_ard.patterns import BlockRow
 
 
@@ -53,11 +51,6 @@ def identity_vf(gates, h0, c0, w_hh, steps, reverse):  # type: ignore[no-untyped
     return out.reshape(n_steps * batch, -1), h[0], c[0]
 
 
-def per_group_calls(lstm, x, batch_sizes, hx, batch, sorted_indices):  # type: ignore[no-untyped-def]
-    """Sequence groups as one fused call per group (the earlier sequence mode)."""
-    return sequence_forward(lstm, x, batch_sizes, hx, batch, sorted_indices, plain_group)
-
-
 def make_step(variant: str, batch: int, groups: int, p: float, steps: int, width: int):  # type: ignore[no-untyped-def]
     """A closure that runs one forward + backward of ``variant``; returns it."""
     torch.manual_seed(0)
@@ -66,25 +59,23 @@ def make_step(variant: str, batch: int, groups: int, p: float, steps: int, width
     x = torch.randn(steps, batch, width, requires_grad=True)
     if variant == "nn.Dropout + nn.LSTM":
         return lambda: lstm(drop(x))[0].sum().backward()
-    ard = ARDLSTM.from_lstm(lstm)
+    ard = ARDLSTM.from_lstm(lstm, one_recurrence=variant != "sequence, one call per group")
     keep = round(width * (1 - p))
     n = 1 if variant == "time, 1 group" else groups
     ard.set_patterns(
         [tuple(BlockRow(width, keep).sample() for _ in range(n)) for _ in range(2)],
         mode="time" if n == 1 else "sequence",
     )
-    forward = per_group_calls if variant == "sequence, one call per group" else one_recurrence.one_recurrence_forward
     recurrence = {"autograd loop": autograd_loop, "identity _VF.lstm": identity_vf}.get(variant)
 
     def step() -> None:
-        saved = (lstm_module.one_recurrence_forward, one_recurrence.recurrence, recurrence_module.PACKED_WEIGHTS)
-        lstm_module.one_recurrence_forward = forward
-        one_recurrence.recurrence = recurrence or saved[1]
+        saved = (one_recurrence.recurrence, recurrence_module.PACKED_WEIGHTS)
+        one_recurrence.recurrence = recurrence or saved[0]
         recurrence_module.PACKED_WEIGHTS = variant != "one recurrence, plain GEMM"
         try:
             ard(x)[0].sum().backward()
         finally:
-            lstm_module.one_recurrence_forward, one_recurrence.recurrence, recurrence_module.PACKED_WEIGHTS = saved
+            one_recurrence.recurrence, recurrence_module.PACKED_WEIGHTS = saved
 
     return step
 

@@ -1,7 +1,7 @@
-"""Sequence groups with one recurrence over the batch: the ARD LSTM equals dense ``nn.LSTM`` layers fed the input
-masked per sequence (outputs, final states and every gradient), on padded and packed (unsorted) input, both
-directions and layouts; the recurrence alone passes gradcheck; its FLOPs are recorded per group; the layout that
-the decoder's follower reads stays right."""
+"""Sequence groups with one recurrence over the batch (``ard_one_recurrence``): the ARD LSTM equals dense
+``nn.LSTM`` layers fed the input masked per sequence (outputs, final states and every gradient), on padded and
+packed (unsorted) input, both directions and layouts, and equals one fused call per group; the recurrence alone
+passes gradcheck; its FLOPs are recorded per group; the decoder still follows the sequence groups."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 from torch.utils.flop_counter import FlopCounterMode
 
-from lightning_ard import accounting
+from lightning_ard import ARDController, accounting
 from lightning_ard.layers import ARDLSTM
 from lightning_ard.layers.lstm import recurrence as recurrence_module
 from lightning_ard.layers.lstm.recurrence import recurrence
@@ -82,7 +82,7 @@ def test_one_recurrence_equals_dense_lstm_with_sequence_masks(
     n_in, hidden, steps, dirs = 5, 4, 6, 2 if bidirectional else 1
     lstm = nn.LSTM(n_in, hidden, layers, batch_first=batch_first, bidirectional=bidirectional).to(DT)
     state = {k: v.clone() for k, v in lstm.state_dict().items()}
-    layer = ARDLSTM.from_lstm(lstm)
+    layer = ARDLSTM.from_lstm(lstm, one_recurrence=True)
     slots = _slots(layer, groups, gen, shared)
     layer.set_patterns(slots, mode="sequence")
     x_tm = torch.randn(steps, batch, n_in, dtype=DT, generator=gen)
@@ -155,7 +155,7 @@ def test_executed_flops_per_group_and_counter() -> None:
     holds one entry per group, compact input and full hidden width, and FlopCounterMode (float64: plain GEMMs)
     sees exactly the analytic count (compact projections merged or not, one recurrence for all)."""
     gen = torch.Generator().manual_seed(2)
-    layer = ARDLSTM.from_lstm(nn.LSTM(6, 5, 2, bidirectional=True).to(DT))
+    layer = ARDLSTM.from_lstm(nn.LSTM(6, 5, 2, bidirectional=True).to(DT), one_recurrence=True)
     slots = _slots(layer, 3, gen, shared=True)
     layer.set_patterns(slots, mode="sequence")
     x = torch.randn(4, 7, 6, dtype=DT, requires_grad=True)
@@ -175,7 +175,7 @@ def test_executed_flops_per_group_and_counter() -> None:
 def test_layout_maps_packed_rows_and_sequences_to_their_groups() -> None:
     """Unsorted packed input: the layout the decoder's follower reads gives each sequence (in the caller's order)
     and each packed row the group of its sorted position."""
-    layer = ARDLSTM.from_lstm(nn.LSTM(4, 3).to(DT))
+    layer = ARDLSTM.from_lstm(nn.LSTM(4, 3).to(DT), one_recurrence=True)
     layer.set_patterns([tuple(BlockRow(4, 2).sample() for _ in range(2))], mode="sequence")
     lengths = torch.tensor([2, 4, 1, 3])
     packed = pack_padded_sequence(torch.randn(4, 4, 4, dtype=DT), lengths, enforce_sorted=False)
@@ -185,3 +185,42 @@ def test_layout_maps_packed_rows_and_sequences_to_their_groups() -> None:
     assert layer.ard_layout.seq_groups == tuple(group_of_pos[order.index(s)] for s in range(4))
     rows = [group_of_pos[pos] for n in packed.batch_sizes.tolist() for pos in range(n)]
     assert layer.token_groups(tuple(out.data.shape)) == rows
+
+
+@pytest.mark.parametrize(("bidirectional", "packed"), [(False, False), (True, False), (True, True)])
+def test_one_recurrence_equals_one_fused_call_per_group(bidirectional: bool, packed: bool) -> None:
+    """The opt-in path and the default one (one fused call per group) compute the same outputs and gradients, with
+    the module's own dropout above layer 0 off (layer 1 has no pattern) and groups sharing a pattern."""
+    gen = torch.Generator().manual_seed(5)
+    runs = []
+    for one in (False, True):
+        torch.manual_seed(0)
+        layer = ARDLSTM.from_lstm(nn.LSTM(5, 4, 3, bidirectional=bidirectional).to(DT), one_recurrence=one)
+        gen.manual_seed(5)
+        layer.set_patterns(_slots(layer, 3, gen, shared=True), mode="sequence")
+        x = torch.randn(6, 5, 5, dtype=DT, generator=gen, requires_grad=True)
+        inp = pack_padded_sequence(x, torch.tensor([3, 6, 1, 6, 2]), enforce_sorted=False) if packed else x
+        y, (h, c) = layer(inp)
+        y = y.data if packed else y
+        (y.pow(2).sum() + h.sum() + c.sum()).backward()
+        runs.append([y, h, c, x.grad, *(p.grad for p in layer.parameters()), layer.ard_record.group_rows])
+    for a, b in zip(*runs, strict=True):
+        assert a == b if isinstance(a, list) else torch.allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_decoder_follows_the_sequence_groups_with_one_recurrence() -> None:
+    """The LM through the controller (sequence mode, 3 groups), its LSTM on one recurrence: every token of the
+    decoder's input uses the pattern of its sequence's group."""
+    from lightning_ard.app.models.lstm_lm import LSTMLanguageModel
+
+    torch.manual_seed(0)
+    model = LSTMLanguageModel(30, 12, 10, 2, 0.5).to(DT)
+    ctl = ARDController(model, seed=3, lstm_groups=3, lstm_mode="sequence").apply()
+    model.lstm.ard_one_recurrence = True
+    want = ctl.step()["drop_out"]
+    model(torch.randint(0, 30, (7, 5)))
+    seq_group = [g for g, (b0, b1) in enumerate(group_bounds(7, 3)) for _ in range(b1 - b0)]
+    assert model.lstm.ard_layout.seq_groups == tuple(seq_group)
+    per_row = model.decoder.ard_in_patterns
+    assert [set(p.kept.tolist()) for p in per_row] == [set(want[g].kept.tolist()) for g in seq_group]
+    ctl.restore()
