@@ -5,10 +5,11 @@ markdown table (median seconds per step over interleaved rounds, and the speed r
 
 Variants: ``nn.Dropout + nn.LSTM`` (the baseline: input dropout, inter-layer ``dropout=p``), ``time, 1 group`` (one
 pattern per step), ``sequence, one call per group`` (one fused ``_VF.lstm`` call per group of sequences, the default
-sequence mode), and sequence groups with one recurrence over the batch fed by per-group compact input projections, the recurrence
-being the hand-written autograd Function with its per-step products on a weight packed once for oneDNN (``one
-recurrence``) or on plain GEMMs (``one recurrence, plain GEMM``), a plain autograd loop of ``addmm`` and gate ops
-(``autograd loop``), or ``_VF.lstm`` reading the gates through an identity input weight (``identity _VF.lstm``).
+sequence mode), and sequence groups with one recurrence over the batch fed by per-group compact input projections,
+the recurrence being the hand-written autograd Function with its per-step products on a weight packed once for
+oneDNN (``one recurrence``) or on plain GEMMs (``one recurrence, plain GEMM``), a plain autograd loop of ``addmm``
+and gate ops (``autograd loop``), or ``_VF.lstm`` reading the gates through an identity input weight (``identity
+_VF.lstm``).
 """
 
 from __future__ import annotations

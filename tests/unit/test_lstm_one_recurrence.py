@@ -136,13 +136,13 @@ def test_float32_recurrence_matches_float64(packed_weights: bool, monkeypatch) -
     """float32 on the CPU multiplies by a weight packed once (oneDNN) or by plain GEMMs: both agree with float64."""
     monkeypatch.setattr(recurrence_module, "PACKED_WEIGHTS", packed_weights)
     gen = torch.Generator().manual_seed(0)
-    steps, hidden = [(0, 5), (5, 5), (10, 3), (13, 1)], 16
+    steps = [(0, 5), (5, 5), (10, 3), (13, 1)]  # hidden 16
     args64 = [torch.randn(*s, dtype=DT, generator=gen) for s in ((14, 64), (5, 16), (5, 16), (64, 16))]
     for reverse in (False, True):
         a64 = [t.clone().requires_grad_(True) for t in args64]
         a32 = [t.float().requires_grad_(True) for t in args64]
         outs = [recurrence(*a, steps, reverse) for a in (a64, a32)]
-        for a, out in zip((a64, a32), outs, strict=True):
+        for out in outs:
             sum(o.pow(2).sum() for o in out).backward()
         for o64, o32 in zip(*outs, strict=True):
             torch.testing.assert_close(o32, o64.float(), rtol=1e-4, atol=1e-4)

@@ -85,7 +85,8 @@ def _input_gates(
     w_ih = torch.cat([getattr(lstm, f"weight_ih_l{layer}{s}") for s in suffixes])
     bias = None
     if lstm.bias:
-        bias = torch.cat([getattr(lstm, f"bias_ih_l{layer}{s}") + getattr(lstm, f"bias_hh_l{layer}{s}") for s in suffixes])
+        biases = [getattr(lstm, f"bias_ih_l{layer}{s}") + getattr(lstm, f"bias_hh_l{layer}{s}") for s in suffixes]
+        bias = torch.cat(biases)
     width = lstm_layer_input_size(lstm, layer)
     kept = [p.num_kept for p in slot] if slot is not None else [width] * len(counts)
     lstm.ard_record.work[layer] = [(n, k, lstm.hidden_size) for n, k in zip(counts, kept, strict=True) if n]

@@ -97,6 +97,7 @@ def _in_row_order(per_step: list[torch.Tensor], order: Steps) -> torch.Tensor:
         per_step = per_step[::-1]
     return torch.cat(per_step)
 
+
 PACKED_WEIGHTS = True
 """Whether float32 CPU recurrences multiply by a weight packed once for oneDNN (off: a plain GEMM per step)."""
 
@@ -106,7 +107,12 @@ def _right_product(weight: torch.Tensor, batch: int) -> Callable[..., torch.Tens
 
     A plain GEMM of a few rows re-packs the whole weight at every step; on the CPU in float32 oneDNN's linear takes
     the weight packed once per call of the recurrence (other dtypes and devices: ``addmm``/``mm``)."""
-    if PACKED_WEIGHTS and weight.dtype == torch.float32 and weight.device.type == "cpu" and torch.backends.mkldnn.is_available():
+    if (
+        PACKED_WEIGHTS
+        and weight.dtype == torch.float32
+        and weight.device.type == "cpu"
+        and torch.backends.mkldnn.is_available()
+    ):
         packed = torch.ops.mkldnn._reorder_linear_weight(weight, batch)
         linear = torch.ops.mkldnn._linear_pointwise
 
