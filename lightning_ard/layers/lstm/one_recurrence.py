@@ -3,7 +3,8 @@
 A group's input pattern changes only its input projection ``x_t · W_ih[:, kept]ᵀ``; the recurrence ``h_{t-1} ·
 W_hhᵀ`` is the same full-width product for every group. So each layer computes every group's input gates on its kept
 columns (groups that drew the same pattern in one product), puts them in the batch's row order, and runs one
-recurrence per direction over the whole batch (:mod:`.recurrence`). Same function as one fused call per group.
+recurrence per direction over the whole batch (:mod:`.recurrence`). Same function and FLOPs as one fused call per
+group; opt-in (``ARDLSTM.ard_one_recurrence``) because on the CPU it measured slower (docs/notes/lstm.md).
 """
 
 from __future__ import annotations
@@ -109,7 +110,9 @@ def _input_gates(
     return projected.new_empty(projected.shape).index_copy(0, torch.cat(indices), projected)
 
 
-def _projection(x: torch.Tensor, w_ih: torch.Tensor, bias: torch.Tensor | None, pattern: RowPattern | None):  # type: ignore[no-untyped-def]
+def _projection(
+    x: torch.Tensor, w_ih: torch.Tensor, bias: torch.Tensor | None, pattern: RowPattern | None
+) -> torch.Tensor:
     """``x[:, kept] · w_ih[:, kept]ᵀ · scale + bias`` (every column without a pattern)."""
     scale = 1.0
     if pattern is not None:

@@ -41,7 +41,7 @@ class _Recurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gates, h0, c0, w_hh, order):  # type: ignore[no-untyped-def, override]
         hidden = h0.shape[1]
-        h, c = h0.detach(), c0.detach()
+        h, c = h0_in, c0_in = h0.detach(), c0.detach()
         product = _right_product(w_hh.detach(), h0.shape[0])
         acts, h_prev, c_prev, tanh_c, outs = [], [], [], [], []
         for offset, size in order:
@@ -58,7 +58,7 @@ class _Recurrence(torch.autograd.Function):
         ctx.steps = (acts, h_prev, c_prev, tanh_c)
         ctx.save_for_backward(w_hh)
         ctx.order, ctx.batch = order, h0.shape[0]
-        return _in_row_order(outs, order), h.clone() if h is h0 else h, c.clone() if c is c0 else c
+        return _in_row_order(outs, order), h.clone() if h is h0_in else h, c.clone() if c is c0_in else c
 
     @staticmethod
     @once_differentiable
