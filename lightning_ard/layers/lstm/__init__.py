@@ -1,8 +1,10 @@
 """ARD LSTM: the same ``nn.LSTM`` (same Parameters) whose layers read only the kept units of their inputs.
 
 Input patterns shrink each layer's input projection; the recurrence runs in PyTorch's fused op one layer at a time
-(:mod:`.fused`). Pattern groups cut the time axis (:mod:`.time_chunks`) or the batch (:mod:`.sequence_groups`);
-hidden-unit patterns make a dropped unit absent from its group (:mod:`.structured`). Groups that drew the same
+(:mod:`.fused`), or, opt-in for sequence groups, as one loop over the whole batch fed by every group's compact input
+projection (:mod:`.one_recurrence`, :mod:`.recurrence`). Pattern groups cut the time axis (:mod:`.time_chunks`) or
+the batch (:mod:`.sequence_groups`); hidden-unit patterns make a dropped unit absent from its group
+(:mod:`.structured`). Groups that drew the same
 pattern share work (:mod:`.merge`). Design: docs/method.md, section "The LSTM layer"; layout: docs/notes/lstm.md.
 """
 

@@ -13,6 +13,7 @@ from torch.nn.utils.rnn import PackedSequence
 from lightning_ard.layers._swap import revert_class, swap_class
 from lightning_ard.layers.lstm.layer import State, lstm_layer_input_size
 from lightning_ard.layers.lstm.layout import SequenceLayout
+from lightning_ard.layers.lstm.one_recurrence import one_recurrence_forward
 from lightning_ard.layers.lstm.sequence_groups import plain_group, sequence_forward
 from lightning_ard.layers.lstm.structured import check_hidden, structured_group
 from lightning_ard.layers.lstm.time_chunks import time_forward
@@ -28,6 +29,7 @@ LSTM_MODES = ("time", "sequence")
 
 _ATTRIBUTES = (
     "ard_patterns", "ard_hidden", "ard_groups", "ard_mode", "ard_record", "ard_layout", "ard_followers",
+    "ard_one_recurrence",
 )  # fmt: skip
 
 
@@ -37,8 +39,10 @@ class ARDLSTM(nn.LSTM):
     ``set_patterns(patterns, mode, hidden)`` takes one entry per layer: a :class:`RowPattern` over that layer's
     input width, ``None`` (above layer 0: the module's own dropout), or G patterns, one per group. Groups cut the
     time axis (``mode="time"``) or the batch (``mode="sequence"``); ``hidden`` (sequence mode, unidirectional)
-    adds one hidden-unit pattern per layer and group: recurrent structured dropout. In eval mode, or with no
-    pattern set, it is exactly ``nn.LSTM``. ``proj_size > 0`` is not supported. Details: docs/notes/lstm.md.
+    adds one hidden-unit pattern per layer and group: recurrent structured dropout. ``ard_one_recurrence`` (opt-in,
+    sequence mode without hidden patterns) runs the groups' compact input projections into one recurrence over the
+    whole batch instead of one fused call per group: the same function, measured slower on the CPU (docs/notes/
+    lstm.md). In eval mode, or with no pattern set, it is exactly ``nn.LSTM``. ``proj_size > 0`` is not supported.
     """
 
     ard_patterns: list[tuple[RowPattern, ...] | None]
@@ -48,17 +52,18 @@ class ARDLSTM(nn.LSTM):
     ard_record: StepRecord
     ard_layout: SequenceLayout | None
     ard_followers: list[SequenceFollower]
+    ard_one_recurrence: bool
 
     @classmethod
-    def from_lstm(cls, lstm: nn.LSTM, record: StepRecord | None = None) -> ARDLSTM:
+    def from_lstm(cls, lstm: nn.LSTM, record: StepRecord | None = None, one_recurrence: bool = False) -> ARDLSTM:
         """Convert ``lstm`` in place (same object, same Parameters) and return it; its forwards write their shapes
-        into ``record`` (a fresh one by default)."""
+        into ``record`` (a fresh one by default); ``one_recurrence`` sets ``ard_one_recurrence``."""
         if lstm.proj_size > 0:
             raise ValueError(f"ARDLSTM does not support proj_size > 0, got proj_size={lstm.proj_size}")
         swap_class(lstm, nn.LSTM, cls)
         layer: ARDLSTM = lstm  # type: ignore[assignment]
         layer.ard_record = record if record is not None else StepRecord()
-        layer.ard_layout, layer.ard_followers = None, []
+        layer.ard_layout, layer.ard_followers, layer.ard_one_recurrence = None, [], one_recurrence
         layer.clear_patterns()
         return layer
 
@@ -131,7 +136,9 @@ class ARDLSTM(nn.LSTM):
         record.rows = x.numel() // max(x.shape[-1], 1)  # tokens (T·B), read by FLOP accounting
         record.grad_input, record.batch = x.requires_grad, batch
         record.work = [[] for _ in range(self.num_layers)]
-        if self.ard_mode == "sequence":
+        if self.ard_mode == "sequence" and self.ard_hidden is None and self.ard_one_recurrence:
+            x, h, c = one_recurrence_forward(self, x, batch_sizes, hx, batch, sorted_indices)
+        elif self.ard_mode == "sequence":
             run_group = plain_group if self.ard_hidden is None else structured_group
             x, h, c = sequence_forward(self, x, batch_sizes, hx, batch, sorted_indices, run_group)
         else:
