@@ -281,7 +281,13 @@ class ApproximateDropout(pl.Callback):
     def _check_resumed_settings(self, seed: int) -> bool:
         """Compare the checkpoint's settings with this fit's; raise (or warn, with ``allow_settings_change``) on a
         difference. Returns whether the checkpoint's record and pattern stream continue (same settings)."""
-        if not self._pending_state or "guard" not in self._pending_state:
+        if not self._pending_state:
+            return False
+        if "guard" not in self._pending_state:  # saved before checkpoints held the plan record
+            rank_zero_warn(
+                "ApproximateDropout: the checkpoint's ARD state holds no plan record (an older format); this fit "
+                "builds a new plan and starts a fresh pattern stream"
+            )
             return False
         saved = self._pending_state.get("settings", {})
         now = self._settings(seed)

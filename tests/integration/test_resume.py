@@ -173,3 +173,10 @@ def test_a_fit_without_a_logger_writes_no_plan_file(tmp_path, monkeypatch) -> No
     )  # fmt: skip
     trainer.fit(SmallMLP(), _data(lm=False))
     assert list(tmp_path.iterdir()) == [] and cb.record is not None and cb.record.plans
+
+
+def test_a_checkpoint_without_a_plan_record_starts_a_new_plan_and_says_so() -> None:
+    cb = ApproximateDropout(seed=7, verbose=False)
+    cb.load_state_dict({"sampler": {"seed": 7, "steps": 3, "generator": torch.Generator().get_state()}})
+    with pytest.warns(UserWarning, match="holds no plan record \\(an older format\\); this fit builds a new plan"):
+        assert cb._check_resumed_settings(7) is False
