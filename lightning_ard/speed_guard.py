@@ -29,9 +29,12 @@ from lightning_ard import profiling
 from lightning_ard.controller import ARDController
 from lightning_ard.plan import PLAIN, ARDPlan, PlanRecord, Schedule
 from lightning_ard.planning import bound_groups
-from lightning_ard.step_speedup import StepSpeedMeter
+from lightning_ard.step_speedup import EVERY, START, STEPS, StepSpeedMeter
 
 T = TypeVar("T")
+
+DEFAULT_SCHEDULE = Schedule(START, EVERY, STEPS)
+"""The callback's timing windows: from step 10, every 500 steps, 5 reference and 5 ARD steps."""
 
 clock: Callable[[], float] = time.perf_counter
 """The step clock (seconds); tests replace it to make verdicts reproducible."""
@@ -49,7 +52,8 @@ class SpeedGuard:
         optimizers: the optimizers of the model (calibration times their share of each layer's step).
         never_slower: send sites that are not faster back to nn.Dropout, and give the plain model back when a
             timing window's ARD steps are not faster.
-        schedule: the timing windows (``None``: no reference step, no window).
+        schedule: the timing windows (default: the callback's; ``None``: no reference step, no window, no
+            calibration, so nothing falls back).
         record: a record to continue (a resumed fit) or to replay; ``None`` starts one from the controller's plan.
         replay: apply ``record`` as it is and decide nothing.
         broadcast: makes every rank take rank 0's decision (the callback passes the strategy's broadcast).
@@ -62,7 +66,7 @@ class SpeedGuard:
         optimizers: Sequence[torch.optim.Optimizer] = (),
         *,
         never_slower: bool = True,
-        schedule: Schedule | None = None,
+        schedule: Schedule | None = DEFAULT_SCHEDULE,
         record: PlanRecord | None = None,
         replay: bool = False,
         broadcast: Callable[[Any], Any] = _same,

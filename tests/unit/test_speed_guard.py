@@ -124,3 +124,9 @@ def test_a_replayed_record_decides_nothing(fake) -> None:
     _train(model2, replay, opt2, 7)
     assert replay.record is record and replay.plan.plain is not None and not ctl2.active
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters(), strict=True))
+
+
+def test_a_guard_keeps_the_callbacks_windows_unless_told_not_to() -> None:
+    ctl = ARDController(_mlp(), groups=2).apply()
+    assert SpeedGuard(ctl).record.schedule == Schedule(start=10, every=500, steps=5)
+    assert SpeedGuard(ctl, schedule=None).record.schedule is None
