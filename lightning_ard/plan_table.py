@@ -9,9 +9,10 @@ from lightning_ard.sites import Site
 
 
 def plan_table(plan: ARDPlan, expected_saving: Callable[[Site], float] | None = None) -> str:
-    """One row per site (kind, width, rate, family, patterns per step, expected rate and, given
-    ``expected_saving``, the expected share of its layers' FLOPs removed), then the sites that run as nn.Dropout
-    and the dropouts left alone, each with the reason, and the backends a measurement chose."""
+    """One row per site (kind, width, rate, family, patterns per step and, at an LSTM's sites, what they cut,
+    expected rate and, given ``expected_saving``, the expected share of its layers' FLOPs removed), then the sites
+    that run as nn.Dropout and the dropouts left alone, each with the reason, and the backends a measurement
+    chose."""
     header = ("site", "kind", "width", "p", "family", "groups", "E[rate]")
     if expected_saving is not None:
         header += ("E[FLOPs saved in its layers]",)
@@ -19,6 +20,8 @@ def plan_table(plan: ARDPlan, expected_saving: Callable[[Site], float] | None = 
     for sp in plan.sites:
         site = sp.site
         groups = f"{sp.groups} (asked {sp.requested_groups})" if sp.requested_groups else str(sp.groups)
+        if sp.tied and sp.groups > 1:  # an LSTM's groups: what they cut
+            groups += " time chunks" if plan.config.get("lstm_mode") == "time" else " sequence groups"
         row = (site.name, str(site.kind), str(site.width), f"{site.p:.3g}", sp.family, groups)
         row += (f"{sp.distribution.expected_rate:.4f}",)
         if expected_saving is not None:
