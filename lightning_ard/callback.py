@@ -166,7 +166,7 @@ class ApproximateDropout(pl.Callback):
         self._other_flops = accounting.OtherFlops()
         self._last_step: tuple[accounting.LayerFlops, int] | None = None  # the last ARD step's FLOPs and number
         self._logged_step = -1
-        self._saved_record: dict[str, Any] | None = None
+        self._saved_key: tuple[int, int] | None = None  # the record state last written to the plan file
         self._log_dir: str | None = None
         self._in_step = False  # between a batch start that ran the guard and its batch end
         self._step_peak = memory.StepPeak()  # the step's peak memory where the device reports it (CUDA)
@@ -329,12 +329,17 @@ class ApproximateDropout(pl.Callback):
         record = self.record
         if record is None or not trainer.is_global_zero or self._log_dir is None:
             return
-        data = record.to_dict()
-        if data == self._saved_record:
+        key = self._record_key()
+        if key == self._saved_key:
             return
         os.makedirs(self._log_dir, exist_ok=True)
         record.save(Path(self._log_dir) / PLAN_FILE)
-        self._saved_record = data
+        self._saved_key = key
+
+    def _record_key(self) -> tuple[int, int] | None:
+        """Identifies the record's state cheaply: which record, and how many changes it has had."""
+        record = self.record
+        return None if record is None or not record.plans else (id(record), record.revision)
 
     # ------------------------------------------------------------------ per step
     @override
@@ -381,7 +386,7 @@ class ApproximateDropout(pl.Callback):
         reference = guard.mode == PLAIN
         layer_flops = None if reference else self._account()
         guard.end()
-        if guard.record.to_dict() != self._saved_record:
+        if self._record_key() != self._saved_key:  # a decision was recorded: the file follows
             self._write_record(trainer)
         if not self.active:  # never slower gave the plain model back
             self._log(trainer, {"ard/flops_saved": 0.0, "ard/tflops_saved_total": self.tflops_saved_total,

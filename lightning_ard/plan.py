@@ -266,6 +266,7 @@ class PlanRecord:
 
     plans: list[tuple[int, ARDPlan]] = field(default_factory=list)
     schedule: Schedule | None = None
+    revision: int = field(default=0, compare=False)  # counts the changes :meth:`add` made (not saved)
 
     def at(self, step: int) -> ARDPlan:
         """The plan in force at ``step``."""
@@ -287,6 +288,7 @@ class PlanRecord:
         if self.plans and self.at(step) == plan:
             return
         self.plans = [(s, p) for s, p in self.plans if s < step] + [(step, plan)]
+        self.revision += 1
 
     def changes_at(self, step: int) -> ARDPlan | None:
         """The plan that takes effect exactly at ``step`` (None when none does)."""
