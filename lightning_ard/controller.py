@@ -98,6 +98,8 @@ class ARDController:
         self._plain_dropouts: set[str] = set()  # dropouts running as nn.Dropout in the last step
         self._mode_warnings: set[tuple[str, tuple[tuple[str, bool], ...]]] = set()
         self._modules: dict[str, nn.Module] = {}
+        self._groups: dict[str, int] = {}  # draw -> patterns per step, for the plan _groups_of
+        self._groups_of: ARDPlan | None = None
 
     # ------------------------------------------------------------------ the plan
     @property
@@ -167,8 +169,9 @@ class ARDController:
         if not plan.sites or plan.plain is not None:
             return self
         for sp in plan.sites:
-            device = next(self.model.get_submodule(sp.site.consumer).parameters()).device
-            get_backend(self.config.backend, device)  # raises for a backend that cannot run there, before any swap
+            consumer = self.model.get_submodule(sp.site.consumer)
+            _check_width(sp.site, consumer)  # a plan made for another model fails here, before any swap
+            get_backend(self.config.backend, next(consumer.parameters()).device)  # a backend that cannot run there
         surgery = Surgery(self.model, [sp.site for sp in plan.sites], self.config.backend)
         try:
             surgery.apply()
@@ -262,7 +265,7 @@ class ARDController:
         sites are served) and set them on the layers; returns name -> pattern (or tuple, one per group)."""
         if self.surgery is None or self.sampler is None:
             return {}
-        groups = {name: self.site_groups(name) for name in self.distributions}
+        groups = self._draw_groups()
         if all(g == 1 for g in groups.values()):
             pats: dict = self.sampler.draw()
         else:
@@ -285,6 +288,14 @@ class ARDController:
             drop.ard_calls = 0
             drop.ard_enabled = path not in self._plain_dropouts
         return pats
+
+    def _draw_groups(self) -> dict[str, int]:
+        """Patterns per step of every draw under the plan in force (worked out once per plan)."""
+        plan = self.plan
+        if self._groups_of is not plan:
+            self._groups = {sp.name: sp.groups for sp in plan.sites} | {h.name: h.groups for h in plan.hidden}
+            self._groups_of = plan
+        return self._groups
 
     def _set_lstm_patterns(self, slots: _LSTMSlots, pats: dict, served: set[str]) -> None:
         """This step's patterns on an LSTM and on the Linears that follow its sequence groups. Recurrent structured
@@ -439,6 +450,19 @@ class ARDController:
         if self.surgery is not None:
             self.surgery.restore()
             self.surgery = None
+
+
+def _check_width(site: Site, consumer: nn.Module) -> None:
+    """Raise when ``site``'s width is not what its consumer reads (a plan applied to another model)."""
+    if isinstance(consumer, nn.LSTM):
+        width = lstm_layer_input_size(consumer, site.consumer_layer)
+    else:
+        width = getattr(consumer, "in_features", None)
+    if width != site.width:
+        raise ValueError(
+            f"site {site.name!r} has width {site.width} in the plan but {site.consumer!r} reads {width} units; the "
+            "plan was made for another model: build a new plan (pass settings instead of plan=)"
+        )
 
 
 def _lstm_layer_kept(slots: _LSTMSlots, layer: int, keep: dict[str, float]) -> tuple[float, float]:

@@ -227,7 +227,8 @@ class ARDPlan:
         )
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, ARDPlan) and self.to_dict() == other.to_dict()
+        """Equal decisions (distributions compared by their data; they are tensors, so not by dataclass equality)."""
+        return other is self or (isinstance(other, ARDPlan) and self.to_dict() == other.to_dict())
 
     def __hash__(self) -> int:
         return hash(json.dumps(self.to_dict(), sort_keys=True))
@@ -289,10 +290,6 @@ class PlanRecord:
             return
         self.plans = [(s, p) for s, p in self.plans if s < step] + [(step, plan)]
         self.revision += 1
-
-    def changes_at(self, step: int) -> ARDPlan | None:
-        """The plan that takes effect exactly at ``step`` (None when none does)."""
-        return next((plan for start, plan in self.plans if start == step), None)
 
     def mode(self, step: int) -> str | None:
         """Whether ``step`` is a reference step (``"plain"``), a timed ARD step (``"ard"``) or neither (None)."""

@@ -72,6 +72,11 @@ class SpeedGuard:
         broadcast: Callable[[Any], Any] = _same,
         notify: Callable[[str], None] | None = None,
     ) -> None:
+        if schedule is not None and record is None and schedule.start < 1:
+            raise ValueError(
+                f"the timing windows must start at step 1 or later (the first step is the ARD step that the "
+                f"calibration measures), got start={schedule.start}"
+            )
         self.controller, self.optimizers = controller, list(optimizers)
         self.never_slower, self.replay = never_slower, replay
         self.record = record if record is not None else PlanRecord([], schedule)
@@ -111,7 +116,7 @@ class SpeedGuard:
             plan = ctl.plan if ctl.plan.samples is not None or samples is None else bound_groups(ctl.plan, samples)
             self.record.add(0, plan)
         plan = self.record.at(self.step_index)
-        if plan != ctl.plan:
+        if plan is not ctl.plan:  # plans are frozen: a decision is a new object
             ctl.use(plan)
         self._mode = self.record.mode(self.step_index) if ctl.active else None
         if self._mode == PLAIN:

@@ -105,3 +105,12 @@ def test_the_pattern_stream_does_not_depend_on_which_sites_are_served() -> None:
     for _ in range(3):
         pa, pb = a.step(), b.step()
         assert [p.merge_key for p in pa["2"]] == [p.merge_key for p in pb["2"]]
+
+
+def test_a_plan_for_another_model_fails_before_the_swap() -> None:
+    plan = build_plan(_mlp(), ARDConfig(groups=1))
+    other = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 64), nn.ReLU(), nn.Dropout(0.5),
+                          nn.Linear(64, 5))  # fmt: skip
+    with pytest.raises(ValueError, match=r"site '2' has width 64 in the plan but '3' reads 32 units; the plan was "):
+        ARDController(other, plan=plan).apply()
+    assert [type(m) for m in other] == [nn.Linear, nn.ReLU, nn.Dropout, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]

@@ -10,6 +10,7 @@ from torch import nn
 
 from lightning_ard import ARDConfig
 from lightning_ard.planning import bound_groups, build_plan, config_of
+from tests.lm import TinyLM as LM
 
 
 def _mlp(p: float = 0.5) -> nn.Sequential:
@@ -47,16 +48,6 @@ def test_groups_follow_the_batch_and_never_exceed_its_rows() -> None:
 
 
 def test_lstm_sites_under_auto_groups() -> None:
-    class LM(nn.Module):
-        def __init__(self, bidirectional: bool) -> None:
-            super().__init__()
-            self.emb, self.drop = nn.Embedding(30, 16), nn.Dropout(0.5)
-            self.lstm = nn.LSTM(16, 16, 2, dropout=0.5, batch_first=True, bidirectional=bidirectional)
-            self.dec = nn.Linear(16 * (1 + bidirectional), 30)
-
-        def forward(self, x):
-            return self.dec(self.drop(self.lstm(self.drop(self.emb(x)))[0]))
-
     plan = build_plan(LM(False), ARDConfig())
     assert {sp.name: (sp.groups, sp.tied) for sp in plan.sites} == {
         "drop->lstm": (2, True), "lstm.l1": (2, True), "drop->dec": (4, False)

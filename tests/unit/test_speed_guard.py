@@ -130,3 +130,9 @@ def test_a_guard_keeps_the_callbacks_windows_unless_told_not_to() -> None:
     ctl = ARDController(_mlp(), groups=2).apply()
     assert SpeedGuard(ctl).record.schedule == Schedule(start=10, every=500, steps=5)
     assert SpeedGuard(ctl, schedule=None).record.schedule is None
+
+
+def test_windows_start_after_the_step_the_calibration_measures() -> None:
+    ctl = ARDController(_mlp(), groups=2).apply()
+    with pytest.raises(ValueError, match=r"the timing windows must start at step 1 or later .*got start=0"):
+        SpeedGuard(ctl, schedule=Schedule(start=0, every=0, steps=2))
