@@ -171,3 +171,22 @@ def site_speedups(times: LayerTimes, sites: Iterable[Site]) -> dict[str, float]:
         dense, ard = sum(times[p][0] for p in layers), sum(times[p][1] for p in layers)
         out[site.name] = dense / ard if ard > 0 else float("nan")
     return out
+
+
+def module_speedups(times: LayerTimes, sites: Iterable[Site]) -> dict[str, float]:
+    """Per site, the measured dense/ARD time of the layers of every site that shares its dropout module.
+
+    A dropout module runs ARD or nn.Dropout for all its uses at once, so the never-slower rule judges it on all of
+    them together: a module whose output feeds a slower LSTM and a much faster decoder (one ``nn.Dropout`` applied
+    twice, as in Lightning's demo LSTM LM) is kept when the sum of its layers' times is lower with ARD."""
+    sites = list(sites)
+    layers: dict[str, set[str]] = {}
+    for site in sites:
+        key = site.dropout or site.name
+        layers.setdefault(key, set()).update(p for p in (site.consumer, site.producer) if p is not None)
+    out = {}
+    for site in sites:
+        paths = layers[site.dropout or site.name]
+        dense, ard = sum(times[p][0] for p in paths), sum(times[p][1] for p in paths)
+        out[site.name] = dense / ard if ard > 0 else float("nan")
+    return out

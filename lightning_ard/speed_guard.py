@@ -188,22 +188,30 @@ class SpeedGuard:
         surgery = ctl.surgery
         rates = {sp.site.consumer: sp.site.p for sp in plan.served}
         times = profiling.calibrate(surgery.linears, surgery.lstms, rates, self.optimizers)  # type: ignore[union-attr]
-        self.speedups = profiling.site_speedups(times, [sp.site for sp in plan.served])
+        served = [sp.site for sp in plan.served]
+        self.speedups = profiling.site_speedups(times, served)
         if not self.never_slower:
             return plan
-        slower = self.broadcast([name for name, x in self.speedups.items() if not x > 1.0])
+        together = profiling.module_speedups(times, served)  # a shared dropout module is judged on all its uses
+        slower = self.broadcast([name for name, x in together.items() if not x > 1.0])
         reasons = {
-            n: f"ARD is not faster there (measured {self.speedups[n]:.2f}x at the first step's shapes)" for n in slower
+            n: f"ARD is not faster there ({self._measured(n, together)} at the first step's shapes)" for n in slower
         }
         new = plan.fall_back(slower, reasons)
         for name in sorted(set(new.fallen_back) - set(plan.fallen_back), key=[sp.name for sp in plan.sites].index):
-            measured = self.speedups.get(name)
-            why = f"measured {measured:.2f}x" if measured is not None else "shares its dropout with a slower site"
+            why = self._measured(name, together) if name in together else "shares its dropout with a slower site"
             self.notify(
                 f"ApproximateDropout: site {name!r} runs as nn.Dropout for the rest of the fit: ARD is not faster "
                 f"there ({why} at this step's shapes; never_slower=False keeps it)"
             )
         return new
+
+    def _measured(self, name: str, together: dict[str, float]) -> str:
+        """The measured speedup of a site, and of all the uses of its dropout module when they differ."""
+        own = self.speedups[name]
+        if abs(together[name] - own) < 1e-9:
+            return f"measured {own:.2f}x"
+        return f"measured {own:.2f}x, {together[name]:.2f}x with the other uses of its dropout module"
 
     def _window_verdict(self) -> None:
         """At the end of a window: with ``never_slower``, the plain model when its ARD steps are not faster."""

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_ard.app.regularization import NO_DROPOUT, gain_kept, lower_is_better, mean_curve, plot_curves, val_tag
 from lightning_ard.patterns.groups import describe, resolve_groups
 
 BASELINE = "dropout"
@@ -171,10 +172,13 @@ def load_run(run_dir: Path, root: Path) -> RunResult:
             None if pool is None else int(pool),
             None if lstm_groups is None else int(lstm_groups),
         )
+        family += _site_label(ard)
     p_value = ard.get("p", None)
     if p_value is None:
         p_value = (cfg.get("model") or {}).get("dropout", None)
     p = float(p_value) if isinstance(p_value, (int, float)) else None
+    if family == BASELINE and p == 0.0:
+        family = NO_DROPOUT
 
     scalars = read_scalars(run_dir)
     final = read_metrics_json(run_dir)
@@ -212,6 +216,15 @@ def load_run(run_dir: Path, root: Path) -> RunResult:
         flops_saved=_finite(flops_saved),
         scalars=scalars,
     )
+
+
+def _site_label(ard: DictConfig | dict) -> str:
+    """What the family label leaves out: sequence groups at LSTM sites, the sites included or excluded."""
+    label = " seq" if ard.get("lstm_mode") == "sequence" and ard.get("lstm_groups") is not None else ""
+    for key in ("include", "exclude"):
+        if ard.get(key):
+            label += f" {key} " + ",".join(str(n) for n in ard[key])
+    return label
 
 
 def fill_speedups(rows: list[RunResult]) -> None:
@@ -257,6 +270,29 @@ class SummaryRow:
     step_ms: float | None
     speedup: float | None
     flops_saved: float | None
+    val_best: float | None = None  # mean over seeds of the best validation value of the fit
+    val_last: float | None = None  # ... and of the last one (worse than the best: the arm overfits)
+    kept: float | None = None  # share of nn.Dropout's gain over no dropout (same model) this arm keeps
+
+
+def _val_points(runs: Sequence[RunResult], metric: str) -> tuple[float | None, float | None]:
+    """Mean best and mean last validation value of ``runs``."""
+    curves = [r.scalars.get(val_tag(metric)) for r in runs]
+    curves = [c for c in curves if c]
+    if not curves:
+        return None, None
+    best = min if lower_is_better(metric) else max
+    return statistics.fmean(best(c) for c in curves), statistics.fmean(c[-1] for c in curves)
+
+
+def _fill_kept(out: Sequence[SummaryRow]) -> None:
+    """Gain kept of every row of a model that has a no-dropout arm (nn.Dropout at the row's p: 100 %)."""
+    for row in out:
+        none = next((n for n in out if n.family == NO_DROPOUT and n.model == row.model), None)
+        base = next((b for b in out if b.family == BASELINE and b.model == row.model and b.p == row.p), None)
+        if none is None or base is None or row.family == NO_DROPOUT or None in (none.mean, base.mean, row.mean):
+            continue
+        row.kept = gain_kept(none.mean, base.mean, row.mean)  # type: ignore[arg-type]
 
 
 def summarize(rows: Sequence[RunResult]) -> list[SummaryRow]:
@@ -279,6 +315,7 @@ def summarize(rows: Sequence[RunResult]) -> list[SummaryRow]:
             statistics.median(steps) if steps else None,
             statistics.median(speeds) if speeds else None,
             statistics.fmean(flops) if flops else None,
+            *_val_points(runs, runs[0].metric),
         ))  # fmt: skip
     for row in out:
         base = next((b for b in out if b.family == BASELINE and b.model == row.model and b.p == row.p), None)
@@ -287,6 +324,7 @@ def summarize(rows: Sequence[RunResult]) -> list[SummaryRow]:
                 row.delta = (row.mean / base.mean - 1.0) * 100.0
             else:
                 row.delta = (row.mean - base.mean) * 100.0
+    _fill_kept(out)
     out.sort(key=lambda r: (r.model, r.p if r.p is not None else -1.0, r.family != BASELINE, r.family))
     return out
 
@@ -295,6 +333,9 @@ def summary_markdown(summary: Sequence[SummaryRow]) -> str:
     """The folded table in Markdown: mean ± std over seeds and the change against nn.Dropout."""
     header = ["model", "p", "family", "runs", "test metric (mean ± std)", "Δ vs nn.Dropout", "median step (ms)",
               "speedup", "FLOPs saved"]  # fmt: skip
+    curves = any(r.val_best is not None for r in summary)
+    kept = any(r.kept is not None for r in summary)
+    header += ["best / last val"] * curves + ["dropout's gain kept"] * kept
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in summary:
         name = METRIC_NAMES.get(r.metric, r.metric)
@@ -304,8 +345,34 @@ def summary_markdown(summary: Sequence[SummaryRow]) -> str:
         delta = "" if r.delta is None else f"{r.delta:+.2f}{unit}"
         cells = [r.model, _fmt(r.p, 3), r.family, str(r.runs), f"{mean} ({name})" if mean else "", delta,
                  _fmt(r.step_ms, 4), _fmt(r.speedup, 3), _fmt(r.flops_saved, 3)]  # fmt: skip
+        if curves:
+            cells.append("" if r.val_best is None else f"{r.val_best * scale:.2f} / {r.val_last * scale:.2f}")
+        if kept:
+            cells.append("" if r.kept is None else f"{r.kept:.0%}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def write_summary_csv(summary: Sequence[SummaryRow], path: Path) -> None:
+    """The folded table as CSV (one row per model, family and p; empty cells for missing values)."""
+    names = list(SummaryRow.__dataclass_fields__)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=names)
+        writer.writeheader()
+        for r in summary:
+            writer.writerow({k: "" if v is None else v for k, v in asdict(r).items()})
+
+
+def validation_curves(rows: Sequence[RunResult]) -> dict[str, list[float]]:
+    """Mean validation curve over seeds per (model, family, p) label, for the runs that logged one."""
+    groups: dict[str, list[list[float]]] = {}
+    models = {r.model for r in rows}
+    for r in rows:
+        curve = r.scalars.get(val_tag(r.metric)) if r.metric else None
+        if r.status == "ok" and curve:
+            label = f"{r.family} p={_fmt(r.p, 3)}" + (f" ({r.model})" if len(models) > 1 else "")
+            groups.setdefault(label, []).append(curve)
+    return {label: mean_curve(curves) for label, curves in sorted(groups.items())}
 
 
 def _fmt(value: object, digits: int = 4) -> str:
@@ -394,12 +461,18 @@ def write_report(root: Path, out: Path | None = None, name: str = "report") -> t
         "summary": out / f"{name}_summary.md",
         "csv": out / f"{name}.csv",
         "png": out / f"{name}.png",
+        "summary_csv": out / f"{name}_summary.csv",
     }
     summary = summarize(rows)
     paths["md"].write_text(to_markdown(rows))
     paths["summary"].write_text(summary_markdown(summary))
     write_csv(rows, paths["csv"])
+    write_summary_csv(summary, paths["summary_csv"])
     plot(summary, paths["png"])
+    curves = validation_curves(rows)
+    if curves:
+        paths["curves"] = out / f"{name}_curves.png"
+        plot_curves(curves, next(r.metric for r in rows if r.metric), paths["curves"])
     return rows, paths
 
 

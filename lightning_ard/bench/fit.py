@@ -1,21 +1,25 @@
 """Benchmark of the callback inside a real Lightning fit: step time with and without it, and its own overhead.
 
-``python -m lightning_ard.bench.fit [--steps N] [--rounds R] [--p P] [--pattern F] [--groups G] [--width W]
-[--batch B]``
+``python -m lightning_ard.bench.fit [--model mlp|lstm] [--steps N] [--rounds R] [--p P] [--pattern F]
+[--groups G] [--width W] [--batch B]``
 
-Fits the paper's MLP (784-W-W-10, default W = 2048, batch 256; the app's ``MLPClassifier`` with SGD momentum) on
-random data twice, with plain ``nn.Dropout`` and with ``ApproximateDropout`` (its defaults unless ``--pattern`` /
-``--groups`` are given), timing every training step with :class:`~lightning_ard.app.step_timer.StepTimer`
+Fits the paper's MLP (784-W-W-10, default W = 2048, batch 256; the app's ``MLPClassifier`` with SGD momentum), or
+with ``--model lstm`` Lightning's demo LSTM LM (``lightning.pytorch.demos.lstm.SimpleLSTM``: 2 x W, default W = 650,
+10k words, 35-token sequences, default batch 20, SGD, hidden state carried between batches), on random data twice,
+with plain ``nn.Dropout`` and with ``ApproximateDropout`` (its defaults unless ``--pattern``, ``--groups`` or
+``--set name=value`` are given), timing every training step with :class:`~lightning_ard.app.step_timer.StepTimer`
 (first in the callback list, so it includes the callback's batch-start work). The callback's own hooks
 (pattern draw, call check, FLOP accounting, logging) are timed separately: their share of the ARD step is the
 overhead. The first steps (warm-up and the one-off speed calibration) and the callback's timing-window steps are
 left out of the medians; ``--rounds`` runs the two fits in turn several times. ``logged_step_speedup`` is the
-median of the callback's own ``ard/step_speedup`` (interleaved steps inside each ARD fit).
+median of the callback's own ``ard/step_speedup`` (interleaved steps inside each ARD fit); ``served_at_end`` names
+the sites ARD still serves when the last fit ends (the never-slower rule may have sent the others back).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import statistics
 import tempfile
@@ -31,6 +35,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_ard.app.models import MLPClassifier
 from lightning_ard.app.step_timer import StepTimer
 from lightning_ard.bench.cli import check_outputs
+from lightning_ard.bench.demo_lstm import DemoLSTM, demo_lstm_data
 from lightning_ard.bench.step import device_name
 from lightning_ard.callback import ApproximateDropout
 from lightning_ard.patterns.groups import describe
@@ -55,13 +60,22 @@ class _TimedARD(ApproximateDropout):
         self.hook_ms.append(self._start_ms + (time.perf_counter() - t) * 1e3)
 
 
-def _fit(
-    steps: int, p: float, callback: ApproximateDropout | None, logdir: str, device: str, width: int, batch: int
-) -> tuple[list[float], dict[str, float]]:
-    """Step times of one fit and its final ``callback_metrics``."""
-    pl.seed_everything(0, verbose=False)
+def _task(model: str, p: float, width: int, batch: int) -> tuple[pl.LightningModule, DataLoader]:
+    """The model to fit and its random data (8 batches, or the LSTM's 8 consecutive windows)."""
     g = torch.Generator().manual_seed(0)
+    if model == "lstm":
+        return DemoLSTM(width, p), demo_lstm_data(batch, 8, g)
     data = TensorDataset(torch.randn(batch * 8, 784, generator=g), torch.randint(0, 10, (batch * 8,), generator=g))
+    net = MLPClassifier(784, (width, width), 10, "relu", p, optimizer="sgd", lr=0.01, momentum=0.9)
+    return net, DataLoader(data, batch_size=batch)
+
+
+def _fit(
+    steps: int, p: float, callback: ApproximateDropout | None, logdir: str, task: tuple[str, int, int, str]
+) -> tuple[list[float], dict[str, float]]:
+    """Step times of one fit of ``task`` (model, width, batch, device) and its final ``callback_metrics``."""
+    pl.seed_everything(0, verbose=False)
+    model, width, batch, device = task
     timer = StepTimer(warmup_steps=0)
     times: list[float] = []
 
@@ -72,7 +86,7 @@ def _fit(
     callbacks: list[pl.Callback] = [timer] + ([callback] if callback else []) + [Collect()]
     trainer = pl.Trainer(
         max_steps=steps,
-        accelerator="cpu",
+        accelerator=device,
         devices=1,
         logger=TensorBoardLogger(logdir),
         callbacks=callbacks,
@@ -81,8 +95,8 @@ def _fit(
         enable_model_summary=False,
         log_every_n_steps=10,
     )
-    model = MLPClassifier(784, (width, width), 10, "relu", p, optimizer="sgd", lr=0.01, momentum=0.9)
-    trainer.fit(model, DataLoader(data, batch_size=batch))
+    module, loader = _task(model, p, width, batch)
+    trainer.fit(module, loader)
     return times, {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
 
@@ -94,9 +108,18 @@ def _ard_steps(times: list[float], callback: ApproximateDropout, skip: int) -> l
     return kept or times[skip:]  # every timed step in a window: all of them
 
 
+def _value(text: str) -> object:
+    """A ``--set`` value: a Python literal (``5``, ``0.3``, ``None``, ``[1, 2]``) or else the text itself."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=("mlp", "lstm"), default="mlp", help="the paper's MLP or the demo LSTM LM")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--skip", type=int, default=5, help="first steps left out of the medians")
     parser.add_argument(
@@ -105,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--p", type=float, default=0.5)
     parser.add_argument("--pattern", default=None, help="pattern family (default: the library's)")
     parser.add_argument("--groups", default=None, help="pattern groups, an integer or auto (default: the library's)")
-    parser.add_argument("--width", type=int, default=2048, help="hidden width W of the 784-W-W-10 MLP")
-    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="another ApproximateDropout argument, e.g. --set lstm_groups=5 (repeatable)")  # fmt: skip
+    parser.add_argument("--width", type=int, default=None, help="W of the MLP 784-W-W-10 (2048) or LSTM 2xW (650)")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (MLP 256, LSTM 20 sequences)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--md", type=Path, default=None, help="write a one-row Markdown table here")
@@ -118,14 +143,22 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.p < 1:
         parser.error(f"--p must be in [0, 1), got {args.p}")
     check_outputs(parser, [args.json, args.md])
+    width = args.width or (650 if args.model == "lstm" else 2048)
+    batch = args.batch or (20 if args.model == "lstm" else 256)
+    task = (args.model, width, batch, args.device)
     settings: dict[str, Any] = {}
     if args.pattern is not None:
         settings["pattern"] = args.pattern
     if args.groups is not None:
         settings["groups"] = args.groups if args.groups == "auto" else int(args.groups)
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            parser.error(f"--set takes NAME=VALUE (an ApproximateDropout argument), got {item!r}")
+        settings[name] = _value(value)
     try:
         _TimedARD(verbose=False, **settings)  # bad settings fail before any fit
-    except ValueError as err:
+    except (ValueError, TypeError) as err:
         parser.error(str(err))
     dense_times: list[float] = []
     ard_timed: list[float] = []
@@ -133,9 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     logged: list[float] = []
     with tempfile.TemporaryDirectory() as logdir:
         for _ in range(args.rounds):  # fits in turn: drift on a shared machine hits both alike
-            dense, _ = _fit(args.steps, args.p, None, logdir, args.device, args.width, args.batch)
+            dense, _ = _fit(args.steps, args.p, None, logdir, task)
             ard_cb = _TimedARD(verbose=False, **settings)
-            ard, metrics = _fit(args.steps, args.p, ard_cb, logdir, args.device, args.width, args.batch)
+            ard, metrics = _fit(args.steps, args.p, ard_cb, logdir, task)
             dense_times += dense[args.skip :]
             ard_timed += _ard_steps(ard, ard_cb, args.skip)
             hooks += ard_cb.hook_ms[args.skip :]
@@ -145,8 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     ard_ms = statistics.median(ard_timed)
     hook_ms = statistics.median(hooks)
     result = {
-        "case": f"lightning_fit_mlp784-{args.width}-{args.width}-10_b{args.batch}",
+        "case": f"lightning_fit_demo_lstm2x{width}_b{batch}" if args.model == "lstm"
+        else f"lightning_fit_mlp784-{width}-{width}-10_b{batch}",
         "family": describe(ard_cb.config.pattern, ard_cb.controller.linear_groups),  # type: ignore[union-attr]
+        "settings": {k: v for k, v in settings.items() if k not in ("pattern", "groups")},
         "groups": ard_cb.controller.linear_groups,  # type: ignore[union-attr]
         "p": args.p,
         "device": device_name(torch.device(args.device)),
@@ -159,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "logged_step_speedup": round(statistics.median(logged), 3) if logged else None,
         "gave_up": ard_cb.gave_up,
+        "served_at_end": [s.name for s in ard_cb.plan.served] if ard_cb.plan else [],
     }
     print(json.dumps(result, indent=1))
     if args.json:

@@ -136,3 +136,46 @@ def test_windows_start_after_the_step_the_calibration_measures() -> None:
     ctl = ARDController(_mlp(), groups=2).apply()
     with pytest.raises(ValueError, match=r"the timing windows must start at step 1 or later .*got start=0"):
         SpeedGuard(ctl, schedule=Schedule(start=0, every=0, steps=2))
+
+
+class _SharedDropout(nn.Module):
+    """One nn.Dropout applied twice, before two Linears (as Lightning's demo LSTM LM applies ``self.drop``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.drop, self.a, self.b, self.out = nn.Dropout(0.5), nn.Linear(20, 64), nn.Linear(20, 64), nn.Linear(128, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.cat([self.a(self.drop(x)), self.b(self.drop(x))], dim=1))
+
+
+@pytest.mark.parametrize(("b_ard_ms", "kept"), [(0.5, True), (0.9, False)])
+def test_a_shared_dropout_module_is_judged_on_all_its_uses(monkeypatch, b_ard_ms: float, kept: bool) -> None:
+    """'a' alone is slower with ARD (0.80x); the module stays ARD when its two uses together are faster."""
+    times = {"a": (1.0, 1.25), "b": (1.0, b_ard_ms)}
+    monkeypatch.setattr(profiling, "calibrate", lambda lin, lstm, rates=None, opts=(): {p: times[p] for p in lin})
+    model = _SharedDropout()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ctl = ARDController(model, groups=2).apply()
+    assert sorted(sp.name for sp in ctl.plan.served) == ["drop->a", "drop->b"]
+    lines: list[str] = []
+    guard = SpeedGuard(ctl, [opt], schedule=Schedule(start=2, every=0, steps=2), notify=lines.append)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        x, y = torch.randn(16, 20, generator=g), torch.randint(0, 5, (16,), generator=g)
+        with guard.step(len(x)):
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+    assert guard.speedups == pytest.approx({"drop->a": 0.8, "drop->b": 1.0 / b_ard_ms})
+    if kept:
+        assert guard.plan.fallen_back == {} and lines == []
+    else:
+        together = 2.0 / (1.25 + b_ard_ms)
+        assert guard.plan.fallen_back["drop->a"] == (
+            f"ARD is not faster there (measured 0.80x, {together:.2f}x with the other uses of its dropout module "
+            "at the first step's shapes)"
+        )
+        assert len(lines) == 3 and "measured 1.11x, 0.93x with the other uses" in lines[1]
+        assert "no site is faster with ARD" in lines[2]
