@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test demo data bench docs lint clean
+.PHONY: setup test demo data bench results docs lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ demo: setup data
 
 bench: setup
 	$(PY) -m lightning_ard.bench.step --quick --device cpu --json bench.json
+
+# every speed and memory table of docs/results.md, quick mode (a few minutes on 2 cores): ard-results --full for more
+results: setup
+	$(PY) -m lightning_ard.bench.results
 
 docs: setup
 	$(VENV)/bin/mkdocs build --strict

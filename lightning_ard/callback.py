@@ -114,8 +114,8 @@ class ApproximateDropout(pl.Callback):
             ``groups``, ``seed``, ...) raises, naming both values; True resumes with the new settings (a new plan and
             a fresh pattern stream from the new seed) after a warning that names them.
         **settings: any :class:`~lightning_ard.ARDConfig` field: ``pattern``, ``p``, ``search``, ``include``,
-            ``exclude``, ``sites``, ``backend``, ``tile``, ``groups``, ``pool``, ``group_draws``, ``lstm_groups``,
-            ``lstm_mode``, ``lstm_recurrent_p``, ``seed``.
+            ``exclude``, ``sites``, ``backend``, ``tile``, ``groups``, ``pool``, ``group_draws``, ``lstm_pattern``,
+            ``lstm_groups``, ``lstm_mode``, ``lstm_recurrent_p``, ``seed``.
     """
 
     def __init__(

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from lightning_ard._validate import check_choice, check_in_range, check_positive_int, check_rate, check_seed, check_tile
+from lightning_ard.families import TILE
 from lightning_ard.kernels.select import BACKEND_NAMES as BACKENDS
 from lightning_ard.layers.lstm import LSTM_MODES
 from lightning_ard.patterns.groups import MAX_GROUPS
@@ -71,6 +72,10 @@ class ARDConfig:
             them; each group's pattern is still marginally the family's) or ``"independent"`` (each group its
             own uniform offset). Stratified groups remove the step-to-step noise of how many groups keep a unit,
             which is what makes few groups unsafe under SGD with momentum (docs/results.md, "Safe defaults").
+        lstm_pattern: pattern family at sites whose consumer is an LSTM (``"row"``, ``"block"`` or ``"random"``);
+            ``None`` takes ``pattern`` (``"row"`` under ``pattern="tile"``). An LSTM gathers its kept input columns
+            whatever the family, so a family that breaks co-adaptation there costs no speed, while the Linear sites
+            keep a family with contiguous products.
         lstm_groups: time chunks (patterns per step) for sites whose consumer is an LSTM; ``None`` uses
             ``groups`` (with ``groups="auto"``: 2 time chunks, see ``groups``). Each chunk is one
             fused-LSTM call, whose fixed cost (large on the CPU) is what limits it.
@@ -97,6 +102,7 @@ class ARDConfig:
     groups: int | str = "auto"
     pool: int | None = None
     group_draws: str = "stratified"
+    lstm_pattern: str | None = None
     lstm_groups: int | None = None
     lstm_mode: str = "time"
     lstm_recurrent_p: float | None = None
@@ -130,6 +136,8 @@ class ARDConfig:
 
     def _check_lstm(self) -> None:
         check_choice("lstm_mode", self.lstm_mode, LSTM_MODES)
+        if self.lstm_pattern is not None:
+            check_choice("lstm_pattern", self.lstm_pattern, tuple(f for f in FAMILIES if f != TILE))
         q = self.lstm_recurrent_p
         if q is None:
             return

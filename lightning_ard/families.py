@@ -65,6 +65,9 @@ def rule_of(family: str) -> FamilyRule:
     return FamilyRule(family, tiles=family == TILE)
 
 
-def rule_for(pattern: str, site: Site) -> FamilyRule:
-    """The rule of family ``pattern`` at ``site``: tile at Linear sites, row for LSTM sites under ``tile``."""
-    return rule_of(pattern if site.kind.feeds_linear else unit_family(pattern))
+def rule_for(pattern: str, site: Site, lstm_pattern: str | None = None) -> FamilyRule:
+    """The rule of family ``pattern`` at ``site``: tile at Linear sites, row for LSTM sites under ``tile``; an LSTM
+    site takes ``lstm_pattern`` when one is given."""
+    if site.kind.feeds_linear:
+        return rule_of(pattern)
+    return rule_of(lstm_pattern or unit_family(pattern))

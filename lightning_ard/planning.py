@@ -47,15 +47,16 @@ def build_plan(model: nn.Module, config: ARDConfig) -> ARDPlan:
     producers = {site.producer for site in report.sites}
 
     def eligible(site: Site) -> bool:  # may follow an LSTM's sequence groups
-        return site.producer is None and site.consumer not in producers and not rule_for(config.pattern, site).tiles
+        rule = rule_for(config.pattern, site, config.lstm_pattern)
+        return site.producer is None and site.consumer not in producers and not rule.tiles
 
     policy = lstm_policy(model, list(report.sites), config, eligible)
     skipped = [(s.name, s.reason) for s in [*report.skipped, *policy.skipped]]
-    sites = [rule_for(config.pattern, s).shape_site(s) for s in policy.sites]
+    sites = [rule_for(config.pattern, s, config.lstm_pattern).shape_site(s) for s in policy.sites]
     plans: list[SitePlan] = []
     unserved: dict[str | None, str] = {}  # dropout module -> why a site of it has no tile pattern
     for site in sites:
-        rule = rule_for(config.pattern, site)
+        rule = rule_for(config.pattern, site, config.lstm_pattern)
         try:
             dist = rule.search(site, model, config.tile, config.search)
         except ValueError as err:

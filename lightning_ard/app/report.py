@@ -221,6 +221,8 @@ def load_run(run_dir: Path, root: Path) -> RunResult:
 def _site_label(ard: DictConfig | dict) -> str:
     """What the family label leaves out: sequence groups at LSTM sites, the sites included or excluded."""
     label = " seq" if ard.get("lstm_mode") == "sequence" and ard.get("lstm_groups") is not None else ""
+    if ard.get("lstm_pattern"):
+        label += f" lstm-pattern {ard['lstm_pattern']}"
     for key in ("include", "exclude"):
         if ard.get(key):
             label += f" {key} " + ",".join(str(n) for n in ard[key])

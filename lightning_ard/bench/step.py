@@ -139,6 +139,22 @@ class GroupedLimit(nn.Module):
         return torch.cat([m(c) for m, c in zip(self.models, chunks, strict=True) if c.shape[0]])
 
 
+class Encoder(nn.Module):
+    """A Transformer encoder classifier (pre-norm ``nn.TransformerEncoderLayer`` blocks, GELU, mean-pooled head) on
+    embedded tokens; its dropout sites are the FFNs' (linear1 -> GELU -> dropout -> linear2)."""
+
+    def __init__(self, d: int, ff: int, layers: int, p: float | None) -> None:
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(
+            d, 4, ff, dropout=p or 0.0, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(d, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x).mean(1))
+
+
 def mlp(widths: tuple[int, ...], p: float | None) -> nn.Sequential:
     """The app's MLP: Linear → ReLU → Dropout(p) per hidden layer (no dropout when p is None), output Linear."""
     return build_mlp(widths[0], widths[1:-1], widths[-1], "relu", [p or 0.0] * (len(widths) - 2))
@@ -156,7 +172,9 @@ class Case:
 
 def paper_cases() -> list[Case]:
     """The paper's MLP (784-2048-2048-10) at batch 256 and 1024, the accuracy study's MLP (784-1024-1024-10, batch
-    128, and 512 for the batch rule of ``groups="auto"``), and the LSTM LM (2×650, vocab 10k, 35 steps, batch 20)."""
+    128, and 512 for the batch rule of ``groups="auto"``), the LSTM LM (2×650, vocab 10k, 35 steps, batch 20) and a
+    Transformer encoder (4 pre-norm layers, width 256, FFN 1024, 64 tokens, batch 32; its limit has FFNs of the
+    kept width and no dropout)."""
 
     def mlp_batch(rows: int) -> Callable[[torch.device], tuple[torch.Tensor, torch.Tensor]]:
         def batch(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,6 +187,10 @@ def paper_cases() -> list[Case]:
         g = torch.Generator().manual_seed(0)
         tokens = torch.randint(0, 10_000, (20, 36), generator=g).to(device)
         return tokens[:, :-1], tokens[:, 1:]
+
+    def encoder_batch(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(0)
+        return torch.randn(32, 64, 256, generator=g).to(device), torch.randint(0, 10, (32,), generator=g).to(device)
 
     def kept(width: int, p: float) -> int:
         return max(round(width * (1 - p)), 1)
@@ -190,6 +212,12 @@ def paper_cases() -> list[Case]:
             lambda p: lstm_lm(10_000, 650, 2, p),
             lambda p: CompactLSTMLM(10_000, 650, 2, kept(650, p)),
             lstm_batch,
+        ),
+        Case(
+            "transformer4x256-ff1024_t64_b32",
+            lambda p: Encoder(256, 1024, 4, p),
+            lambda p: Encoder(256, kept(1024, p), 4, None),
+            encoder_batch,
         ),
     ]
 
@@ -507,11 +535,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     parser.add_argument("--families", default=None, help=f"comma-separated subset of {','.join(FAMILIES)}")
     parser.add_argument("--rates", default=None, help="comma-separated rates (default 0.3..0.7)")
-    parser.add_argument("--cases", default=None, help="comma-separated prefixes of case names (mlp, lstm)")
+    parser.add_argument("--cases", default=None, help="comma-separated prefixes of case names (mlp, lstm, transformer)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per variant")
     parser.add_argument("--json", type=Path, default=None, help="write the records here")
     parser.add_argument("--png", type=Path, default=None, help="write the plot here (default: next to --json)")
     parser.add_argument("--md", type=Path, default=None, help="write the Markdown table here")
+    parser.add_argument("--no-png", action="store_true", help="write no plot (not even next to --json)")
     parser.add_argument("--groups", default="1", help="comma-separated pattern groups per step, integers or auto")
     parser.add_argument("--pool", type=int, default=None, help="distinct patterns per step when groups > 1")
     parser.add_argument("--lstm-groups", type=int, default=None, help="time chunks for LSTM sites (default: groups)")
@@ -593,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.md:
         args.md.write_text(table + "\n")
     png = args.png or (args.json.with_suffix(".png") if args.json else None)
-    if png and records:
+    if png and records and not args.no_png:
         plot(records, png)
         print(f"plot: {png}")
     return 0

@@ -38,6 +38,7 @@ def test_defaults() -> None:
         "groups": "auto",
         "pool": None,
         "group_draws": "stratified",
+        "lstm_pattern": None,
         "lstm_groups": None,
         "lstm_mode": "time",
         "lstm_recurrent_p": None,
@@ -60,6 +61,7 @@ def test_names_are_the_fields_in_order() -> None:
         "groups",
         "pool",
         "group_draws",
+        "lstm_pattern",
         "lstm_groups",
         "lstm_mode",
         "lstm_recurrent_p",
@@ -290,3 +292,11 @@ def test_search_unknown_setting_error() -> None:
 def test_tile_auto_is_the_default_and_accepted() -> None:
     assert ARDConfig().tile == "auto" and ARDConfig(tile="auto").tile == "auto"
     _raises("tile must be a pair of positive integers (rows, cols), got 'automatic'", tile="automatic")
+
+
+def test_lstm_pattern_takes_a_unit_family() -> None:
+    """LSTM sites drop units: every row family is accepted, the tile family is refused with the choices."""
+    for family in ("row", "block", "random"):
+        assert ARDConfig(lstm_pattern=family).lstm_pattern == family
+    with pytest.raises(ValueError, match=r"lstm_pattern must be one of \['row', 'block', 'random'\], got 'tile'"):
+        ARDConfig(lstm_pattern="tile")

@@ -57,6 +57,14 @@ def test_lstm_sites_under_auto_groups() -> None:
     assert dict(both.skipped)["drop->dec"] == "another use of drop stays nn.Dropout (an LSTM site)"
 
 
+def test_lstm_sites_take_their_own_family() -> None:
+    plan = build_plan(LM(False), ARDConfig(pattern="block", lstm_pattern="random"))
+    families = {sp.name: sp.family for sp in plan.sites}
+    assert families == {"drop->lstm": "random", "lstm.l1": "random", "drop->dec": "block"}
+    tile = build_plan(LM(False), ARDConfig(pattern="tile"))
+    assert {sp.name: sp.family for sp in tile.sites}["lstm.l1"] == "row"
+
+
 def test_a_rate_without_a_pattern_distribution_names_the_site() -> None:
     with pytest.raises(ValueError, match=r"site '2' \(p=0.7, width=64\): p=0.7 cannot be reached by the 'row' "):
         build_plan(_mlp(0.7), ARDConfig(pattern="row", search={"dp_max": 2}))

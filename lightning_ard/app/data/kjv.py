@@ -188,7 +188,7 @@ class KJVDataModule(PTBDataModule):
 
     Args:
         cache_dir: folder of ``kjv.{train,valid,test}.txt`` (``None``: :func:`default_cache_dir`).
-        batch_size, eval_batch_size, bptt, num_workers: as in :class:`PTBDataModule`.
+        batch_size, eval_batch_size, bptt, num_workers, train_tokens: as in :class:`PTBDataModule`.
         max_vocab_size: cap on the vocabulary (``None`` or at most :data:`VOCAB_SIZE`, the cached files' size).
     """
 
@@ -200,6 +200,7 @@ class KJVDataModule(PTBDataModule):
         bptt: int = 35,
         max_vocab_size: int | None = VOCAB_SIZE,
         num_workers: int = 0,
+        train_tokens: int | None = None,
     ) -> None:
         in_range = isinstance(max_vocab_size, int) and not isinstance(max_vocab_size, bool) and 3 <= max_vocab_size
         if max_vocab_size is not None and not (in_range and max_vocab_size <= VOCAB_SIZE):
@@ -208,7 +209,10 @@ class KJVDataModule(PTBDataModule):
                 f"{VOCAB_SIZE}-word vocabulary), got {max_vocab_size!r}"
             )
         self.cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
-        super().__init__(self.cache_dir, batch_size, eval_batch_size, bptt, max_vocab_size, num_workers=num_workers)
+        super().__init__(
+            self.cache_dir, batch_size, eval_batch_size, bptt, max_vocab_size,
+            num_workers=num_workers, train_tokens=train_tokens,
+        )  # fmt: skip
         self.save_hyperparameters(ignore=["root", "split"])  # PTB's `root` and `split` mean nothing here
 
     def prepare_data(self) -> None:

@@ -43,6 +43,9 @@ class PTBDataModule(L.LightningDataModule):
         max_vocab_size: cap on the vocabulary, ``<unk>`` and ``<eos>`` included (``None``: every training word).
         split: train/valid/test fractions of the embedded corpus (ignored when ``root`` is set).
         num_workers: DataLoader workers (windows are slices of an in-memory tensor; 0 is best).
+        train_tokens: train on the first this many tokens of the training split (``None``: all of it); the
+            vocabulary still comes from the whole split. A contiguous slice is what lets a model overfit within a
+            few epochs, the regime in which dropout's regularization shows.
     """
 
     def __init__(
@@ -54,9 +57,12 @@ class PTBDataModule(L.LightningDataModule):
         max_vocab_size: int | None = 10_000,
         split: tuple[float, float, float] = (0.8, 0.1, 0.1),
         num_workers: int = 0,
+        train_tokens: int | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("data.batch_size", batch_size), ("data.bptt", bptt)):
+        for name, value in (("data.batch_size", batch_size), ("data.bptt", bptt), ("data.train_tokens", train_tokens)):
+            if name == "data.train_tokens" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.save_hyperparameters()
@@ -67,6 +73,7 @@ class PTBDataModule(L.LightningDataModule):
         self.max_vocab = max_vocab_size
         self.split = tuple(split)
         self.num_workers = num_workers
+        self.train_tokens = train_tokens
         self.vocab: Vocabulary | None = None
         self.ids: dict[str, torch.Tensor] = {}
 
@@ -91,6 +98,8 @@ class PTBDataModule(L.LightningDataModule):
         tokens = {s: ptb_tokens(lines) for s, lines in self._lines().items()}
         vocab = Vocabulary.build(tokens["train"], self.max_vocab)
         self.ids = {s: vocab.encode(t) for s, t in tokens.items()}
+        if self.train_tokens is not None:
+            self.ids["train"] = self.ids["train"][: self.train_tokens]
         self.vocab = vocab
 
     @property

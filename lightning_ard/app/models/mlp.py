@@ -65,6 +65,7 @@ class MLPClassifier(StagedModule):
         optimizer: "sgd", "adam" or "adamw".
         lr: learning rate.
         momentum: SGD momentum.
+        nesterov: SGD with Nesterov momentum.
         weight_decay: L2 penalty.
     """
 
@@ -79,6 +80,7 @@ class MLPClassifier(StagedModule):
         lr: float = 1e-3,
         momentum: float = 0.9,
         weight_decay: float = 0.0,
+        nesterov: bool = False,
     ) -> None:
         super().__init__()
         widths = [int(w) for w in widths]
@@ -97,6 +99,7 @@ class MLPClassifier(StagedModule):
                 "lr": lr,
                 "momentum": momentum,
                 "weight_decay": weight_decay,
+                "nesterov": nesterov,
             }
         )
         self.net = build_mlp(input_dim, widths, num_classes, activation, rates)
@@ -122,4 +125,5 @@ class MLPClassifier(StagedModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
-        return build_optimizer(self.parameters(), hp.optimizer, hp.lr, hp.momentum, hp.weight_decay)
+        nesterov = bool(hp.get("nesterov", False))  # checkpoints written before the option have no such key
+        return build_optimizer(self.parameters(), hp.optimizer, hp.lr, hp.momentum, hp.weight_decay, nesterov)
