@@ -221,3 +221,15 @@ def test_check_idx_matches_read_idx(tmp_path: Path) -> None:
     bad = write_idx(tmp_path / "y.gz", IMAGES_MAGIC, (3, 4, 5), payload=bytes(59))
     with pytest.raises(IDXFormatError, match="59 data bytes"):
         check_idx(bad)
+
+
+def test_train_tokens_keeps_the_first_tokens_and_the_whole_vocabulary() -> None:
+    full = PTBDataModule(batch_size=4, bptt=5)
+    full.setup()
+    part = PTBDataModule(batch_size=4, bptt=5, train_tokens=1000)
+    part.setup()
+    assert torch.equal(part.ids["train"], full.ids["train"][:1000])
+    assert torch.equal(part.ids["valid"], full.ids["valid"]) and len(part.vocab) == len(full.vocab)
+    assert part.windows("train").num_tokens <= 1000
+    with pytest.raises(ValueError, match="data.train_tokens must be a positive integer, got 0"):
+        PTBDataModule(train_tokens=0)
