@@ -38,7 +38,10 @@ MANIFEST = RESULTS / "runs.json"
 SCRIPTS = {"ard-bench": "lightning_ard.bench.step", "ard-models-bench": "lightning_ard.bench.models"}
 """Console script -> module whose ``main(argv)`` it runs (the page shows the script, this runs the module)."""
 
-SPEED_CASES = "mlp784-1024-1024-10_b128,mlp784-2048-2048-10_b256,mlp784-2048-2048-10_b1024,lstm,transformer"
+SPEED_CASES = ",".join((
+    "mlp784-1024-1024-10_b128", "mlp784-2048-2048-10_b256", "mlp784-2048-2048-10_b1024", "lstm2x650_v10k_t35_b20",
+    "transformer",
+))  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -183,10 +183,21 @@ def paper_cases() -> list[Case]:
 
         return batch
 
-    def lstm_batch(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        g = torch.Generator().manual_seed(0)
-        tokens = torch.randint(0, 10_000, (20, 36), generator=g).to(device)
-        return tokens[:, :-1], tokens[:, 1:]
+    def lstm_batch(rows: int) -> Callable[[torch.device], tuple[torch.Tensor, torch.Tensor]]:
+        def make(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+            g = torch.Generator().manual_seed(0)
+            tokens = torch.randint(0, 10_000, (rows, 36), generator=g).to(device)
+            return tokens[:, :-1], tokens[:, 1:]
+
+        return make
+
+    def lstm_case(rows: int) -> Case:
+        return Case(
+            f"lstm2x650_v10k_t35_b{rows}",
+            lambda p: lstm_lm(10_000, 650, 2, p),
+            lambda p: CompactLSTMLM(10_000, 650, 2, kept(650, p)),
+            lstm_batch(rows),
+        )
 
     def encoder_batch(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed(0)
@@ -207,12 +218,8 @@ def paper_cases() -> list[Case]:
     mlp_cases = [mlp_case(2048, 256), mlp_case(2048, 1024), mlp_case(1024, 128), mlp_case(1024, 512)]
     return [
         *mlp_cases,
-        Case(
-            "lstm2x650_v10k_t35_b20",
-            lambda p: lstm_lm(10_000, 650, 2, p),
-            lambda p: CompactLSTMLM(10_000, 650, 2, kept(650, p)),
-            lstm_batch,
-        ),
+        lstm_case(20),
+        lstm_case(64),
         Case(
             "transformer4x256-ff1024_t64_b32",
             lambda p: Encoder(256, 1024, 4, p),
@@ -386,6 +393,7 @@ class LSTMSetting:
     lstm_groups: int | None
     lstm_mode: str = "time"
     recurrent: bool = False  # recurrent-path structured dropout at the case's rate
+    lstm_pattern: str | None = None  # family at the LSTM sites (None: the run's family)
 
 
 LSTM_SETTINGS = (
@@ -394,6 +402,7 @@ LSTM_SETTINGS = (
     LSTMSetting("decoder G=4, LSTM one pattern", 4, 1),
     LSTMSetting("decoder G=10, LSTM one pattern", 10, 1),
     LSTMSetting("defaults: decoder auto groups, LSTM time chunks G=2", "auto", None),
+    LSTMSetting("decoder auto groups, LSTM random time chunks G=4", "auto", 4, lstm_pattern="random"),
     LSTMSetting("sequence G=2", 2, 2, "sequence"),
     LSTMSetting("sequence G=4", 4, 4, "sequence"),
     LSTMSetting("structured G=1", 1, 1, "sequence", True),
@@ -430,6 +439,7 @@ def bench_lstm_settings(
             lstm_groups=setting.lstm_groups,
             lstm_mode=setting.lstm_mode,
             lstm_recurrent_p=p if setting.recurrent else None,
+            lstm_pattern=setting.lstm_pattern,
         ).apply()
         if not ctl.active:
             raise RuntimeError(f"no ARD site found in case {case.name}")

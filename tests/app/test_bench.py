@@ -74,6 +74,25 @@ def test_fit_bench_writes_json(tmp_path, monkeypatch) -> None:
     assert result["logged_step_speedup"] is None  # a 5-step fit ends before the first timing window (step 10)
 
 
+def test_fit_bench_runs_the_demo_lstm_with_extra_settings(tmp_path, monkeypatch) -> None:
+    """--model lstm fits Lightning's demo LSTM LM; --set passes any ApproximateDropout argument."""
+    from lightning_ard import profiling
+
+    monkeypatch.setattr(
+        profiling, "calibrate", lambda lin, lstm, rates=None, opts=(): {k: (1.0, 0.5) for k in (*lin, *lstm)}
+    )
+    out = tmp_path / "fit.json"
+    argv = ["--model", "lstm", "--width", "32", "--batch", "4", "--steps", "4", "--skip", "1",
+            "--set", "lstm_pattern=random", "--set", "lstm_groups=3", "--json", str(out)]  # fmt: skip
+    assert fit_bench.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["case"] == "lightning_fit_demo_lstm2x32_b4"
+    assert result["settings"] == {"lstm_pattern": "random", "lstm_groups": 3}
+    assert result["served_at_end"] == ["model.drop->model.rnn", "model.drop->model.decoder", "model.rnn.l1"]
+    with pytest.raises(SystemExit):
+        fit_bench.main(["--set", "lstm_groups", "--steps", "3", "--skip", "1"])
+
+
 def test_fit_bench_leaves_the_callbacks_window_steps_out() -> None:
     """Half of a timing window's steps run nn.Dropout: the ARD median must not include them."""
     cb = fit_bench._TimedARD(verbose=False)
