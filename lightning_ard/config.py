@@ -60,9 +60,8 @@ class ARDConfig:
             tokens of a Linear's input, time steps of an LSTM; :mod:`lightning_ard.patterns.groups`). ``"auto"``
             (default) takes the measured safe count for the site's rate and the batch at Linear sites
             (:func:`~lightning_ard.patterns.groups.auto_groups`: 4 up to p = 0.5, 10 at p = 0.7, more for batches
-            above 256 samples, read from the first training batch) and 2 time chunks
-            at unidirectional LSTM sites (:data:`~lightning_ard.patterns.groups.AUTO_LSTM_GROUPS`; bidirectional
-            ones and ``lstm_mode="sequence"`` stay ``nn.Dropout`` unless ``lstm_groups`` is set). 1 is the paper's one
+            above 256 samples, read from the first training batch); sites that feed an LSTM stay ``nn.Dropout``
+            unless ``lstm_groups`` is set (:data:`~lightning_ard.lstm_policy.AUTO_LSTM_REASON`). 1 is the paper's one
             pattern per mini-batch: fastest, but with SGD + momentum it can break training (docs/results.md).
         pool: distinct patterns per site per step when ``groups > 1``: each group takes one of ``pool`` drawn
             patterns at random, so a layer runs at most ``pool`` compact GEMMs however many groups there are.
@@ -77,7 +76,7 @@ class ARDConfig:
             whatever the family, so a family that breaks co-adaptation there costs no speed, while the Linear sites
             keep a family with contiguous products.
         lstm_groups: time chunks (patterns per step) for sites whose consumer is an LSTM; ``None`` uses
-            ``groups`` (with ``groups="auto"``: 2 time chunks, see ``groups``). Each chunk is one
+            ``groups`` (with ``groups="auto"``: the LSTM sites stay nn.Dropout, see ``groups``). Each chunk is one
             fused-LSTM call, whose fixed cost (large on the CPU) is what limits it.
         lstm_mode: what ``lstm_groups`` cut: ``"time"`` (chunks of time steps, each chunk one fused-LSTM call over
             the whole batch) or ``"sequence"`` (groups of sequences that keep one pattern for all their time steps,

@@ -1,10 +1,12 @@
 """Which LSTM sites ARD serves, and how: the LSTM part of building a plan.
 
-Under ``groups="auto"`` (no ``lstm_groups``, no structured dropout) unidirectional LSTM sites in time mode take
-:data:`~lightning_ard.patterns.groups.AUTO_LSTM_GROUPS` time chunks; the others stay nn.Dropout with the reason.
-In sequence mode, Linear sites that read an LSTM's output follow its sequence groups. With
-``lstm_recurrent_p``, the sites on an LSTM's hidden units take that rate and the layers with no such site get a
-hidden-unit distribution of their own (``<lstm>.h<layer>``). Every draw tied to an LSTM shares one group count.
+Under ``groups="auto"`` (no ``lstm_groups``, no structured dropout) the sites that feed an LSTM stay nn.Dropout,
+with the reason (:data:`AUTO_LSTM_REASON`): trained long enough for dropout to pay, every LSTM setting fast enough to
+be worth serving lost perplexity against nn.Dropout (docs/results.md, "LSTM language model: accuracy where dropout
+pays"). ``lstm_groups=N`` serves them. Linear sites (the decoder) keep their own defaults. In sequence mode,
+Linear sites that read an LSTM's output follow its sequence groups. With ``lstm_recurrent_p``, the sites on an
+LSTM's hidden units take that rate and the layers with no such site get a hidden-unit distribution of their own
+(``<lstm>.h<layer>``). Every draw tied to an LSTM shares one group count.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from torch import nn
 from lightning_ard.config import ARDConfig
 from lightning_ard.families import unit_family
 from lightning_ard.patterns import PatternDistribution
-from lightning_ard.patterns.groups import AUTO_LSTM_GROUPS, resolve_groups
+from lightning_ard.patterns.groups import resolve_groups
 from lightning_ard.sites import Site, SiteKind, Skipped, find_lstm_followers
 
 
@@ -60,19 +62,11 @@ def lstm_policy(
     return policy
 
 
-def _auto_reason(model: nn.Module, site: Site, config: ARDConfig) -> str | None:
-    """Why ``groups="auto"`` leaves an LSTM site as nn.Dropout (None: it serves it with time chunks)."""
-    if config.lstm_mode != "time":
-        return (
-            "LSTM sites in lstm_mode='sequence' stay nn.Dropout under groups='auto' (no measured safe default); "
-            "set lstm_groups=N to serve them"
-        )
-    if getattr(model.get_submodule(site.consumer), "bidirectional", False):
-        return (
-            "bidirectional LSTM sites stay nn.Dropout under groups='auto' (time chunks do not run on packed "
-            "bidirectional input); set lstm_groups=N (or lstm_mode='sequence') to serve them"
-        )
-    return None
+AUTO_LSTM_REASON = (
+    "LSTM sites stay nn.Dropout under groups='auto': trained until dropout pays, the fast LSTM settings lost "
+    "perplexity against nn.Dropout (docs/results.md); set lstm_groups=N to serve them"
+)
+"""Why ``groups="auto"`` leaves a site that feeds an LSTM as nn.Dropout."""
 
 
 def _leave_auto_sites(model: nn.Module, sites: list[Site], config: ARDConfig) -> LSTMPolicy:
@@ -80,11 +74,10 @@ def _leave_auto_sites(model: nn.Module, sites: list[Site], config: ARDConfig) ->
     dropout module is served whole or not)."""
     if not auto_lstm(config):
         return LSTMPolicy(list(sites))
-    reasons = {s.name: _auto_reason(model, s, config) for s in sites if s.kind.feeds_lstm}
-    left = [s for s in sites if reasons.get(s.name) is not None]
+    left = [s for s in sites if s.kind.feeds_lstm]
     plain = {s.dropout for s in left if s.dropout is not None}
     shared = [s for s in sites if not s.kind.feeds_lstm and s.dropout in plain]
-    skipped = [Skipped(s.name, reasons[s.name]) for s in left]  # type: ignore[arg-type]
+    skipped = [Skipped(s.name, AUTO_LSTM_REASON) for s in left]
     skipped += [Skipped(s.name, f"another use of {s.dropout} stays nn.Dropout (an LSTM site)") for s in shared]
     return LSTMPolicy([s for s in sites if s not in left and s not in shared], skipped)
 
@@ -129,8 +122,6 @@ def _tied_groups(model: nn.Module, policy: LSTMPolicy, lstm_paths: set[str], con
         names += [h for h in (f"{path}.h{layer}" for layer in range(layers)) if h in policy.hidden]
         if config.lstm_groups is not None:
             groups = config.lstm_groups
-        elif auto_lstm(config):  # only time-mode sites are left served
-            groups = AUTO_LSTM_GROUPS
         else:
             rates = {s.name: s.p for s in policy.sites}
             groups = max(resolve_groups(config.groups, rates[n]) for n in names if n in rates)

@@ -43,11 +43,6 @@ def auto_groups(p: float, samples: int | None = None) -> int:
     return max(AUTO_GROUPS, math.ceil(reference * p / (1.0 - p) - 1e-9))
 
 
-AUTO_LSTM_GROUPS = 2
-"""Time chunks per step at (unidirectional) LSTM sites under ``groups="auto"`` with no ``lstm_groups``: each LSTM
-layer runs as 2 fused calls, chunk 1 carrying its state into chunk 2, with 2 stratified patterns, while the Linear
-site after the LSTM (the decoder) takes :func:`auto_groups`. Perplexity and speed it kept: docs/notes/kernels.md."""
-
 MAX_GROUPS = 1 << 20
 """Largest accepted ``groups``: more groups than rows are empty (free), but each costs a draw per step."""
 

@@ -404,28 +404,22 @@ class _BiLM(nn.Module):
         return self.dec(self.drop_out(self.lstm(self.drop_in(self.emb(x)))[0]))
 
 
-def test_defaults_serve_lstm_sites_in_two_time_chunks() -> None:
-    """groups='auto' without lstm_groups: unidirectional LSTM sites get AUTO_LSTM_GROUPS stratified time chunks and
-    the decoder site the Linear safe count; sequence mode and bidirectional LSTMs stay nn.Dropout, with the reason;
-    asking for structured dropout serves them in sequence groups."""
-    from lightning_ard.patterns.groups import AUTO_LSTM_GROUPS
+def test_defaults_leave_lstm_sites_as_nn_dropout() -> None:
+    """groups='auto' without lstm_groups: sites that feed an LSTM stay nn.Dropout with the reason (in every mode,
+    bidirectional or not), the decoder site takes the Linear safe count; lstm_groups or structured dropout serve
+    them."""
+    from lightning_ard.lstm_policy import AUTO_LSTM_REASON
 
-    assert AUTO_LSTM_GROUPS == 2
-    ctl = ARDController(_lm(True)).apply()
+    for model, extra in ((_lm(True), {}), (_lm(True), {"lstm_mode": "sequence"}), (_BiLM(), {})):
+        ctl = ARDController(model, **extra).apply()
+        skipped = {s.name: s.reason for s in ctl.report.skipped}
+        assert {s.name for s in ctl.report.sites} == {"drop_out"} and ctl.site_groups("drop_out") == 4
+        assert skipped["drop_in"] == skipped.get("lstm.l1", AUTO_LSTM_REASON) == AUTO_LSTM_REASON
+        ctl.restore()
+    assert "set lstm_groups=N to serve them" in AUTO_LSTM_REASON
+    ctl = ARDController(_lm(True), lstm_groups=2).apply()
     assert {s.name for s in ctl.report.sites} == {"drop_in", "lstm.l1", "drop_out"}
     assert ctl.site_groups("drop_in") == ctl.site_groups("lstm.l1") == 2 and ctl.site_groups("drop_out") == 4
-    assert ctl.config.group_draws == "stratified"
-    ctl.restore()
-    ctl = ARDController(_lm(True), lstm_mode="sequence").apply()
-    skipped = {s.name: s.reason for s in ctl.report.skipped}
-    assert {s.name for s in ctl.report.sites} == {"drop_out"}
-    assert "lstm_mode='sequence' stay nn.Dropout under groups='auto'" in skipped["lstm.l1"]
-    assert "set lstm_groups=N" in skipped["drop_in"]
-    ctl.restore()
-    ctl = ARDController(_BiLM()).apply()
-    skipped = {s.name: s.reason for s in ctl.report.skipped}
-    assert {s.name for s in ctl.report.sites} == {"drop_out"}
-    assert skipped["drop_in"].startswith("bidirectional LSTM sites stay nn.Dropout under groups='auto'")
     ctl.restore()
     ctl = ARDController(_lm(True), lstm_mode="sequence", lstm_recurrent_p=0.5).apply()
     assert {s.name for s in ctl.report.sites} == {"drop_in", "lstm.l1", "drop_out"}

@@ -6,7 +6,7 @@ import pytest
 from torch import nn
 
 from lightning_ard import ARDConfig
-from lightning_ard.lstm_policy import lstm_policy
+from lightning_ard.lstm_policy import AUTO_LSTM_REASON, lstm_policy
 from lightning_ard.sites import find_sites
 
 
@@ -27,20 +27,21 @@ def _policy(model: nn.Module, **settings):
     return lstm_policy(model, list(sites), config, lambda site: True)
 
 
-def test_auto_serves_time_chunks_and_leaves_bidirectional_lstms() -> None:
-    policy = _policy(LM())
-    assert {s.name for s in policy.sites} == {"drop_in", "lstm.l1", "drop_out"}
-    assert policy.tied == {"drop_in": 2, "lstm.l1": 2} and policy.followers == {}
-    both = _policy(LM(bidirectional=True))
-    assert [s.name for s in both.sites] == ["drop_out"]
-    assert [s.name for s in both.skipped] == ["drop_in", "lstm.l1"]
+def test_auto_leaves_lstm_sites_as_nn_dropout_and_lstm_groups_serves_them() -> None:
+    for bidirectional in (False, True):
+        policy = _policy(LM(bidirectional))
+        assert [s.name for s in policy.sites] == ["drop_out"] and policy.tied == {}
+        assert [(s.name, s.reason) for s in policy.skipped] == [(n, AUTO_LSTM_REASON) for n in ("drop_in", "lstm.l1")]
+    chunks = _policy(LM(), lstm_groups=2)
+    assert {s.name for s in chunks.sites} == {"drop_in", "lstm.l1", "drop_out"}
+    assert chunks.tied == {"drop_in": 2, "lstm.l1": 2} and chunks.followers == {}
 
 
 def test_sequence_groups_make_the_decoder_follow_the_lstm() -> None:
     policy = _policy(LM(), lstm_mode="sequence", lstm_groups=3)
     assert policy.followers == {"drop_out": "lstm"}
     assert policy.tied == {"drop_in": 3, "lstm.l1": 3, "drop_out": 3}
-    assert _policy(LM(), lstm_mode="sequence").skipped[0].reason.startswith("LSTM sites in lstm_mode='sequence' stay")
+    assert _policy(LM(), lstm_mode="sequence").skipped[0].reason == AUTO_LSTM_REASON
 
 
 def test_structured_dropout_rates_the_hidden_unit_sites() -> None:

@@ -13,7 +13,7 @@ def _row(table: str, site: str) -> str:
 
 
 def test_lstm_rows_say_what_their_groups_cut() -> None:
-    table = plan_table(build_plan(LM(), ARDConfig()))
+    table = plan_table(build_plan(LM(), ARDConfig(lstm_groups=2)))
     assert "  2 time chunks  " in _row(table, "drop->lstm") and "  2 time chunks  " in _row(table, "lstm.l1")
     assert "  4  " in _row(table, "drop->dec")  # a Linear site's own groups
     sequence = plan_table(build_plan(LM(), ARDConfig(lstm_mode="sequence", lstm_groups=3)))
@@ -21,10 +21,10 @@ def test_lstm_rows_say_what_their_groups_cut() -> None:
 
 
 def test_decisions_are_listed_with_their_reasons() -> None:
-    plan = build_plan(LM(), ARDConfig()).fall_back(["lstm.l1"], {"lstm.l1": "measured 0.80x"})
+    plan = build_plan(LM(), ARDConfig(lstm_groups=2)).fall_back(["lstm.l1"], {"lstm.l1": "measured 0.80x"})
     table = plan_table(plan.with_backends({"dec": "gathered"}).give_up("the measured step is not faster (0.90x)"))
     assert "  plain model: the measured step is not faster (0.90x)" in table
     assert "  nn.Dropout lstm.l1: measured 0.80x" in table
     assert "  backends: dec gathered" in table
     skipped = plan_table(build_plan(LM(bidirectional=True), ARDConfig()))
-    assert "  skipped drop->lstm: bidirectional LSTM sites stay nn.Dropout" in skipped
+    assert "  skipped drop->lstm: LSTM sites stay nn.Dropout under groups='auto'" in skipped

@@ -48,20 +48,23 @@ def test_groups_follow_the_batch_and_never_exceed_its_rows() -> None:
 
 
 def test_lstm_sites_under_auto_groups() -> None:
-    plan = build_plan(LM(False), ARDConfig())
-    assert {sp.name: (sp.groups, sp.tied) for sp in plan.sites} == {
+    """groups='auto' leaves the LSTM sites as nn.Dropout, and the decoder too when it shares their dropout module."""
+    for bidirectional in (False, True):
+        plan = build_plan(LM(bidirectional), ARDConfig())
+        skipped = dict(plan.skipped)
+        assert plan.sites == () and skipped["drop->lstm"].startswith("LSTM sites stay nn.Dropout under groups='auto'")
+        assert skipped["drop->dec"] == "another use of drop stays nn.Dropout (an LSTM site)"
+    chunks = build_plan(LM(False), ARDConfig(lstm_groups=2))
+    assert {sp.name: (sp.groups, sp.tied) for sp in chunks.sites} == {
         "drop->lstm": (2, True), "lstm.l1": (2, True), "drop->dec": (4, False)
     }  # fmt: skip
-    both = build_plan(LM(True), ARDConfig())
-    assert both.sites == () and dict(both.skipped)["drop->lstm"].startswith("bidirectional LSTM sites stay")
-    assert dict(both.skipped)["drop->dec"] == "another use of drop stays nn.Dropout (an LSTM site)"
 
 
 def test_lstm_sites_take_their_own_family() -> None:
-    plan = build_plan(LM(False), ARDConfig(pattern="block", lstm_pattern="random"))
+    plan = build_plan(LM(False), ARDConfig(pattern="block", lstm_pattern="random", lstm_groups=2))
     families = {sp.name: sp.family for sp in plan.sites}
     assert families == {"drop->lstm": "random", "lstm.l1": "random", "drop->dec": "block"}
-    tile = build_plan(LM(False), ARDConfig(pattern="tile"))
+    tile = build_plan(LM(False), ARDConfig(pattern="tile", lstm_groups=2))
     assert {sp.name: sp.family for sp in tile.sites}["lstm.l1"] == "row"
 
 
