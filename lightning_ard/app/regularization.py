@@ -52,8 +52,9 @@ def plot_curves(curves: dict[str, list[float]], metric: str, path: Path) -> None
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    dashes = iter(["--", "-.", (0, (1, 1)), (0, (5, 1, 1, 1, 1, 1))] * 4)
     for label, curve in curves.items():
-        style = {"linestyle": "--", "color": "black"} if label.startswith("dropout") else {}
+        style = {"linestyle": next(dashes), "color": "black"} if label.startswith("dropout") else {}
         if label.startswith(NO_DROPOUT):
             style = {"linestyle": ":", "color": "grey"}
         ax.plot(range(1, len(curve) + 1), curve, marker="o", label=label, **style)

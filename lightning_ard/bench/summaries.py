@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
+from lightning_ard.app.regularization import NO_DROPOUT
 from lightning_ard.app.report import BASELINE, COLUMNS, RunResult, SummaryRow, summarize
 
 NOT_MEASURED = "*Not measured yet.*"
@@ -42,6 +43,9 @@ def _summary_row(record: dict[str, str]) -> SummaryRow:
         step_ms=_number(values["step_ms"]),
         speedup=_number(values["speedup"]),
         flops_saved=_number(values["flops_saved"]),
+        val_best=_number(values.get("val_best")),
+        val_last=_number(values.get("val_last")),
+        kept=_number(values.get("kept")),
     )
 
 
@@ -96,28 +100,34 @@ def format_delta(row: SummaryRow) -> str:
 
 def arm(family: str, p: float | None) -> str:
     """A readable arm name: nn.Dropout (no dropout at p = 0), or the family with its groups."""
-    if family == BASELINE:
-        return "no dropout" if p == 0 else "nn.Dropout"
-    return family
+    if family == NO_DROPOUT or (family == BASELINE and p == 0):
+        return "no dropout"
+    return "nn.Dropout" if family == BASELINE else family
 
 
 def summary_table(rows: Sequence[SummaryRow], setting: str | None = None) -> str:
     """Markdown rows of folded runs: (setting,) model, p, arm, seeds, test metric, change against nn.Dropout."""
     head = ["setting"] if setting is not None else []
     head += ["model", "p", "arm", "seeds", "test metric (mean ± std)", "Δ vs nn.Dropout"]
+    study = any(r.kept is not None or r.val_best is not None for r in rows)
+    head += ["best / last validation", "dropout's gain kept"] * study
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += table_rows(rows, setting)
+    lines += table_rows(rows, setting, study)
     return "\n".join(lines)
 
 
-def table_rows(rows: Sequence[SummaryRow], setting: str | None = None) -> list[str]:
-    """The body rows of :func:`summary_table` (to join the rows of several sweeps into one table)."""
+def table_rows(rows: Sequence[SummaryRow], setting: str | None = None, study: bool = False) -> list[str]:
+    """The body rows of :func:`summary_table` (to join the rows of several sweeps into one table); ``study``: with
+    the best and last validation value and the share of dropout's gain over no dropout each arm keeps."""
     out = []
     for r in rows:
         metric = "accuracy %" if r.metric == "test/acc" else "perplexity" if r.metric == "test/ppl" else r.metric
         cells = [] if setting is None else [setting]
         p = "" if r.p is None else f"{r.p:g}"
         cells += [r.model, p, arm(r.family, r.p), str(r.runs), f"{format_mean(r)} ({metric})", format_delta(r)]
+        if study:
+            val = "" if r.val_best is None or r.val_last is None else f"{r.val_best:.1f} / {r.val_last:.1f}"
+            cells += [val, "" if r.kept is None else f"{r.kept:.0%}"]
         out.append("| " + " | ".join(cells) + " |")
     return out
 

@@ -110,6 +110,20 @@ def test_summary_csv_renders_as_written(tmp_path: Path) -> None:
     assert "| lstm 2x256 | 0.5 | block x4 groups | 3 | 101.00 (perplexity) | +1.0 % |" in table
 
 
+def test_a_three_arm_summary_shows_validation_and_the_gain_kept(tmp_path: Path) -> None:
+    path = tmp_path / "report_summary.csv"
+    path.write_text(
+        "model,family,p,metric,runs,mean,std,delta,step_ms,speedup,flops_saved,val_best,val_last,kept\n"
+        "lstm 2x256,none,0.0,test/ppl,3,120.5,2.0,,,,,90.0,110.0,\n"
+        "lstm 2x256,dropout,0.5,test/ppl,3,100.0,1.0,,,,,95.0,96.0,1.0\n"
+        "lstm 2x256,block x4 groups,0.5,test/ppl,3,102.0,,2.0,,,,96.0,97.5,0.9\n"
+    )
+    table = summaries.render_folder(tmp_path)
+    assert table.splitlines()[0].endswith("| best / last validation | dropout's gain kept |")
+    assert "| lstm 2x256 | 0 | no dropout | 3 | 120.50 ± 2.00 (perplexity) |  | 90.0 / 110.0 |  |" in table
+    assert "| block x4 groups | 3 | 102.00 (perplexity) | +2.0 % | 96.0 / 97.5 | 90% |" in table
+
+
 def test_missing_summaries_say_not_measured(tmp_path: Path) -> None:
     assert summaries.render_folder(tmp_path / "absent").startswith(summaries.NOT_MEASURED)
     table = summaries.render_sweeps([("Nesterov", tmp_path / "nope.csv")])
