@@ -104,7 +104,11 @@ class Sweep:
             subprocess.run(shlex.split(command), check=True)
         subprocess.run(["ard-report", out.as_posix()], check=True)
         self.csv.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(out / "report.csv", self.csv)
+        if self.csv.name != "report_summary.csv":
+            shutil.copyfile(out / "report.csv", self.csv)
+            return
+        for name in ("report_summary.csv", "report_curves.png"):  # a three-arm study: its summary and curves
+            shutil.copyfile(out / name, self.csv.parent / name)
 
 
 def _mlp(name: str, arms: Sequence[str], *settings: str) -> tuple[str, ...]:
@@ -113,15 +117,20 @@ def _mlp(name: str, arms: Sequence[str], *settings: str) -> tuple[str, ...]:
                  for i, arm in enumerate(arms))  # fmt: skip
 
 
+CURVES = "\n\n![Validation perplexity during the fit, mean over seeds](results/lstm_study/report_curves.png)"
+LSTM_STUDY = RESULTS / "lstm_study"
+"""The LSTM study where dropout pays; every ``*summary.csv`` here is rendered (``ard-report``'s summary)."""
+
 _OWN = "ard.never_slower=false ard.measure_speedup=false"  # the setting's own accuracy: no step falls back
 _ARMS = ("ard=dropout ard.p=0.3,0.5,0.7 seed=0,1,2", f"ard=default {_OWN} ard.p=0.3,0.5,0.7 seed=0,1,2")
 _SGD = "model.optimizer=sgd model.lr=0.05 model.momentum=0.9 data.batch_size=128"
 _ADAM = "model.optimizer=adam model.lr=0.001 data.batch_size=256"
 _EPYC = "AMD EPYC, 2 cores, one run per core at 1 torch thread, torch 2.13.0+cpu"
-_KJV = (
-    "ard-train -m experiment=lstm_kjv model.embed_dim=128 model.hidden_size=128 model.decay_after=2 "
-    "trainer.max_epochs=4 trainer.limit_train_batches=300 callbacks=none ard.never_slower=false "
-    "ard.measure_speedup=false trainer.enable_progress_bar=false"
+_STUDY = "ard-train -m experiment=lstm_kjv_study trainer.enable_progress_bar=false"
+_STUDY_ARMS = (
+    "ard=dropout ard.p=0.0,0.5 seed=1,2,3",  # no dropout, nn.Dropout
+    f"ard.p=0.5 {_OWN} seed=1,2,3",  # the defaults (LSTM sites nn.Dropout, the decoder served)
+    f"ard.p=0.5 ard.lstm_pattern=random ard.lstm_groups=4 {_OWN} seed=1,2,3",  # LSTM sites served, 4 time chunks
 )
 SWEEPS = (
     Sweep("mlp_sgd", "MLP, SGD momentum 0.9, lr 0.05, batch 128", RESULTS / "accuracy/mlp_sgd.csv",
@@ -130,10 +139,10 @@ SWEEPS = (
           RESULTS / "accuracy/mlp_nesterov.csv", _mlp("mlp_nesterov", _ARMS, _SGD, "model.nesterov=true"), ""),
     Sweep("mlp_adam", "MLP, Adam, lr 1e-3, batch 256", RESULTS / "accuracy/mlp_adam.csv",
           _mlp("mlp_adam", _ARMS, _ADAM), _EPYC),
-    Sweep("lstm_kjv", "LSTM LM 2 x 128, KJV, one pass", RESULTS / "accuracy/lstm_kjv.csv",
-          tuple(f"{_KJV} {arm} hydra.sweep.dir=multirun/accuracy/lstm_kjv/{i}" for i, arm in
-                enumerate(("ard=dropout ard.p=0.3,0.5,0.7 seed=0,1,2", "ard.p=0.3,0.5,0.7 seed=0,1,2"))),
-          "Intel Xeon, 2 cores, one run per core at 1 torch thread, torch 2.13.0+cpu"),
+    Sweep("lstm_study", "LSTM LM 2 x 256, KJV, first 100k tokens, 6 epochs", LSTM_STUDY / "report_summary.csv",
+          tuple(f"{_STUDY} {arm} hydra.sweep.dir=multirun/accuracy/lstm_study/{i}"
+                for i, arm in enumerate(_STUDY_ARMS)),
+          _EPYC),
     Sweep("mlp_groups", "MLP, SGD momentum 0.9, lr 0.05, batch 128, p = 0.5", RESULTS / "accuracy/mlp_groups.csv",
           _mlp("mlp_groups", ("ard=dropout ard.p=0.5 seed=0,1",
                               "ard=block ard.groups=1,2,4,8 ard.group_draws=independent ard.p=0.5 seed=0,1"), _SGD),
@@ -147,9 +156,6 @@ SWEEPS = (
 )  # fmt: skip
 """The accuracy sweeps the page renders; each CSV is ``ard-report``'s ``report.csv`` of the sweep (the KJV one a
 summary CSV)."""
-
-LSTM_STUDY = RESULTS / "lstm_study"
-"""Sweeps of the LSTM study where dropout pays; every ``*summary.csv`` here is rendered (``ard-report``'s summary)."""
 
 
 def _provenance(manifest: dict[str, dict[str, object]], job: str) -> str:
@@ -170,7 +176,9 @@ def _sweep_provenance(sweeps: Sequence[Sweep]) -> str:
              "    ```bash"]  # fmt: skip
     for sweep in sweeps:
         lines += [f"    {c}" for c in sweep.commands]
-        lines.append(f"    ard-report multirun/accuracy/{sweep.name}  # then keep its report.csv as {sweep.csv}")
+        kept = (f"its report_summary.csv and report_curves.png in {sweep.csv.parent}"
+                if sweep.csv.name == "report_summary.csv" else f"its report.csv as {sweep.csv}")  # fmt: skip
+        lines.append(f"    ard-report multirun/accuracy/{sweep.name}  # then keep {kept}")
     lines.append("    ```")
     return "\n".join(lines)
 
@@ -201,23 +209,23 @@ def render_blocks(manifest: dict[str, dict[str, object]], results: Path = RESULT
         return f"{tables.groups_table(records, rows)}\n\n![Speed and accuracy per group count](results/groups.png)"
 
     study = results / LSTM_STUDY.relative_to(RESULTS)
-    machine = study / "machine.txt"
     return {
         "speed": bench("speed", tables.speed_table, "speed.json"),
         "models": bench("models", tables.models_table, "models.json"),
         "groups": bench("groups", groups, "groups_speed.json") + "\n\n" + _sweep_provenance(_sweeps("mlp_groups")),
         "memory": bench("speed", tables.memory_table, "speed.json"),
-        "accuracy": accuracy("mlp_sgd", "mlp_nesterov", "mlp_adam", "lstm_kjv"),
+        "accuracy": accuracy("mlp_sgd", "mlp_nesterov", "mlp_adam"),
         "regularization": accuracy("mlp_regularization"),
         "lstm-study": summaries.render_folder(study, display=LSTM_STUDY)
-        + (f"\n\nMachine: {machine.read_text().strip()}." if machine.is_file() else ""),
+        + CURVES * (study / "report_curves.png").is_file()
+        + "\n\n" + _sweep_provenance(_sweeps("lstm_study")),
     }
 
 
 GLANCE = (
     ("MLP 784-2048-2048-10, batch 1024", "mlp784-2048-2048-10_b1024", None),
     ("MLP 784-1024-1024-10, batch 128", "mlp784-1024-1024-10_b128", "mlp_sgd"),
-    ("LSTM LM 2 × 650, batch 20", "lstm2x650_v10k_t35_b20", "lstm_kjv"),
+    ("LSTM LM 2 × 650, batch 20", "lstm2x650_v10k_t35_b20", "lstm_study"),
     ("Transformer encoder, batch 32", "transformer4x256-ff1024_t64_b32", None),
 )
 """README's rows: label, the speed table's case, the accuracy sweep of that model (None: not measured)."""
@@ -230,6 +238,7 @@ def _accuracy_at(sweep: str | None, p: float, results: Path) -> str:
     if path is None or not path.is_file():
         return "not measured yet"
     rows = [r for r in summaries.read_summary(path) if r.p == p and r.delta is not None]
+    rows = [r for r in rows if " lstm " not in f"{r.family} "][:1]  # the defaults' row, not an LSTM setting's
     return "; ".join(f"{summaries.format_delta(r)} ({r.runs} seeds)" for r in rows) or "not measured yet"
 
 
