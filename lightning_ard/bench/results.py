@@ -139,7 +139,8 @@ SWEEPS = (
           RESULTS / "accuracy/mlp_nesterov.csv", _mlp("mlp_nesterov", _ARMS, _SGD, "model.nesterov=true"), ""),
     Sweep("mlp_adam", "MLP, Adam, lr 1e-3, batch 256", RESULTS / "accuracy/mlp_adam.csv",
           _mlp("mlp_adam", _ARMS, _ADAM), _EPYC),
-    Sweep("lstm_study", "LSTM LM 2 x 256, KJV, first 30k tokens, 12 epochs, SGD lr 20", LSTM_STUDY / "report_summary.csv",
+    Sweep("lstm_study", "LSTM LM 2 x 256, KJV, first 30k tokens, 12 epochs, SGD lr 20",
+          LSTM_STUDY / "report_summary.csv",
           tuple(f"{_STUDY} {arm} hydra.sweep.dir=multirun/accuracy/lstm_study/{i}"
                 for i, arm in enumerate(_STUDY_ARMS)),
           _EPYC),

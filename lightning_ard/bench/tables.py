@@ -10,7 +10,7 @@ defaults' (``--groups auto``); one with ``groups == 1`` is one pattern per step.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,28 +52,38 @@ def _served(r: Record) -> str:
     return ""
 
 
-def speed_table(records: Sequence[Record]) -> str:
-    """One row per case: nn.Dropout's step, the defaults' and one pattern's speedups, the FLOP ratio and both
-    compact limits (of the defaults' group count)."""
-    lines = [
-        "| model | batch | nn.Dropout step (ms) | defaults | one pattern per step | FLOP ratio | compact limit "
-        "| grouped compact limit |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+def _case_table(
+    records: Sequence[Record], header: Sequence[str], cells: Callable[[Record | None, Record | None, Record], list[str]]
+) -> str:
+    """A table with one row per case: ``cells(defaults, one pattern, base)`` after the model and batch, where base is
+    the defaults' record or else one pattern's; a case whose ``cells`` is empty is left out."""
+    lines = ["| " + " | ".join(["model", "batch", *header]) + " |", "|" + "---|" * (len(header) + 2)]
     for case, pair in _by_case(records).items():
         d, one = pair.get("defaults"), pair.get("one")
         base = d or one
-        if base is None:
-            continue
-        model, batch = _model_and_batch(case)
-        cells = [model, batch, f"{base['dense_ms']:.1f}"]
-        cells.append("" if d is None else f"**{d['speedup']:.2f}×** (G = {d['groups']}{_served(d)})")
-        cells.append("" if one is None else f"{one['speedup']:.2f}×{_served(one)}")
-        grouped = base.get("grouped_limit") or base["limit"]
-        ideal = max(r["ideal"] for r in pair.values())  # groups keep the FLOPs; a fallen-back step reads 1.00
-        cells += [f"{ideal:.2f}×", f"{base['limit']:.2f}×", f"{grouped:.2f}×"]
-        lines.append("| " + " | ".join(cells) + " |")
+        row = cells(d, one, base) if base is not None else []
+        if row:
+            lines.append("| " + " | ".join([*_model_and_batch(case), *row]) + " |")
     return "\n".join(lines)
+
+
+def speed_table(records: Sequence[Record]) -> str:
+    """One row per case: nn.Dropout's step, the defaults' and one pattern's speedups, the FLOP ratio and both
+    compact limits (of the defaults' group count)."""
+
+    def cells(d: Record | None, one: Record | None, base: Record) -> list[str]:
+        grouped = base.get("grouped_limit") or base["limit"]
+        ideal = max(r["ideal"] for r in (d, one) if r is not None)  # groups keep the FLOPs; a fallen-back step: 1.00
+        return [
+            f"{base['dense_ms']:.1f}",
+            "" if d is None else f"**{d['speedup']:.2f}×** (G = {d['groups']}{_served(d)})",
+            "" if one is None else f"{one['speedup']:.2f}×{_served(one)}",
+            f"{ideal:.2f}×", f"{base['limit']:.2f}×", f"{grouped:.2f}×",
+        ]  # fmt: skip
+
+    header = ["nn.Dropout step (ms)", "defaults", "one pattern per step", "FLOP ratio", "compact limit",
+              "grouped compact limit"]  # fmt: skip
+    return _case_table(records, header, cells)
 
 
 def _mib(value: float | None) -> str:
@@ -82,23 +92,18 @@ def _mib(value: float | None) -> str:
 
 def memory_table(records: Sequence[Record]) -> str:
     """One row per case: the peak MiB a training step holds above its start, per variant, and the defaults' saving."""
-    lines = [
-        "| model | batch | nn.Dropout (MiB) | defaults (MiB) | one pattern per step (MiB) | compact limit (MiB) "
-        "| defaults vs nn.Dropout |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for case, pair in _by_case(records).items():
-        d, one = pair.get("defaults"), pair.get("one")
-        base = d or one
-        if base is None or base.get("dense_peak_mib") is None:
-            continue
-        model, batch = _model_and_batch(case)
-        dense = base["dense_peak_mib"]
+
+    def cells(d: Record | None, one: Record | None, base: Record) -> list[str]:
+        dense = base.get("dense_peak_mib")
+        if dense is None:
+            return []
         saving = "" if d is None or not dense else f"{d['ard_peak_mib'] / dense - 1:+.0%}"
-        cells = [model, batch, _mib(dense), _mib(d and d["ard_peak_mib"]), _mib(one and one["ard_peak_mib"])]
-        cells += [_mib(base.get("limit_peak_mib")), saving]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        return [_mib(dense), _mib(d and d["ard_peak_mib"]), _mib(one and one["ard_peak_mib"]),
+                _mib(base.get("limit_peak_mib")), saving]  # fmt: skip
+
+    header = ["nn.Dropout (MiB)", "defaults (MiB)", "one pattern per step (MiB)", "compact limit (MiB)",
+              "defaults vs nn.Dropout"]  # fmt: skip
+    return _case_table(records, header, cells)
 
 
 def _accuracy_by_groups(rows: Sequence[SummaryRow]) -> dict[int, SummaryRow]:
