@@ -24,13 +24,14 @@ def lower_is_better(metric: str) -> bool:
     return metric.rsplit("/", 1)[-1] in LOWER_IS_BETTER
 
 
-def gain_kept(none: float, dropout: float, ard: float) -> float | None:
+def gain_kept(none: float, dropout: float, ard: float, lower_better: bool = True) -> float | None:
     """Share of nn.Dropout's gain over no dropout that ``ard`` keeps (1.0: as good as nn.Dropout, 0.0: as no
-    dropout); None when dropout gains nothing (the regime shows no regularization)."""
-    gain = none - dropout
-    if gain == 0:
+    dropout); None when dropout gains nothing (no dropout is as good or better: the regime shows no regularization,
+    and a share would only scale noise)."""
+    gain = none - dropout if lower_better else dropout - none
+    if gain <= 0:
         return None
-    return (none - ard) / gain
+    return (none - ard) / (none - dropout)
 
 
 def val_tag(metric: str) -> str:

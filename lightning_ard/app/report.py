@@ -294,7 +294,7 @@ def _fill_kept(out: Sequence[SummaryRow]) -> None:
         base = next((b for b in out if b.family == BASELINE and b.model == row.model and b.p == row.p), None)
         if none is None or base is None or row.family == NO_DROPOUT or None in (none.mean, base.mean, row.mean):
             continue
-        row.kept = gain_kept(none.mean, base.mean, row.mean)  # type: ignore[arg-type]
+        row.kept = gain_kept(none.mean, base.mean, row.mean, lower_is_better(row.metric))  # type: ignore[arg-type]
 
 
 def summarize(rows: Sequence[RunResult]) -> list[SummaryRow]:

@@ -30,8 +30,10 @@ def lstm_run(run_dir: Path, ard: str, p: float, test_ppl: float, val: list[float
 
 def test_gain_kept_and_direction() -> None:
     assert gain_kept(300.0, 200.0, 220.0) == pytest.approx(0.8)
-    assert gain_kept(0.80, 0.90, 0.88) == pytest.approx(0.8)  # accuracy: the same share
+    assert gain_kept(0.80, 0.90, 0.88, lower_better=False) == pytest.approx(0.8)  # accuracy: the same share
     assert gain_kept(200.0, 200.0, 210.0) is None  # dropout gains nothing: no share
+    assert gain_kept(168.0, 171.0, 172.0) is None  # no dropout ends best: no share either
+    assert gain_kept(0.90, 0.88, 0.87, lower_better=False) is None
     assert lower_is_better("test/ppl") and lower_is_better("val/loss") and not lower_is_better("test/acc")
     assert mean_curve([[1.0, 2.0, 3.0], [3.0, 4.0]]) == [2.0, 3.0]
 
