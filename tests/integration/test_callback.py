@@ -192,27 +192,24 @@ def test_lstm_language_model_sites_and_training(tmp_path) -> None:
     assert "ard/lstm.l1/speedup_measured" in scalars
 
 
-def test_auto_groups_serve_lstm_sites_in_time_chunks_and_group_the_decoder(tmp_path) -> None:
-    """Defaults: the LSTM sites get 2 stratified time chunks, the decoder site the safe Linear groups; in sequence
-    mode (no measured safe default) the LSTM sites stay nn.Dropout, reported with the reason."""
+def test_auto_groups_leave_lstm_sites_as_nn_dropout(tmp_path) -> None:
+    """Defaults: the sites that feed the LSTM stay nn.Dropout, with the reason, and so does the decoder's site when it
+    shares their dropout module; lstm_groups=N serves them in time chunks, the decoder with the safe Linear groups."""
     pl.seed_everything(0)
     model = LSTMLM()  # one nn.Dropout module before the LSTM and before the decoder
     cb = ApproximateDropout(measure_speedup=False)
-    _trainer(tmp_path, cb).fit(model, _lm_data())
-    ctl = cb.controller
+    with pytest.warns(UserWarning, match="found no dropout site"):
+        _trainer(tmp_path, cb).fit(model, _lm_data())
+    skipped = {s.name: s.reason for s in cb.controller.report.skipped}
+    assert "set lstm_groups=N to serve them" in skipped["lstm.l1"] and "lstm_groups" in skipped["drop->lstm"]
+    assert skipped["drop->decoder"] == "another use of drop stays nn.Dropout (an LSTM site)"
+    served = ApproximateDropout(lstm_groups=2, measure_speedup=False)
+    _trainer(tmp_path / "c", served).fit(model, _lm_data())
+    ctl = served.controller
     assert {s.name for s in ctl.report.sites} == {"drop->lstm", "drop->decoder", "lstm.l1"}
     assert ctl.site_groups("drop->lstm") == ctl.site_groups("lstm.l1") == 2
     assert ctl.site_groups("drop->decoder") == ctl.linear_groups == 4
     assert type(model.lstm) is nn.LSTM  # restored at fit end
-    seq = ApproximateDropout(lstm_mode="sequence", measure_speedup=False)
-    with pytest.warns(UserWarning, match="found no dropout site"):
-        _trainer(tmp_path / "b", seq).fit(LSTMLM(), _lm_data())
-    skipped = {s.name: s.reason for s in seq.controller.report.skipped}
-    assert "set lstm_groups=N to serve them" in skipped["lstm.l1"] and "lstm_groups" in skipped["drop->lstm"]
-    assert skipped["drop->decoder"] == "another use of drop stays nn.Dropout (an LSTM site)"
-    served = ApproximateDropout(lstm_groups=3, measure_speedup=False)
-    _trainer(tmp_path / "c", served).fit(LSTMLM(), _lm_data())
-    assert served.controller.site_groups("lstm.l1") == 3
 
 
 def test_no_sites_warns_and_trains_unchanged(tmp_path) -> None:
