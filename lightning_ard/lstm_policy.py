@@ -52,7 +52,7 @@ def lstm_policy(
 ) -> LSTMPolicy:
     """The LSTM decisions for ``sites`` of ``model`` (not changed); ``eligible_follower``: whether a Linear site
     may follow an LSTM's sequence groups (a consumer only, with a row family)."""
-    policy = _leave_auto_sites(model, sites, config)
+    policy = _leave_auto_sites(sites, config)
     lstm_paths = {s.consumer for s in policy.sites if s.kind.feeds_lstm}
     if config.lstm_mode == "sequence" and lstm_paths:
         policy.followers = find_lstm_followers(model, policy.sites, lstm_paths, eligible_follower)
@@ -69,7 +69,7 @@ AUTO_LSTM_REASON = (
 """Why ``groups="auto"`` leaves a site that feeds an LSTM as nn.Dropout."""
 
 
-def _leave_auto_sites(model: nn.Module, sites: list[Site], config: ARDConfig) -> LSTMPolicy:
+def _leave_auto_sites(sites: list[Site], config: ARDConfig) -> LSTMPolicy:
     """Remove the LSTM sites ``groups="auto"`` does not serve, with every other use of their dropout modules (a
     dropout module is served whole or not)."""
     if not auto_lstm(config):

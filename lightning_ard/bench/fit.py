@@ -19,7 +19,6 @@ the sites ARD still serves when the last fit ends (the never-slower rule may hav
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import statistics
 import tempfile
@@ -30,6 +29,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_ard.app.models import MLPClassifier
@@ -108,14 +108,6 @@ def _ard_steps(times: list[float], callback: ApproximateDropout, skip: int) -> l
     return kept or times[skip:]  # every timed step in a window: all of them
 
 
-def _value(text: str) -> object:
-    """A ``--set`` value: a Python literal (``5``, ``0.3``, ``None``, ``[1, 2]``) or else the text itself."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -152,10 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.groups is not None:
         settings["groups"] = args.groups if args.groups == "auto" else int(args.groups)
     for item in args.set:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
+        if not item.partition("=")[0] or "=" not in item:
             parser.error(f"--set takes NAME=VALUE (an ApproximateDropout argument), got {item!r}")
-        settings[name] = _value(value)
+    settings.update(OmegaConf.to_container(OmegaConf.from_dotlist(args.set)))  # typed as on Hydra's command line
     try:
         _TimedARD(verbose=False, **settings)  # bad settings fail before any fit
     except (ValueError, TypeError) as err:
