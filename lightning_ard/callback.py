@@ -218,8 +218,9 @@ class ApproximateDropout(pl.Callback):
         resumed = self._check_resumed_settings(seed)  # raises before the model is touched
         state = self._pending_state if resumed else None
         self._pending_state = None
-        record = PlanRecord.from_dict(state["guard"]["record"]) if state is not None else self.replay
-        step = int(state["guard"]["step"]) if state is not None else 0
+        guarded = state is not None and "guard" in state  # False: the checkpoint's fit served no site
+        record = PlanRecord.from_dict(state["guard"]["record"]) if guarded else self.replay
+        step = int(state["guard"]["step"]) if guarded else 0
         rank_seed = seed + RANK_SEED_STRIDE * trainer.global_rank
         plan = record.at(step) if record is not None and record.plans else (self._replay_plan if self.replay else None)
         if plan is not None:
@@ -234,9 +235,11 @@ class ApproximateDropout(pl.Callback):
             skipped = self.controller.report.skipped
             reasons = "; ".join(f"{s.name}: {s.reason}" for s in skipped) or "the model has no nn.Dropout"
             rank_zero_warn(f"ApproximateDropout found no dropout site it can serve, training is unchanged ({reasons})")
+            if state is not None:  # the nn.Dropout masks continue where the checkpoint left them
+                _set_rng_state(state["rng"])
             return
         self.guard = self._make_guard(trainer, record)
-        if state is not None:
+        if guarded:
             self._restore(state)
         if self.verbose:
             rank_zero_info(self.site_table())
@@ -283,7 +286,7 @@ class ApproximateDropout(pl.Callback):
         difference. Returns whether the checkpoint's record and pattern stream continue (same settings)."""
         if not self._pending_state:
             return False
-        if "guard" not in self._pending_state:  # saved before checkpoints held the plan record
+        if "guard" not in self._pending_state and self._pending_state.get("served") is not False:  # older format
             rank_zero_warn(
                 "ApproximateDropout: the checkpoint's ARD state holds no plan record (an older format); this fit "
                 "builds a new plan and starts a fresh pattern stream"
@@ -470,8 +473,10 @@ class ApproximateDropout(pl.Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        if self.guard is None or self.controller is None:
+        if self.controller is None:
             return {}
+        if self.guard is None:  # no site served: a resumed fit still needs the nn.Dropout masks' generator
+            return {"served": False, "rng": _rng_state(), "settings": self._settings(self._base_seed())}
         return {
             "guard": self.guard.state_dict(),
             "controller": self.controller.state_dict(),

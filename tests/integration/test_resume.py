@@ -182,3 +182,17 @@ def test_a_checkpoint_without_a_plan_record_starts_a_new_plan_and_says_so() -> N
     cb.load_state_dict({"sampler": {"seed": 7, "steps": 3, "generator": torch.Generator().get_state()}})
     with pytest.warns(UserWarning, match="holds no plan record \\(an older format\\); this fit builds a new plan"):
         assert cb._check_resumed_settings(7) is False
+
+
+def test_a_fit_the_callback_serves_nowhere_resumes_with_the_same_dropout_masks(tmp_path, measured) -> None:
+    """Under groups="auto" the LM's sites all stay nn.Dropout: the checkpoint still holds the global generator, so a
+    resumed fit draws the uninterrupted fit's masks."""
+    clock = measured(ard=1.0, plain=2.0)
+    with pytest.warns(UserWarning, match="found no dropout site"):
+        full, _ = _fit(tmp_path, "full", LM, ApproximateDropout(seed=7, verbose=False), clock)
+    ckpt = sorted(glob.glob(str(tmp_path / "full" / "ckpt" / "*.ckpt")))[0]
+    assert torch.load(ckpt, weights_only=False)["callbacks"]["ApproximateDropout"]["served"] is False
+    cb = ApproximateDropout(seed=7, verbose=False)
+    with pytest.warns(UserWarning, match="found no dropout site"):
+        resumed, _ = _fit(tmp_path, "resumed", LM, cb, clock, ckpt)
+    assert _same_weights(full, resumed) and cb.guard is None
