@@ -249,3 +249,23 @@ def test_ard_step_peaks_below_nn_dropout_where_activations_dominate() -> None:
     assert rec.groups == 1
     assert rec.ard_peak_mib < rec.dense_peak_mib - 5, (rec.ard_peak_mib, rec.dense_peak_mib)
     assert rec.limit_peak_mib < rec.ard_peak_mib  # the compact model holds neither weight copies nor full gradients
+
+
+def test_bench_lstm_settings_times_every_setting_in_one_run() -> None:
+    """--lstm-settings: one record per LSTM setting, each with its FLOP ratio, beside one nn.Dropout and one limit."""
+
+    def batch(device):
+        tokens = torch.randint(0, 64, (8, 7), generator=torch.Generator().manual_seed(0))
+        return tokens[:, :-1], tokens[:, 1:]
+
+    case = bench.Case(
+        "lstm_tiny", lambda p: bench.lstm_lm(64, 32, 2, p), lambda p: bench.CompactLSTMLM(64, 32, 2, 16), batch
+    )
+    records = bench.bench_lstm_settings(case, "block", 0.5, torch.device("cpu"), warmup=1, rounds=1, steps=1)
+    assert [r.setting for r in records] == [s.name for s in bench.LSTM_SETTINGS]
+    assert len({r.dense_ms for r in records}) == len({r.limit_ms for r in records}) == 1  # one run of each
+    by_name = {r.setting: r for r in records}
+    # the defaults serve the decoder only: less work saved than any setting that also serves the LSTM sites
+    defaults = by_name["defaults: decoder auto groups, LSTM sites nn.Dropout"]
+    assert 1.0 < defaults.ideal < by_name["decoder auto groups, LSTM one random pattern"].ideal
+    assert by_name["random sequence G=2"].lstm_groups == 2
