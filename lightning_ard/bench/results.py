@@ -129,8 +129,9 @@ _EPYC = "AMD EPYC, 2 cores, one run per core at 1 torch thread, torch 2.13.0+cpu
 _STUDY = "ard-train -m experiment=lstm_kjv_study trainer.enable_progress_bar=false"
 _STUDY_ARMS = (
     "ard=dropout ard.p=0.0,0.5 seed=1,2,3",  # no dropout, nn.Dropout
-    f"ard.p=0.5 {_OWN} seed=1,2,3",  # the defaults (LSTM sites nn.Dropout, the decoder served)
-    f"ard.p=0.5 ard.lstm_pattern=random ard.lstm_groups=4 {_OWN} seed=1,2,3",  # LSTM sites served, 4 time chunks
+    f"ard.p=0.5 ard.lstm_mode=sequence ard.lstm_groups=2 ard.lstm_pattern=random {_OWN} seed=1,2,3",  # sequence G=2
+    f"ard.p=0.5 ard.lstm_groups=1 ard.lstm_pattern=random {_OWN} seed=1",  # LSTM sites: one pattern per step
+    f"ard.p=0.5 {_OWN} seed=1",  # the defaults (LSTM sites nn.Dropout, the decoder served)
 )
 SWEEPS = (
     Sweep("mlp_sgd", "MLP, SGD momentum 0.9, lr 0.05, batch 128", RESULTS / "accuracy/mlp_sgd.csv",
@@ -139,7 +140,7 @@ SWEEPS = (
           RESULTS / "accuracy/mlp_nesterov.csv", _mlp("mlp_nesterov", _ARMS, _SGD, "model.nesterov=true"), ""),
     Sweep("mlp_adam", "MLP, Adam, lr 1e-3, batch 256", RESULTS / "accuracy/mlp_adam.csv",
           _mlp("mlp_adam", _ARMS, _ADAM), _EPYC),
-    Sweep("lstm_study", "LSTM LM 2 x 256, KJV, first 30k tokens, 12 epochs, SGD lr 20",
+    Sweep("lstm_study", "LSTM LM 2 x 256, KJV, first 300k tokens, 5 epochs, SGD lr 1",
           LSTM_STUDY / "report_summary.csv",
           tuple(f"{_STUDY} {arm} hydra.sweep.dir=multirun/accuracy/lstm_study/{i}"
                 for i, arm in enumerate(_STUDY_ARMS)),
