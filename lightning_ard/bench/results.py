@@ -144,7 +144,7 @@ SWEEPS = (
           LSTM_STUDY / "report_summary.csv",
           tuple(f"{_STUDY} {arm} hydra.sweep.dir=multirun/accuracy/lstm_study/{i}"
                 for i, arm in enumerate(_STUDY_ARMS)),
-          _EPYC),
+          "AMD EPYC, 2 cores, every run at 1 torch thread (several runs at a time), torch 2.13.0+cpu"),
     Sweep("mlp_groups", "MLP, SGD momentum 0.9, lr 0.05, batch 128, p = 0.5", RESULTS / "accuracy/mlp_groups.csv",
           _mlp("mlp_groups", ("ard=dropout ard.p=0.5 seed=0,1",
                               "ard=block ard.groups=1,2,4,8 ard.group_draws=independent ard.p=0.5 seed=0,1"), _SGD),
@@ -241,7 +241,9 @@ def _accuracy_at(sweep: str | None, p: float, results: Path) -> str:
         return "not measured yet"
     rows = [r for r in summaries.read_summary(path) if r.p == p and r.delta is not None]
     rows = [r for r in rows if " lstm " not in f"{r.family} "][:1]  # the defaults' row, not an LSTM setting's
-    return "; ".join(f"{summaries.format_delta(r)} ({r.runs} seeds)" for r in rows) or "not measured yet"
+    return "; ".join(f"{summaries.format_delta(r)} ({r.runs} seed{'s' * (r.runs != 1)})" for r in rows) or (
+        "not measured yet"
+    )
 
 
 def glance(results: Path = RESULTS) -> str:
