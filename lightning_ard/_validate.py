@@ -18,6 +18,13 @@ def check_rate(name: str, value: float) -> float:
     return float(value)
 
 
+def check_share(name: str, value: float) -> float:
+    """A share: a real number in (0, 1] (Python or NumPy scalars; returned as a float)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < float(value) <= 1.0:
+        raise ValueError(f"{name} must be in (0, 1] or None, got {value!r}")
+    return float(value)
+
+
 def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
     """An integer >= minimum (widths, periods, counts)."""
     if not _is_int(value) or value < minimum:

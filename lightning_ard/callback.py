@@ -115,7 +115,7 @@ class ApproximateDropout(pl.Callback):
             a fresh pattern stream from the new seed) after a warning that names them.
         **settings: any :class:`~lightning_ard.ARDConfig` field: ``pattern``, ``p``, ``search``, ``include``,
             ``exclude``, ``sites``, ``backend``, ``tile``, ``groups``, ``pool``, ``group_draws``, ``lstm_pattern``,
-            ``lstm_groups``, ``lstm_mode``, ``lstm_recurrent_p``, ``seed``.
+            ``lstm_groups``, ``lstm_mode``, ``lstm_recurrent_p``, ``lstm_pattern_share``, ``seed``.
     """
 
     def __init__(

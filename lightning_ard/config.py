@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from lightning_ard._validate import check_choice, check_in_range, check_positive_int, check_rate, check_seed, check_tile
+from lightning_ard._validate import (
+    check_choice,
+    check_in_range,
+    check_positive_int,
+    check_rate,
+    check_seed,
+    check_share,
+    check_tile,
+)
 from lightning_ard.families import TILE
 from lightning_ard.kernels.select import BACKEND_NAMES as BACKENDS
 from lightning_ard.layers.lstm import LSTM_MODES
@@ -86,6 +94,11 @@ class ARDConfig:
             is off): per group of sequences and layer, a dropped hidden unit is absent (gates, recurrent column,
             output), the group runs a smaller LSTM on weight slices, and the inter-layer sites and the Linear site
             after the LSTM drop exactly those units, at this rate. Unidirectional LSTMs only.
+        lstm_pattern_share: share of an LSTM site's rate that its pattern drops (in (0, 1]; ``None``: 1, all of
+            it). The pattern drops ``share * p`` of the units, so the LSTM's input products shrink by that much, and
+            the kept units take element-wise dropout at ``1 - (1 - p) / (1 - share * p)``, fresh per element as
+            nn.Dropout's: every unit is still kept with probability ``1 - p``, and the masks differ from token to
+            token. Not with ``lstm_recurrent_p``.
         seed: seed of the pattern generator; ``None`` takes Lightning's global seed (``seed_everything``) or 0.
             The Lightning callback adds an offset per rank so that DDP ranks draw different patterns.
     """
@@ -105,6 +118,7 @@ class ARDConfig:
     lstm_groups: int | None = None
     lstm_mode: str = "time"
     lstm_recurrent_p: float | None = None
+    lstm_pattern_share: float | None = None
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -137,6 +151,15 @@ class ARDConfig:
         check_choice("lstm_mode", self.lstm_mode, LSTM_MODES)
         if self.lstm_pattern is not None:
             check_choice("lstm_pattern", self.lstm_pattern, tuple(f for f in FAMILIES if f != TILE))
+        share = self.lstm_pattern_share
+        if share is not None:
+            share = check_share("lstm_pattern_share", share)
+            object.__setattr__(self, "lstm_pattern_share", share)
+            if self.lstm_recurrent_p is not None:
+                raise ValueError(
+                    f"lstm_pattern_share={share} does not combine with lstm_recurrent_p={self.lstm_recurrent_p}; "
+                    "set one of them to None"
+                )
         q = self.lstm_recurrent_p
         if q is None:
             return

@@ -310,7 +310,9 @@ class ARDController:
             for follower in slots.followers.values():  # they read the LSTM's already scaled output
                 follower.set_patterns(in_pattern=tuple(unscaled(p) for p in last))
             return
-        slots.module.set_patterns(inputs, mode=mode)
+        rates = {sp.name: sp.element_p for sp in self.plan.sites}
+        element_p = [rates[s] if s in served else 0.0 for s in slots.layer_sites]
+        slots.module.set_patterns(inputs, mode=mode, element_p=element_p)
         for path, follower in slots.followers.items():
             site = self._linears[path].in_site
             follower.set_patterns(in_pattern=pats[site] if site in served else None)

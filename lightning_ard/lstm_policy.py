@@ -33,6 +33,8 @@ class LSTMPolicy:
         followers: Linear site -> the LSTM whose sequence groups it follows (sequence mode).
         hidden: ``<lstm>.h<layer>`` -> hidden-unit distribution (structured dropout, layers with no site).
         tied: site or hidden name -> its LSTM's group count.
+        element_p: LSTM site -> rate of element-wise dropout on its pattern's kept units (``lstm_pattern_share``;
+            the site's rate is then the pattern's share).
     """
 
     sites: list[Site]
@@ -40,6 +42,7 @@ class LSTMPolicy:
     followers: dict[str, str] = field(default_factory=dict)
     hidden: dict[str, PatternDistribution] = field(default_factory=dict)
     tied: dict[str, int] = field(default_factory=dict)
+    element_p: dict[str, float] = field(default_factory=dict)
 
 
 def auto_lstm(config: ARDConfig) -> bool:
@@ -58,6 +61,8 @@ def lstm_policy(
         policy.followers = find_lstm_followers(model, policy.sites, lstm_paths, eligible_follower)
     if config.lstm_recurrent_p is not None:
         _structured(model, policy, lstm_paths, config)
+    if config.lstm_pattern_share is not None:
+        _split_rates(policy, config.lstm_pattern_share)
     policy.tied = _tied_groups(model, policy, lstm_paths, config)
     return policy
 
@@ -110,6 +115,27 @@ def _structured(model: nn.Module, policy: LSTMPolicy, lstm_paths: set[str], conf
                 raise ValueError(f"LSTM {path!r} hidden units (lstm_recurrent_p={q}): {err}") from err
             policy.hidden[f"{path}.h{layer}"] = dist
     policy.sites = [replace(s, p=q) if s.name in rated else s for s in policy.sites]  # type: ignore[arg-type]
+
+
+def split_rate(p: float, share: float) -> tuple[float, float]:
+    """``(pattern rate, element-wise rate)`` of a site of rate ``p`` whose pattern drops ``share`` of it: the
+    pattern drops ``share * p`` of the units and element-wise dropout the rest, so a unit is kept with probability
+    ``(1 - share * p) * (1 - element rate) = 1 - p``."""
+    pattern_p = share * p
+    return pattern_p, 1.0 - (1.0 - p) / (1.0 - pattern_p)
+
+
+def _split_rates(policy: LSTMPolicy, share: float) -> None:
+    """The sites that feed an LSTM take the pattern's share of their rate; the rest becomes their element rate."""
+    sites = []
+    for s in policy.sites:
+        if s.kind.feeds_lstm and s.p > 0.0:
+            pattern_p, element_p = split_rate(s.p, share)
+            s = replace(s, p=pattern_p)
+            if element_p > 0.0:
+                policy.element_p[s.name] = element_p
+        sites.append(s)
+    policy.sites = sites
 
 
 def _tied_groups(model: nn.Module, policy: LSTMPolicy, lstm_paths: set[str], config: ARDConfig) -> dict[str, int]:

@@ -61,6 +61,8 @@ class SitePlan:
         requested_groups: the count asked for, when the bound by rows lowered it (else ``None``).
         tied: the group count belongs to an LSTM (time chunks, sequence groups), not to ``groups``.
         follows: the LSTM whose sequence groups this Linear site follows (sequence mode), if any.
+        element_p: rate of element-wise dropout on the pattern's kept units (an LSTM site under
+            ``lstm_pattern_share``; the site's rate is then the pattern's share of the configured rate).
         fallback: why the site runs as nn.Dropout (``None``: ARD serves it).
     """
 
@@ -71,6 +73,7 @@ class SitePlan:
     requested_groups: int | None = None
     tied: bool = False
     follows: str | None = None
+    element_p: float = 0.0
     fallback: str | None = None
 
     @property
@@ -92,6 +95,7 @@ class SitePlan:
             "requested_groups": self.requested_groups,
             "tied": self.tied,
             "follows": self.follows,
+            "element_p": self.element_p,
             "fallback": self.fallback,
             "distribution": distribution_to_dict(self.distribution),
         }
@@ -101,7 +105,8 @@ class SitePlan:
         """Inverse of :meth:`to_dict`."""
         site = Site(**{**data["site"], "kind": SiteKind(data["site"]["kind"])})
         fields = {k: data[k] for k in ("family", "groups", "requested_groups", "tied", "follows", "fallback")}
-        return cls(site=site, distribution=distribution_from_dict(data["distribution"]), **fields)
+        element_p = float(data.get("element_p", 0.0))  # absent from plans saved before the element rate existed
+        return cls(site=site, distribution=distribution_from_dict(data["distribution"]), element_p=element_p, **fields)
 
 
 @dataclass(frozen=True)

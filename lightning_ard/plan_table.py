@@ -9,7 +9,7 @@ from lightning_ard.sites import Site
 
 
 def plan_table(plan: ARDPlan, expected_saving: Callable[[Site], float] | None = None) -> str:
-    """One row per site (kind, width, rate, family, patterns per step and, at an LSTM's sites, what they cut,
+    """One row per site (kind, width, rate (the pattern's, plus an LSTM site's element-wise rate), family, patterns per step and, at an LSTM's sites, what they cut,
     expected rate and, given ``expected_saving``, the expected share of its layers' FLOPs removed), then the sites
     that run as nn.Dropout and the dropouts left alone, each with the reason, and the backends a measurement
     chose."""
@@ -22,8 +22,10 @@ def plan_table(plan: ARDPlan, expected_saving: Callable[[Site], float] | None = 
         groups = f"{sp.groups} (asked {sp.requested_groups})" if sp.requested_groups else str(sp.groups)
         if sp.tied and sp.groups > 1:  # an LSTM's groups: what they cut
             groups += " time chunks" if plan.config.get("lstm_mode") == "time" else " sequence groups"
-        row = (site.name, str(site.kind), str(site.width), f"{site.p:.3g}", sp.family, groups)
-        row += (f"{sp.distribution.expected_rate:.4f}",)
+        rate = f"{site.p:.3g}" + (f" + {sp.element_p:.3g} element-wise" if sp.element_p else "")
+        row = (site.name, str(site.kind), str(site.width), rate, sp.family, groups)
+        expected = 1.0 - (1.0 - sp.distribution.expected_rate) * (1.0 - sp.element_p)  # pattern and element-wise
+        row += (f"{expected:.4f}",)
         if expected_saving is not None:
             row += (f"{expected_saving(site):.1%}",)
         rows.append(row)

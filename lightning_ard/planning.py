@@ -66,7 +66,9 @@ def build_plan(model: nn.Module, config: ARDConfig) -> ARDPlan:
             continue
         groups = policy.tied.get(site.name, resolve_groups(config.groups, site.p))
         follows = policy.followers.get(site.name)
-        plans.append(SitePlan(site, rule.name, groups, dist, tied=site.name in policy.tied, follows=follows))
+        element_p = policy.element_p.get(site.name, 0.0)
+        tied = site.name in policy.tied
+        plans.append(SitePlan(site, rule.name, groups, dist, tied=tied, follows=follows, element_p=element_p))
     for site in sites:  # a dropout module is served whole or not
         why = unserved.get(site.dropout or site.name)
         if why is not None:

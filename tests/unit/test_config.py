@@ -42,6 +42,7 @@ def test_defaults() -> None:
         "lstm_groups": None,
         "lstm_mode": "time",
         "lstm_recurrent_p": None,
+        "lstm_pattern_share": None,
         "seed": None,
     }
 
@@ -65,6 +66,7 @@ def test_names_are_the_fields_in_order() -> None:
         "lstm_groups",
         "lstm_mode",
         "lstm_recurrent_p",
+        "lstm_pattern_share",
         "seed",
     )
 

@@ -25,6 +25,15 @@ def lstm_layer_input_size(lstm: nn.LSTM, layer: int) -> int:
     return lstm.input_size if layer == 0 else lstm.hidden_size * (2 if lstm.bidirectional else 1)
 
 
+def kept_input(x: torch.Tensor, pattern: RowPattern, selector: Index, element_p: float = 0.0) -> torch.Tensor:
+    """``x``'s columns kept by ``pattern``, scaled by its scale; with ``element_p`` > 0 also element-wise dropout at
+    that rate on the kept columns (the share of a site's rate the pattern does not drop, fresh per element)."""
+    kept = take(x, -1, selector)
+    if element_p > 0.0:
+        kept = F.dropout(kept, element_p, training=True)
+    return kept * pattern.scale
+
+
 def direction_suffixes(lstm: nn.LSTM) -> tuple[str, ...]:
     """The parameter name suffixes of ``lstm``'s directions, in nn.LSTM's order."""
     return ("", "_reverse") if lstm.bidirectional else ("",)
@@ -65,7 +74,7 @@ def run_layer(
     the module's own dropout above layer 0; the call's work goes to the layer's record."""
     selector = pattern.selector(x.device) if pattern is not None else None
     if pattern is not None:
-        x = take(x, -1, selector) * pattern.scale
+        x = kept_input(x, pattern, selector, lstm.ard_element_p[layer])
     elif layer > 0 and lstm.dropout > 0:
         x = F.dropout(x, lstm.dropout, training=True)
     weights = shared.get((layer, *pattern_key(pattern)), lambda: layer_weights(lstm, layer, selector))

@@ -29,7 +29,7 @@ LSTM_MODES = ("time", "sequence")
 
 _ATTRIBUTES = (
     "ard_patterns", "ard_hidden", "ard_groups", "ard_mode", "ard_record", "ard_layout", "ard_followers",
-    "ard_one_recurrence",
+    "ard_one_recurrence", "ard_element_p",
 )  # fmt: skip
 
 
@@ -53,6 +53,7 @@ class ARDLSTM(nn.LSTM):
     ard_layout: SequenceLayout | None
     ard_followers: list[SequenceFollower]
     ard_one_recurrence: bool
+    ard_element_p: list[float]
 
     @classmethod
     def from_lstm(cls, lstm: nn.LSTM, record: StepRecord | None = None, one_recurrence: bool = False) -> ARDLSTM:
@@ -79,14 +80,26 @@ class ARDLSTM(nn.LSTM):
         return lstm_layer_input_size(self, layer)
 
     def set_patterns(
-        self, patterns: Sequence[RowSlot], mode: str = "time", hidden: Sequence[RowSlot] | None = None
+        self,
+        patterns: Sequence[RowSlot],
+        mode: str = "time",
+        hidden: Sequence[RowSlot] | None = None,
+        element_p: Sequence[float] | None = None,
     ) -> None:
-        """Set this step's input pattern(s) per layer, what groups cut (``mode``) and, in sequence mode, the
-        hidden-unit patterns per layer (checked against the layer widths)."""
+        """Set this step's input pattern(s) per layer, what groups cut (``mode``), in sequence mode the
+        hidden-unit patterns per layer (checked against the layer widths), and per layer the rate of element-wise
+        dropout on the kept input columns (``element_p``; ``None``: none)."""
         if mode not in LSTM_MODES:
             raise ValueError(f"mode must be one of {list(LSTM_MODES)}, got {mode!r}")
         if len(patterns) != self.num_layers:
             raise ValueError(f"patterns must have one entry per layer ({self.num_layers}), got {len(patterns)}")
+        rates = [0.0] * self.num_layers if element_p is None else [float(q) for q in element_p]
+        if len(rates) != self.num_layers or not all(0.0 <= q < 1.0 for q in rates):
+            raise ValueError(
+                f"element_p must have one rate in [0, 1) per layer ({self.num_layers}), got {list(element_p or ())}"
+            )
+        if hidden is not None and any(rates):
+            raise ValueError("element_p applies to input patterns only; pass element_p=None with hidden patterns")
         slots = [as_groups(p, f"pattern for layer {i}") for i, p in enumerate(patterns)]
         named = {f"layer {i}": slot for i, slot in enumerate(slots)}
         hid = None if hidden is None else check_hidden(self, hidden, slots, mode)
@@ -100,10 +113,12 @@ class ARDLSTM(nn.LSTM):
                         f"{self.layer_input_size(layer)}"
                     )
         self.ard_patterns, self.ard_hidden, self.ard_groups, self.ard_mode = slots, hid, groups, mode
+        self.ard_element_p = rates
 
     def clear_patterns(self) -> None:
         """Remove the patterns (and the followers' patterns): the module behaves as ``nn.LSTM`` again."""
         self.ard_patterns, self.ard_hidden, self.ard_groups, self.ard_mode = [None] * self.num_layers, None, 1, "time"
+        self.ard_element_p = [0.0] * self.num_layers
         for follower in self.ard_followers:
             follower.in_patterns = follower.out_patterns = None
 
@@ -117,7 +132,10 @@ class ARDLSTM(nn.LSTM):
 
     def ard_settings(self) -> dict[str, object]:
         """This step's pattern settings, as :meth:`set_patterns` takes them (to set them on a copy)."""
-        return {"patterns": list(self.ard_patterns), "mode": self.ard_mode, "hidden": self.ard_hidden}
+        return {
+            "patterns": list(self.ard_patterns), "mode": self.ard_mode, "hidden": self.ard_hidden,
+            "element_p": list(self.ard_element_p),
+        }  # fmt: skip
 
     @torch.compiler.disable  # per-step patterns are Python data: run eagerly, compile the rest
     def forward(self, input, hx=None):  # type: ignore[no-untyped-def, override]

@@ -99,25 +99,30 @@ def _input_gates(
     for g, pattern in enumerate(slot):
         if counts[g]:
             by_key.setdefault(pattern.merge_key, (pattern, []))[1].append(g)
+    element_p = lstm.ard_element_p[layer]
     if len(by_key) == 1:
-        return _projection(x, w_ih, bias, next(iter(by_key.values()))[0])
+        return _projection(x, w_ih, bias, next(iter(by_key.values()))[0], element_p)
     pieces, indices = [], []
     for pattern, groups in by_key.values():
         idx = torch.isin(row_group, torch.tensor(groups)).nonzero().squeeze(1).to(x.device)
-        pieces.append(_projection(x.index_select(0, idx), w_ih, bias, pattern))
+        pieces.append(_projection(x.index_select(0, idx), w_ih, bias, pattern, element_p))
         indices.append(idx)
     projected = torch.cat(pieces)
     return projected.new_empty(projected.shape).index_copy(0, torch.cat(indices), projected)
 
 
 def _projection(
-    x: torch.Tensor, w_ih: torch.Tensor, bias: torch.Tensor | None, pattern: RowPattern | None
-) -> torch.Tensor:
-    """``x[:, kept] · w_ih[:, kept]ᵀ · scale + bias`` (every column without a pattern)."""
+    x: torch.Tensor, w_ih: torch.Tensor, bias: torch.Tensor | None, pattern: RowPattern | None,
+    element_p: float = 0.0,
+) -> torch.Tensor:  # fmt: skip
+    """``x[:, kept] · w_ih[:, kept]ᵀ · scale + bias`` (every column without a pattern); ``element_p``: element-wise
+    dropout on the kept columns."""
     scale = 1.0
     if pattern is not None:
         selector = pattern.selector(x.device)
         x, w_ih, scale = take(x, -1, selector), take(w_ih, 1, selector), pattern.scale
+        if element_p > 0.0:
+            x = F.dropout(x, element_p, training=True)
     if bias is None:
         return torch.mm(x, w_ih.t()) * scale if scale != 1.0 else torch.mm(x, w_ih.t())
     return torch.addmm(bias, x, w_ih.t(), alpha=scale)

@@ -11,9 +11,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lightning_ard.kernels.torch_ops import take
 from lightning_ard.layers.lstm.fused import fused_layer
-from lightning_ard.layers.lstm.layer import State, direction_suffixes, direction_weights, layer_state, run_layer
+from lightning_ard.layers.lstm.layer import (
+    State,
+    direction_suffixes,
+    direction_weights,
+    kept_input,
+    layer_state,
+    run_layer,
+)
 from lightning_ard.layers.lstm.merge import Run, SharedWeights, merge_runs, pattern_key
 from lightning_ard.patterns.groups import group_bounds
 
@@ -94,6 +100,7 @@ def _direction(
     h, c = state
     pieces: list[torch.Tensor] = [x] * len(runs)  # placeholders, each replaced by its run's output
     shared = SharedWeights()
+    element_p = lstm.ard_element_p[layer]
     for g in reversed(range(len(runs))) if reverse else range(len(runs)):
         run = runs[g]
         selector = run.pattern.selector(x.device)
@@ -102,12 +109,12 @@ def _direction(
         if offsets is not None:
             sizes = batch_sizes[run.start : run.stop]  # type: ignore[index]
             active = int(sizes[0])
-            xg = take(x[offsets[run.start] : offsets[run.stop]], -1, selector) * run.pattern.scale
+            xg = kept_input(x[offsets[run.start] : offsets[run.stop]], run.pattern, selector, element_p)
             state = (h[:, :active], c[:, :active])
             out, hg, cg = fused_layer(xg, state, weights, batch_sizes=sizes, has_biases=lstm.bias)
             h, c = torch.cat([hg, h[:, active:]], 1), torch.cat([cg, c[:, active:]], 1)
         else:
-            xg = take(x[run.start : run.stop], -1, selector) * run.pattern.scale
+            xg = kept_input(x[run.start : run.stop], run.pattern, selector, element_p)
             out, h, c = fused_layer(xg.flip(0) if reverse else xg, (h, c), weights, has_biases=lstm.bias)
             out = out.flip(0) if reverse else out
         pieces[g] = out
