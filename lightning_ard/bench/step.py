@@ -394,23 +394,19 @@ class LSTMSetting:
     lstm_mode: str = "time"
     recurrent: bool = False  # recurrent-path structured dropout at the case's rate
     lstm_pattern: str | None = None  # family at the LSTM sites (None: the run's family)
+    pattern_share: float | None = None  # lstm_pattern_share: the pattern's share of the rate, element-wise the rest
 
 
 LSTM_SETTINGS = (
     LSTMSetting("one pattern per step", 1, 1),
-    LSTMSetting("time chunks G=4", 4, 4),
-    LSTMSetting("decoder G=4, LSTM one pattern", 4, 1),
-    LSTMSetting("decoder G=10, LSTM one pattern", 10, 1),
     LSTMSetting("defaults: decoder auto groups, LSTM sites nn.Dropout", "auto", None),
-    LSTMSetting("decoder auto groups, LSTM time chunks G=2", "auto", 2),
     LSTMSetting("decoder auto groups, LSTM one random pattern", "auto", 1, lstm_pattern="random"),
-    LSTMSetting("decoder auto groups, LSTM random time chunks G=4", "auto", 4, lstm_pattern="random"),
+    LSTMSetting("LSTM random pattern 0.8 of p + element-wise", "auto", 1, lstm_pattern="random", pattern_share=0.8),
+    LSTMSetting("LSTM random pattern 0.6 of p + element-wise", "auto", 1, lstm_pattern="random", pattern_share=0.6),
     LSTMSetting("random sequence G=2", "auto", 2, "sequence", lstm_pattern="random"),
-    LSTMSetting("sequence G=2", 2, 2, "sequence"),
-    LSTMSetting("sequence G=4", 4, 4, "sequence"),
-    LSTMSetting("structured G=1", 1, 1, "sequence", True),
+    LSTMSetting("random sequence G=4", "auto", 4, "sequence", lstm_pattern="random"),
+    LSTMSetting("time chunks G=4", 4, 4),
     LSTMSetting("structured G=2", 2, 2, "sequence", True),
-    LSTMSetting("structured G=4", 4, 4, "sequence", True),
 )
 """The LSTM settings of the comparison, beside nn.Dropout (every record's ``dense_ms``)."""
 
@@ -444,6 +440,7 @@ def bench_lstm_settings(
             lstm_mode=setting.lstm_mode,
             lstm_recurrent_p=p if setting.recurrent else None,
             lstm_pattern=setting.lstm_pattern,
+            lstm_pattern_share=setting.pattern_share,
         ).apply()
         if not ctl.active:
             raise RuntimeError(f"no ARD site found in case {case.name}")
