@@ -28,6 +28,7 @@ from lightning_ard import accounting
 from lightning_ard._validate import check_seed
 from lightning_ard.config import ARDConfig
 from lightning_ard.families import rule_of
+from lightning_ard.lstm_policy import with_auto_lstm
 from lightning_ard.kernels import get_backend
 from lightning_ard.layers import ARDLSTM, ARDLinear
 from lightning_ard.layers.lstm import SequenceFollower, lstm_layer_input_size, unscaled
@@ -88,6 +89,7 @@ class ARDController:
         check_seed("seed", seed, allow_none=True)
         seed = seed if seed is not None else (config.seed if config.seed is not None else 0)
         self.model, self.config, self.seed = model, config, seed
+        self._lstm_mode = with_auto_lstm(config).lstm_mode  # what LSTM groups cut (the automatic setting: time)
         self._plan: ARDPlan | None = plan
         self.surgery: Surgery | None = None
         self.sampler: PatternSampler | None = None
@@ -300,7 +302,7 @@ class ARDController:
     def _set_lstm_patterns(self, slots: _LSTMSlots, pats: dict, served: set[str]) -> None:
         """This step's patterns on an LSTM and on the Linears that follow its sequence groups. Recurrent structured
         dropout needs every hidden-unit source served; otherwise the step runs the plain sequence groups."""
-        mode, hidden_names = self.config.lstm_mode, {h.name for h in self.plan.hidden}
+        mode, hidden_names = self._lstm_mode, {h.name for h in self.plan.hidden}
         inputs = [pats[s] if s in served else None for s in slots.layer_sites]
         sources = slots.hidden_sources
         if sources is not None and all(s in served or s in hidden_names for s in sources):
@@ -407,7 +409,7 @@ class ARDController:
         out: dict[str, int] = {}
         for sp in self.plan.sites:
             record = self.surgery.records.get(sp.site.consumer)
-            sequences = sp.site.consumer in self.surgery.lstms and self.config.lstm_mode == "sequence"
+            sequences = sp.site.consumer in self.surgery.lstms and self._lstm_mode == "sequence"
             rows = accounting.group_rows(record, sequences) if record is not None else 0
             if rows:
                 out[sp.name] = rows

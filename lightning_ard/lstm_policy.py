@@ -1,9 +1,10 @@
 """Which LSTM sites ARD serves, and how: the LSTM part of building a plan.
 
-Under ``groups="auto"`` (no ``lstm_groups``, no structured dropout) the sites that feed an LSTM stay nn.Dropout,
-with the reason (:data:`AUTO_LSTM_REASON`): trained long enough for dropout to pay, every LSTM setting fast enough to
-be worth serving lost perplexity against nn.Dropout (docs/results.md, "LSTM language model: accuracy where dropout
-pays"). ``lstm_groups=N`` serves them. Linear sites (the decoder) keep their own defaults. In sequence mode,
+Under ``groups="auto"`` (no ``lstm_groups``, no structured dropout) the sites that feed an LSTM take the setting
+the LSTM study qualified (:data:`AUTO_LSTM`: one random pattern per step dropping 0.6 of the rate, element-wise
+dropout for the rest; docs/results.md, "LSTM language model: accuracy where dropout pays") up to the rate it was
+measured at (:data:`AUTO_LSTM_MAX_P`); above it they stay nn.Dropout with the reason (:data:`AUTO_LSTM_REASON`).
+``lstm_groups=N`` serves them as asked. Linear sites (the decoder) keep their own defaults. In sequence mode,
 Linear sites that read an LSTM's output follow its sequence groups. With ``lstm_recurrent_p``, the sites on an
 LSTM's hidden units take that rate and the layers with no such site get a hidden-unit distribution of their own
 (``<lstm>.h<layer>``). Every draw tied to an LSTM shares one group count.
@@ -45,17 +46,37 @@ class LSTMPolicy:
     element_p: dict[str, float] = field(default_factory=dict)
 
 
+AUTO_LSTM = {"lstm_groups": 1, "lstm_pattern": "random", "lstm_pattern_share": 0.6}
+"""What ``groups="auto"`` serves at the sites that feed an LSTM (``lstm_pattern`` and ``lstm_pattern_share`` are
+defaults: one the user gave wins). One pattern per step has nothing to cut, so ``lstm_mode`` resolves to
+``"time"`` (no Linear follows the LSTM's sequence groups)."""
+AUTO_LSTM_MAX_P = 0.5
+"""The highest rate at which the LSTM study measured :data:`AUTO_LSTM` (sites above it stay nn.Dropout)."""
+
+
 def auto_lstm(config: ARDConfig) -> bool:
     """LSTM sites take the automatic setting: ``groups="auto"``, no ``lstm_groups``, no structured dropout."""
     return config.groups == "auto" and config.lstm_groups is None and config.lstm_recurrent_p is None
 
 
+def with_auto_lstm(config: ARDConfig) -> ARDConfig:
+    """``config`` with :data:`AUTO_LSTM` filled in where the LSTM sites take the automatic setting (an
+    ``lstm_pattern`` or ``lstm_pattern_share`` the user gave is kept); otherwise ``config`` itself."""
+    if not auto_lstm(config):
+        return config
+    given = {"lstm_pattern": config.lstm_pattern, "lstm_pattern_share": config.lstm_pattern_share}
+    settings = {k: v if given.get(k) is None else given[k] for k, v in AUTO_LSTM.items()}
+    return replace(config, lstm_mode="time", **settings)
+
+
 def lstm_policy(
     model: nn.Module, sites: list[Site], config: ARDConfig, eligible_follower: Callable[[Site], bool]
 ) -> LSTMPolicy:
-    """The LSTM decisions for ``sites`` of ``model`` (not changed); ``eligible_follower``: whether a Linear site
-    may follow an LSTM's sequence groups (a consumer only, with a row family)."""
+    """The LSTM decisions for ``sites`` of ``model`` (not changed) under ``config`` as the user gave it (the
+    automatic LSTM setting is resolved here); ``eligible_follower``: whether a Linear site may follow an LSTM's
+    sequence groups (a consumer only, with a row family)."""
     policy = _leave_auto_sites(sites, config)
+    config = with_auto_lstm(config)
     lstm_paths = {s.consumer for s in policy.sites if s.kind.feeds_lstm}
     if config.lstm_mode == "sequence" and lstm_paths:
         policy.followers = find_lstm_followers(model, policy.sites, lstm_paths, eligible_follower)
@@ -68,18 +89,18 @@ def lstm_policy(
 
 
 AUTO_LSTM_REASON = (
-    "LSTM sites stay nn.Dropout under groups='auto': trained until dropout pays, the fast LSTM settings lost "
-    "perplexity against nn.Dropout (docs/results.md); set lstm_groups=N to serve them"
+    f"LSTM sites above p = {AUTO_LSTM_MAX_P} stay nn.Dropout under groups='auto': the LSTM study qualified its "
+    f"setting up to p = {AUTO_LSTM_MAX_P} (docs/results.md); set lstm_groups=N to serve them"
 )
 """Why ``groups="auto"`` leaves a site that feeds an LSTM as nn.Dropout."""
 
 
 def _leave_auto_sites(sites: list[Site], config: ARDConfig) -> LSTMPolicy:
-    """Remove the LSTM sites ``groups="auto"`` does not serve, with every other use of their dropout modules (a
-    dropout module is served whole or not)."""
+    """Remove the LSTM sites ``groups="auto"`` does not serve (rates above :data:`AUTO_LSTM_MAX_P`), with every
+    other use of their dropout modules (a dropout module is served whole or not)."""
     if not auto_lstm(config):
         return LSTMPolicy(list(sites))
-    left = [s for s in sites if s.kind.feeds_lstm]
+    left = [s for s in sites if s.kind.feeds_lstm and s.p > AUTO_LSTM_MAX_P]
     plain = {s.dropout for s in left if s.dropout is not None}
     shared = [s for s in sites if not s.kind.feeds_lstm and s.dropout in plain]
     skipped = [Skipped(s.name, AUTO_LSTM_REASON) for s in left]

@@ -16,7 +16,7 @@ from torch import nn
 
 from lightning_ard.config import ARDConfig
 from lightning_ard.families import rule_for
-from lightning_ard.lstm_policy import lstm_policy
+from lightning_ard.lstm_policy import lstm_policy, with_auto_lstm
 from lightning_ard.patterns.groups import resolve_groups
 from lightning_ard.plan import ARDPlan, HiddenPlan, SitePlan
 from lightning_ard.sites import Site, find_sites
@@ -51,6 +51,7 @@ def build_plan(model: nn.Module, config: ARDConfig) -> ARDPlan:
         return site.producer is None and site.consumer not in producers and not rule.tiles
 
     policy = lstm_policy(model, list(report.sites), config, eligible)
+    stored, config = config, with_auto_lstm(config)  # the rules read the automatic LSTM setting; the plan keeps the given
     skipped = [(s.name, s.reason) for s in [*report.skipped, *policy.skipped]]
     sites = [rule_for(config.pattern, s, config.lstm_pattern).shape_site(s) for s in policy.sites]
     plans: list[SitePlan] = []
@@ -77,7 +78,7 @@ def build_plan(model: nn.Module, config: ARDConfig) -> ARDPlan:
     hidden = tuple(HiddenPlan(name, policy.tied[name], dist) for name, dist in policy.hidden.items())
     layers = sorted({p for sp in plans if sp.site.kind.feeds_linear for p in (sp.site.consumer, sp.site.producer) if p})
     return ARDPlan(
-        config=config_data(config),
+        config=config_data(stored),
         sites=tuple(plans),
         skipped=tuple(skipped),
         hidden=hidden,

@@ -219,10 +219,13 @@ def load_run(run_dir: Path, root: Path) -> RunResult:
 
 
 def _site_label(ard: DictConfig | dict) -> str:
-    """What the family label leaves out: sequence groups at LSTM sites, the sites included or excluded."""
+    """What the family label leaves out: sequence groups at LSTM sites, the LSTM family and pattern share, the sites
+    included or excluded."""
     label = " seq" if ard.get("lstm_mode") == "sequence" and ard.get("lstm_groups") is not None else ""
     if ard.get("lstm_pattern"):
         label += f" lstm-pattern {ard['lstm_pattern']}"
+    if ard.get("lstm_pattern_share") is not None:
+        label += f" lstm-share {float(ard['lstm_pattern_share']):g}"
     for key in ("include", "exclude"):
         if ard.get(key):
             label += f" {key} " + ",".join(str(n) for n in ard[key])

@@ -192,15 +192,25 @@ def test_lstm_language_model_sites_and_training(tmp_path) -> None:
     assert "ard/lstm.l1/speedup_measured" in scalars
 
 
-def test_auto_groups_leave_lstm_sites_as_nn_dropout(tmp_path) -> None:
-    """Defaults: the sites that feed the LSTM stay nn.Dropout, with the reason, and so does the decoder's site when it
-    shares their dropout module; lstm_groups=N serves them in time chunks, the decoder with the safe Linear groups."""
+def test_auto_groups_serve_lstm_sites_up_to_the_studied_rate(tmp_path) -> None:
+    """Defaults: the sites that feed the LSTM take one random pattern per step dropping 0.6 of p, element-wise
+    dropout the rest (the fit runs with them and gives nn.LSTM back); above p = 0.5 they stay nn.Dropout, with the
+    reason, and so does the decoder's site when it shares their dropout module; lstm_groups=N serves them in time
+    chunks, the decoder with the safe Linear groups."""
     pl.seed_everything(0)
     model = LSTMLM()  # one nn.Dropout module before the LSTM and before the decoder
     cb = ApproximateDropout(measure_speedup=False)
+    _trainer(tmp_path, cb).fit(model, _lm_data())
+    plan = cb.controller.plan
+    assert {sp.name: (sp.family, sp.groups) for sp in plan.sites} == {
+        "drop->lstm": ("random", 1), "drop->decoder": ("block", 4), "lstm.l1": ("random", 1)
+    }  # fmt: skip
+    assert plan.site("lstm.l1").element_p == pytest.approx(2 / 7)
+    assert type(model.lstm) is nn.LSTM  # restored at fit end
+    high = ApproximateDropout(p=0.7, measure_speedup=False)
     with pytest.warns(UserWarning, match="found no dropout site"):
-        _trainer(tmp_path, cb).fit(model, _lm_data())
-    skipped = {s.name: s.reason for s in cb.controller.report.skipped}
+        _trainer(tmp_path / "b", high).fit(model, _lm_data())
+    skipped = {s.name: s.reason for s in high.controller.report.skipped}
     assert "set lstm_groups=N to serve them" in skipped["lstm.l1"] and "lstm_groups" in skipped["drop->lstm"]
     assert skipped["drop->decoder"] == "another use of drop stays nn.Dropout (an LSTM site)"
     served = ApproximateDropout(lstm_groups=2, measure_speedup=False)
@@ -209,7 +219,7 @@ def test_auto_groups_leave_lstm_sites_as_nn_dropout(tmp_path) -> None:
     assert {s.name for s in ctl.report.sites} == {"drop->lstm", "drop->decoder", "lstm.l1"}
     assert ctl.site_groups("drop->lstm") == ctl.site_groups("lstm.l1") == 2
     assert ctl.site_groups("drop->decoder") == ctl.linear_groups == 4
-    assert type(model.lstm) is nn.LSTM  # restored at fit end
+    assert type(model.lstm) is nn.LSTM
 
 
 def test_no_sites_warns_and_trains_unchanged(tmp_path) -> None:

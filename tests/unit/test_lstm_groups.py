@@ -404,22 +404,32 @@ class _BiLM(nn.Module):
         return self.dec(self.drop_out(self.lstm(self.drop_in(self.emb(x)))[0]))
 
 
-def test_defaults_leave_lstm_sites_as_nn_dropout() -> None:
-    """groups='auto' without lstm_groups: sites that feed an LSTM stay nn.Dropout with the reason (in every mode,
-    bidirectional or not), the decoder site takes the Linear safe count; lstm_groups or structured dropout serve
-    them."""
+def test_defaults_serve_lstm_sites_with_the_studied_setting() -> None:
+    """groups='auto' without lstm_groups: sites that feed an LSTM (in every mode, bidirectional or not) take one
+    random pattern per step dropping 0.6 of p and element-wise dropout for the rest, the decoder site the Linear
+    safe count; above p = 0.5 they stay nn.Dropout with the reason; lstm_groups or structured dropout serve them as
+    asked."""
     from lightning_ard.lstm_policy import AUTO_LSTM_REASON
 
     for model, extra in ((_lm(True), {}), (_lm(True), {"lstm_mode": "sequence"}), (_BiLM(), {})):
         ctl = ARDController(model, **extra).apply()
-        skipped = {s.name: s.reason for s in ctl.report.skipped}
-        assert {s.name for s in ctl.report.sites} == {"drop_out"} and ctl.site_groups("drop_out") == 4
-        assert skipped["drop_in"] == skipped.get("lstm.l1", AUTO_LSTM_REASON) == AUTO_LSTM_REASON
+        lstm_sites = [sp for sp in ctl.plan.sites if sp.site.kind.feeds_lstm]
+        assert {sp.name for sp in lstm_sites} == {"drop_in", "lstm.l1"} & {s.name for s in ctl.report.sites}
+        for sp in lstm_sites:
+            assert (sp.family, sp.groups, sp.site.p) == ("random", 1, pytest.approx(0.3))
+            assert sp.element_p == pytest.approx(2 / 7) and sp.follows is None
+        assert ctl.site_groups("drop_out") == 4
         ctl.restore()
-    assert "set lstm_groups=N to serve them" in AUTO_LSTM_REASON
+    ctl = ARDController(_lm(True), p=0.7).apply()
+    skipped = {s.name: s.reason for s in ctl.report.skipped}
+    assert {s.name for s in ctl.report.sites} == {"drop_out"} and ctl.site_groups("drop_out") == 10
+    assert skipped["drop_in"] == skipped["lstm.l1"] == AUTO_LSTM_REASON
+    assert "above p = 0.5" in AUTO_LSTM_REASON and "set lstm_groups=N to serve them" in AUTO_LSTM_REASON
+    ctl.restore()
     ctl = ARDController(_lm(True), lstm_groups=2).apply()
     assert {s.name for s in ctl.report.sites} == {"drop_in", "lstm.l1", "drop_out"}
     assert ctl.site_groups("drop_in") == ctl.site_groups("lstm.l1") == 2 and ctl.site_groups("drop_out") == 4
+    assert all(sp.element_p == 0.0 and sp.site.p == 0.5 for sp in ctl.plan.sites)  # lstm_groups: all of p
     ctl.restore()
     ctl = ARDController(_lm(True), lstm_mode="sequence", lstm_recurrent_p=0.5).apply()
     assert {s.name for s in ctl.report.sites} == {"drop_in", "lstm.l1", "drop_out"}

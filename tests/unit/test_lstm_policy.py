@@ -27,11 +27,17 @@ def _policy(model: nn.Module, **settings):
     return lstm_policy(model, list(sites), config, lambda site: True)
 
 
-def test_auto_leaves_lstm_sites_as_nn_dropout_and_lstm_groups_serves_them() -> None:
+def test_auto_serves_lstm_sites_up_to_the_studied_rate_and_lstm_groups_serves_them() -> None:
     for bidirectional in (False, True):
         policy = _policy(LM(bidirectional))
-        assert [s.name for s in policy.sites] == ["drop_out"] and policy.tied == {}
-        assert [(s.name, s.reason) for s in policy.skipped] == [(n, AUTO_LSTM_REASON) for n in ("drop_in", "lstm.l1")]
+        assert {s.name: s.p for s in policy.sites} == pytest.approx({"drop_in": 0.3, "drop_out": 0.5, "lstm.l1": 0.3})
+        assert policy.element_p == pytest.approx({"drop_in": 2 / 7, "lstm.l1": 2 / 7}) and policy.skipped == []
+        assert policy.tied == {"drop_in": 1, "lstm.l1": 1}
+        high = _policy(LM(bidirectional), p=0.7)
+        assert [s.name for s in high.sites] == ["drop_out"] and high.tied == {}
+        assert [(s.name, s.reason) for s in high.skipped] == [(n, AUTO_LSTM_REASON) for n in ("drop_in", "lstm.l1")]
+    shared = _policy(LM(), lstm_pattern_share=1.0)  # the user's share wins: the pattern drops all of p
+    assert {s.name: s.p for s in shared.sites}["drop_in"] == 0.5 and shared.element_p == {}
     chunks = _policy(LM(), lstm_groups=2)
     assert {s.name for s in chunks.sites} == {"drop_in", "lstm.l1", "drop_out"}
     assert chunks.tied == {"drop_in": 2, "lstm.l1": 2} and chunks.followers == {}
@@ -41,7 +47,8 @@ def test_sequence_groups_make_the_decoder_follow_the_lstm() -> None:
     policy = _policy(LM(), lstm_mode="sequence", lstm_groups=3)
     assert policy.followers == {"drop_out": "lstm"}
     assert policy.tied == {"drop_in": 3, "lstm.l1": 3, "drop_out": 3}
-    assert _policy(LM(), lstm_mode="sequence").skipped[0].reason == AUTO_LSTM_REASON
+    assert _policy(LM(), lstm_mode="sequence").followers == {}  # the automatic setting: one pattern, no groups
+    assert _policy(LM(), lstm_mode="sequence", p=0.7).skipped[0].reason == AUTO_LSTM_REASON
 
 
 def test_structured_dropout_rates_the_hidden_unit_sites() -> None:

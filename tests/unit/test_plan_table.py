@@ -26,5 +26,5 @@ def test_decisions_are_listed_with_their_reasons() -> None:
     assert "  plain model: the measured step is not faster (0.90x)" in table
     assert "  nn.Dropout lstm.l1: measured 0.80x" in table
     assert "  backends: dec gathered" in table
-    skipped = plan_table(build_plan(LM(bidirectional=True), ARDConfig()))
-    assert "  skipped drop->lstm: LSTM sites stay nn.Dropout under groups='auto'" in skipped
+    skipped = plan_table(build_plan(LM(bidirectional=True), ARDConfig(p=0.7)))
+    assert "  skipped drop->lstm: LSTM sites above p = 0.5 stay nn.Dropout under groups='auto'" in skipped

@@ -48,11 +48,19 @@ def test_groups_follow_the_batch_and_never_exceed_its_rows() -> None:
 
 
 def test_lstm_sites_under_auto_groups() -> None:
-    """groups='auto' leaves the LSTM sites as nn.Dropout, and the decoder too when it shares their dropout module."""
+    """groups='auto' serves the LSTM sites with one random pattern dropping 0.6 of p (element-wise the rest) up to
+    p = 0.5; above it they stay nn.Dropout, and the decoder too when it shares their dropout module. The plan keeps
+    the settings as given (a replay resolves them the same way)."""
     for bidirectional in (False, True):
         plan = build_plan(LM(bidirectional), ARDConfig())
-        skipped = dict(plan.skipped)
-        assert plan.sites == () and skipped["drop->lstm"].startswith("LSTM sites stay nn.Dropout under groups='auto'")
+        assert {sp.name: (sp.family, sp.groups, round(sp.site.p, 6), round(sp.element_p, 6)) for sp in plan.sites} == {
+            "drop->lstm": ("random", 1, 0.3, 0.285714), "lstm.l1": ("random", 1, 0.3, 0.285714),
+            "drop->dec": ("block", 4, 0.5, 0.0),
+        }  # fmt: skip
+        assert plan.config["lstm_groups"] is None and plan.config["lstm_pattern_share"] is None
+        high = build_plan(LM(bidirectional), ARDConfig(p=0.7))
+        skipped = dict(high.skipped)
+        assert high.sites == () and skipped["drop->lstm"].startswith("LSTM sites above p = 0.5 stay nn.Dropout")
         assert skipped["drop->dec"] == "another use of drop stays nn.Dropout (an LSTM site)"
     chunks = build_plan(LM(False), ARDConfig(lstm_groups=2))
     assert {sp.name: (sp.groups, sp.tied) for sp in chunks.sites} == {
