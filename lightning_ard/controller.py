@@ -28,10 +28,10 @@ from lightning_ard import accounting
 from lightning_ard._validate import check_seed
 from lightning_ard.config import ARDConfig
 from lightning_ard.families import rule_of
-from lightning_ard.lstm_policy import with_auto_lstm
 from lightning_ard.kernels import get_backend
 from lightning_ard.layers import ARDLSTM, ARDLinear
 from lightning_ard.layers.lstm import SequenceFollower, lstm_layer_input_size, unscaled
+from lightning_ard.lstm_policy import with_auto_lstm
 from lightning_ard.patterns import PatternDistribution, PatternSampler, RowPattern, TilePattern
 from lightning_ard.plan import ARDPlan
 from lightning_ard.planning import bound_groups, build_plan, config_of

@@ -9,10 +9,10 @@ from lightning_ard.sites import Site
 
 
 def plan_table(plan: ARDPlan, expected_saving: Callable[[Site], float] | None = None) -> str:
-    """One row per site (kind, width, rate (the pattern's, plus an LSTM site's element-wise rate), family, patterns per step and, at an LSTM's sites, what they cut,
-    expected rate and, given ``expected_saving``, the expected share of its layers' FLOPs removed), then the sites
-    that run as nn.Dropout and the dropouts left alone, each with the reason, and the backends a measurement
-    chose."""
+    """One row per site (kind, width, rate (the pattern's, plus an LSTM site's element-wise rate), family, patterns
+    per step and, at an LSTM's sites, what they cut, expected rate and, given ``expected_saving``, the expected share
+    of its layers' FLOPs removed), then the sites that run as nn.Dropout and the dropouts left alone, each with the
+    reason, and the backends a measurement chose."""
     header = ("site", "kind", "width", "p", "family", "groups", "E[rate]")
     if expected_saving is not None:
         header += ("E[FLOPs saved in its layers]",)

@@ -51,7 +51,7 @@ def build_plan(model: nn.Module, config: ARDConfig) -> ARDPlan:
         return site.producer is None and site.consumer not in producers and not rule.tiles
 
     policy = lstm_policy(model, list(report.sites), config, eligible)
-    stored, config = config, with_auto_lstm(config)  # the rules read the automatic LSTM setting; the plan keeps the given
+    stored, config = config, with_auto_lstm(config)  # the rules read the automatic LSTM setting, the plan the given
     skipped = [(s.name, s.reason) for s in [*report.skipped, *policy.skipped]]
     sites = [rule_for(config.pattern, s, config.lstm_pattern).shape_site(s) for s in policy.sites]
     plans: list[SitePlan] = []
