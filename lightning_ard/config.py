@@ -68,9 +68,11 @@ class ARDConfig:
             tokens of a Linear's input, time steps of an LSTM; :mod:`lightning_ard.patterns.groups`). ``"auto"``
             (default) takes the measured safe count for the site's rate and the batch at Linear sites
             (:func:`~lightning_ard.patterns.groups.auto_groups`: 4 up to p = 0.5, 10 at p = 0.7, more for batches
-            above 256 samples, read from the first training batch); sites that feed an LSTM stay ``nn.Dropout``
-            unless ``lstm_groups`` is set (:data:`~lightning_ard.lstm_policy.AUTO_LSTM_REASON`). 1 is the paper's one
-            pattern per mini-batch: fastest, but with SGD + momentum it can break training (docs/results.md).
+            above 256 samples, read from the first training batch); sites that feed an LSTM take, up to p = 0.5,
+            one random pattern per step dropping 0.6 of p with element-wise dropout for the rest
+            (:data:`~lightning_ard.lstm_policy.AUTO_LSTM`, the setting the LSTM study qualified), and stay
+            ``nn.Dropout`` above it unless ``lstm_groups`` is set. 1 is the paper's one pattern per mini-batch:
+            fastest, but with SGD + momentum it can break training (docs/results.md).
         pool: distinct patterns per site per step when ``groups > 1``: each group takes one of ``pool`` drawn
             patterns at random, so a layer runs at most ``pool`` compact GEMMs however many groups there are.
             ``None`` draws every group independently.
@@ -84,7 +86,7 @@ class ARDConfig:
             whatever the family, so a family that breaks co-adaptation there costs no speed, while the Linear sites
             keep a family with contiguous products.
         lstm_groups: time chunks (patterns per step) for sites whose consumer is an LSTM; ``None`` uses
-            ``groups`` (with ``groups="auto"``: the LSTM sites stay nn.Dropout, see ``groups``). Each chunk is one
+            ``groups`` (with ``groups="auto"``: the automatic LSTM setting, see ``groups``). Each chunk is one
             fused-LSTM call, whose fixed cost (large on the CPU) is what limits it.
         lstm_mode: what ``lstm_groups`` cut: ``"time"`` (chunks of time steps, each chunk one fused-LSTM call over
             the whole batch) or ``"sequence"`` (groups of sequences that keep one pattern for all their time steps,
@@ -94,11 +96,12 @@ class ARDConfig:
             is off): per group of sequences and layer, a dropped hidden unit is absent (gates, recurrent column,
             output), the group runs a smaller LSTM on weight slices, and the inter-layer sites and the Linear site
             after the LSTM drop exactly those units, at this rate. Unidirectional LSTMs only.
-        lstm_pattern_share: share of an LSTM site's rate that its pattern drops (in (0, 1]; ``None``: 1, all of
-            it). The pattern drops ``share * p`` of the units, so the LSTM's input products shrink by that much, and
-            the kept units take element-wise dropout at ``1 - (1 - p) / (1 - share * p)``, fresh per element as
-            nn.Dropout's: every unit is still kept with probability ``1 - p``, and the masks differ from token to
-            token. Not with ``lstm_recurrent_p``.
+        lstm_pattern_share: share of an LSTM site's rate that its pattern drops, in (0, 1]. The pattern drops
+            ``share * p`` of the units, so the LSTM's input products shrink by that much, and the kept units take
+            element-wise dropout at ``1 - (1 - p) / (1 - share * p)``, fresh per element as nn.Dropout's: every unit
+            is still kept with probability ``1 - p``, and the masks differ from token to token. ``None``: 0.6 under
+            the automatic LSTM setting (``groups="auto"``, no ``lstm_groups``), else 1 (the pattern drops all of
+            p). Not with ``lstm_recurrent_p``.
         seed: seed of the pattern generator; ``None`` takes Lightning's global seed (``seed_everything``) or 0.
             The Lightning callback adds an offset per rank so that DDP ranks draw different patterns.
     """

@@ -399,10 +399,9 @@ class LSTMSetting:
 
 LSTM_SETTINGS = (
     LSTMSetting("one pattern per step", 1, 1),
-    LSTMSetting("defaults: decoder auto groups, LSTM sites nn.Dropout", "auto", None),
+    LSTMSetting("defaults (to p = 0.5: LSTM random pattern 0.6 of p + element-wise)", "auto", None),
     LSTMSetting("decoder auto groups, LSTM one random pattern", "auto", 1, lstm_pattern="random"),
     LSTMSetting("LSTM random pattern 0.8 of p + element-wise", "auto", 1, lstm_pattern="random", pattern_share=0.8),
-    LSTMSetting("LSTM random pattern 0.6 of p + element-wise", "auto", 1, lstm_pattern="random", pattern_share=0.6),
     LSTMSetting("random sequence G=2", "auto", 2, "sequence", lstm_pattern="random"),
     LSTMSetting("random sequence G=4", "auto", 4, "sequence", lstm_pattern="random"),
     LSTMSetting("time chunks G=4", 4, 4),
