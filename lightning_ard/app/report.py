@@ -172,7 +172,7 @@ def load_run(run_dir: Path, root: Path) -> RunResult:
             None if pool is None else int(pool),
             None if lstm_groups is None else int(lstm_groups),
         )
-        family += _site_label(ard)
+        family += site_label(ard)
     p_value = ard.get("p", None)
     if p_value is None:
         p_value = (cfg.get("model") or {}).get("dropout", None)
@@ -218,7 +218,7 @@ def load_run(run_dir: Path, root: Path) -> RunResult:
     )
 
 
-def _site_label(ard: DictConfig | dict) -> str:
+def site_label(ard: DictConfig | dict) -> str:
     """What the family label leaves out: sequence groups at LSTM sites, the LSTM family and pattern share, the sites
     included or excluded."""
     label = " seq" if ard.get("lstm_mode") == "sequence" and ard.get("lstm_groups") is not None else ""

@@ -27,9 +27,12 @@ from pathlib import Path
 
 import torch
 
+from lightning_ard.app.report import site_label
 from lightning_ard.bench import summaries, tables
 from lightning_ard.bench.machine import machine_line
 from lightning_ard.bench.markers import replace_blocks
+from lightning_ard.lstm_policy import AUTO_LSTM
+from lightning_ard.patterns.groups import describe
 
 RESULTS = Path("docs/results")
 PAGE = Path("docs/results.md")
@@ -96,6 +99,7 @@ class Sweep:
     csv: Path
     commands: tuple[str, ...]
     machine: str
+    defaults: str | None = None  # the report label of the arm that spells the defaults out (None: "<family> xG")
 
     def run(self) -> None:
         """Run the sweep (hours on a CPU), report it with ``ard-report`` and keep its run table as :attr:`csv`."""
@@ -127,12 +131,15 @@ _SGD = "model.optimizer=sgd model.lr=0.05 model.momentum=0.9 data.batch_size=128
 _ADAM = "model.optimizer=adam model.lr=0.001 data.batch_size=256"
 _EPYC = "AMD EPYC, 2 cores, one run per core at 1 torch thread, torch 2.13.0+cpu"
 _STUDY = "ard-train -m experiment=lstm_kjv_study trainer.enable_progress_bar=false"
+_SPELLED = " ".join(f"ard.{k}={v}" for k, v in AUTO_LSTM.items())
 _STUDY_ARMS = (
-    "ard=dropout ard.p=0.0,0.5 seed=1,2,3",  # no dropout, nn.Dropout
+    "ard=dropout ard.p=0.0,0.3,0.5 seed=1,2,3",  # no dropout, nn.Dropout at both rates
+    f"ard.p=0.3,0.5 {_SPELLED} {_OWN} seed=1,2,3",  # the defaults, spelled out (the same plan: test_lstm_policy)
     f"ard.p=0.5 ard.lstm_mode=sequence ard.lstm_groups=2 ard.lstm_pattern=random {_OWN} seed=1,2,3",  # sequence G=2
-    f"ard.p=0.5 ard.lstm_groups=1 ard.lstm_pattern=random {_OWN} seed=1",  # LSTM sites: one pattern per step
-    f"ard.p=0.5 {_OWN} seed=1",  # the defaults (LSTM sites nn.Dropout, the decoder served)
+    f"ard.p=0.5 ard.lstm_groups=1 ard.lstm_pattern=random {_OWN} seed=1",  # LSTM sites: one pattern drops all of p
 )
+_STUDY_DEFAULTS = describe("block", 4, None, 1) + site_label({k: str(v) for k, v in AUTO_LSTM.items()})
+"""The report label of the arm that spells the defaults out."""
 SWEEPS = (
     Sweep("mlp_sgd", "MLP, SGD momentum 0.9, lr 0.05, batch 128", RESULTS / "accuracy/mlp_sgd.csv",
           _mlp("mlp_sgd", _ARMS, _SGD), _EPYC),
@@ -144,7 +151,8 @@ SWEEPS = (
           LSTM_STUDY / "report_summary.csv",
           tuple(f"{_STUDY} {arm} hydra.sweep.dir=multirun/accuracy/lstm_study/{i}"
                 for i, arm in enumerate(_STUDY_ARMS)),
-          "AMD EPYC, 2 cores, every run at 1 torch thread (several runs at a time), torch 2.13.0+cpu"),
+          "AMD EPYC, 2 cores, every run at 1 torch thread (several runs at a time), torch 2.13.0+cpu",
+          defaults=_STUDY_DEFAULTS),
     Sweep("mlp_groups", "MLP, SGD momentum 0.9, lr 0.05, batch 128, p = 0.5", RESULTS / "accuracy/mlp_groups.csv",
           _mlp("mlp_groups", ("ard=dropout ard.p=0.5 seed=0,1",
                               "ard=block ard.groups=1,2,4,8 ard.group_draws=independent ard.p=0.5 seed=0,1"), _SGD),
@@ -240,7 +248,11 @@ def _accuracy_at(sweep: str | None, p: float, results: Path) -> str:
     if path is None or not path.is_file():
         return "not measured yet"
     rows = [r for r in summaries.read_summary(path) if r.p == p and r.delta is not None]
-    rows = [r for r in rows if " lstm " not in f"{r.family} "][:1]  # the defaults' row, not an LSTM setting's
+    defaults = chosen[0].defaults
+    if defaults is not None:  # the arm that spells the defaults out
+        rows = [r for r in rows if r.family == defaults][:1]
+    else:  # the defaults' row, not an LSTM setting's
+        rows = [r for r in rows if " lstm " not in f"{r.family} "][:1]
     return "; ".join(f"{summaries.format_delta(r)} ({r.runs} seed{'s' * (r.runs != 1)})" for r in rows) or (
         "not measured yet"
     )

@@ -6,7 +6,7 @@ import pytest
 from torch import nn
 
 from lightning_ard import ARDConfig
-from lightning_ard.lstm_policy import AUTO_LSTM_REASON, lstm_policy
+from lightning_ard.lstm_policy import AUTO_LSTM, AUTO_LSTM_REASON, lstm_policy
 from lightning_ard.sites import find_sites
 
 
@@ -65,3 +65,16 @@ def test_the_model_is_not_changed() -> None:
     before = [type(m) for m in model.modules()]
     _policy(model, lstm_mode="sequence", lstm_groups=2, lstm_recurrent_p=0.3)
     assert [type(m) for m in model.modules()] == before
+
+
+@pytest.mark.parametrize("p", [0.3, 0.5])
+def test_the_study_arm_is_the_defaults(p: float) -> None:
+    """The LSTM study's arm spells the automatic setting out (lstm_groups=1, lstm_pattern='random',
+    lstm_pattern_share=0.6): on the study's model it serves every site exactly as the defaults do."""
+    from lightning_ard.app.models.lstm_lm import LSTMLanguageModel
+    from lightning_ard.planning import build_plan
+
+    model = LSTMLanguageModel(vocab_size=100, embed_dim=16, hidden_size=16)
+    defaults = build_plan(model, ARDConfig(p=p)).to_dict()
+    spelled = build_plan(model, ARDConfig(p=p, **AUTO_LSTM)).to_dict()
+    assert defaults["sites"] == spelled["sites"] and defaults["skipped"] == spelled["skipped"] == []

@@ -210,3 +210,20 @@ def test_render_blocks_from_stored_files(tmp_path: Path) -> None:
 def test_machine_line_names_cores_threads_and_torch() -> None:
     line = machine_line("cpu")
     assert "cores" in line and "torch threads" in line and "torch " in line
+
+
+def test_glance_reads_the_lstm_study_row_that_spells_the_defaults_out(tmp_path) -> None:
+    """The LSTM study's defaults arm carries LSTM settings in its label: the glance picks it by the sweep's label,
+    not another LSTM setting's row, and not a decoder-only row."""
+    study = tmp_path / results.LSTM_STUDY.relative_to(results.RESULTS)
+    study.mkdir(parents=True)
+    header = "model,family,p,metric,runs,mean,std,delta\n"
+    rows = [
+        "lstm 2x256,dropout,0.5,test/ppl,3,74.0,0.5,",
+        "lstm 2x256,block x4 groups lstm 2 seq lstm-pattern random,0.5,test/ppl,3,76.0,1.0,2.7",
+        f"lstm 2x256,{results._STUDY_DEFAULTS},0.5,test/ppl,3,74.5,0.4,0.68",
+        f"lstm 2x256,{results._STUDY_DEFAULTS},0.3,test/ppl,3,73.0,0.4,0.25",
+    ]
+    (study / "report_summary.csv").write_text(header + "\n".join(rows) + "\n")
+    assert results._accuracy_at("lstm_study", 0.5, tmp_path) == "+0.7 % (3 seeds)"
+    assert results._accuracy_at("lstm_study", 0.7, tmp_path) == "not measured yet"
