@@ -38,6 +38,16 @@ def _sub_lstms(lstm: nn.LSTM) -> list[nn.LSTM]:
     return subs
 
 
+def _assert_equal_to_reference(got, out, hs, cs, x, lstm) -> None:
+    """``got`` (output, h, c and the gradients of x and the parameters) equals the reference's: its output, the
+    layers' final states, and the gradients its backward leaves."""
+    want_h, want_c = torch.cat(hs), torch.cat(cs)
+    (out.pow(2).sum() + want_h.sum() + want_c.sum()).backward()
+    want = [out, want_h, want_c, *take_grads(x, *lstm.parameters())]
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+
+
 @pytest.mark.parametrize("packed", [False, True])
 def test_one_pattern_with_element_rate_equals_dense_lstm_on_the_composite_mask(packed: bool) -> None:
     """One pattern per layer (the fast path): the element masks the ARD forward draws from torch's generator,
@@ -75,11 +85,7 @@ def test_one_pattern_with_element_rate_equals_dense_lstm_on_the_composite_mask(p
             sub.batch_first = True
             cur, (h_i, c_i) = sub(cur)
         hs.append(h_i), cs.append(c_i)
-    want_h, want_c = torch.cat(hs), torch.cat(cs)
-    (cur.pow(2).sum() + want_h.sum() + want_c.sum()).backward()
-    want = [cur, want_h, want_c, *take_grads(x, *lstm.parameters())]
-    for a, b in zip(got, want, strict=True):
-        torch.testing.assert_close(a, b, **TOL)
+    _assert_equal_to_reference(got, cur, hs, cs, x, lstm)
 
 
 def _time_major_mask(slot, steps: int, batch: int, mode: str, factor: float) -> torch.Tensor:
@@ -130,11 +136,7 @@ def test_every_mode_applies_the_element_dropout_once_on_each_layers_kept_columns
     for slot, sub in zip(slots, _sub_lstms(lstm), strict=True):
         cur, (h_i, c_i) = sub(cur * _time_major_mask(slot, 6, 5, mode, factor))
         hs.append(h_i), cs.append(c_i)
-    want_h, want_c = torch.cat(hs), torch.cat(cs)
-    (cur.pow(2).sum() + want_h.sum() + want_c.sum()).backward()
-    want = [cur, want_h, want_c, *take_grads(x, *lstm.parameters())]
-    for a, b in zip(got, want, strict=True):
-        torch.testing.assert_close(a, b, **TOL)
+    _assert_equal_to_reference(got, cur, hs, cs, x, lstm)
 
 
 def test_set_patterns_checks_the_element_rates() -> None:
