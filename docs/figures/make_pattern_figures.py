@@ -10,6 +10,8 @@ Everything is drawn from a fixed seed, so the files only change when the pattern
 * ``compact_gemm.png``: which weight entries the three Linears of a two-site MLP still multiply in one step;
 * ``kept_count_cdf.png``: the distribution of the number of kept units per step of searched mixtures against
   standard dropout's Binomial(N, 1 - p);
+* ``lstm_masks.png``: one step's masks over the tokens of a batch at an LSTM site, for nn.Dropout, one pattern that
+  drops all of p, and the LSTM default (a pattern drops 0.6 of p, element-wise dropout the rest);
 * ``search_table.md``: the search diagnostics of those mixtures (included in ``method.md``).
 """
 
@@ -218,8 +220,49 @@ def search_table() -> Path:
     return path
 
 
+def lstm_masks(p: float = 0.5, share: float = 0.6, tokens: int = 16) -> Path:
+    """One step's input masks (tokens x units) at an LSTM site: which units each token keeps, and which columns
+    the compact product skips (the pattern's dropped units, skipped for every token)."""
+    from lightning_ard.lstm_policy import split_rate
+
+    gen = torch.Generator().manual_seed(SEED)
+    pattern_p, element_p = split_rate(p, share)
+    element = (torch.rand(tokens, UNITS, generator=gen) >= p).float()  # nn.Dropout: a fresh mask per element
+    one = RandomSubsetRow(UNITS, round(UNITS * (1 - p))).sample(gen).mask(scaled=False)
+    split_pattern = RandomSubsetRow(UNITS, round(UNITS * (1 - pattern_p))).sample(gen).mask(scaled=False)
+    inner = (torch.rand(tokens, UNITS, generator=gen) >= element_p).float()
+    # 2: kept, 1: dropped element-wise (the product still reads the column), 0: column skipped by the pattern
+    panels = [
+        (element + 1, f"nn.Dropout, p = {p}: every token its own mask, no column skipped"),
+        ((one * 2).expand(tokens, UNITS), f"one pattern drops all of p: {int(p * UNITS)} of {UNITS} columns skipped, "
+         "the same units for every token"),
+        (split_pattern * (1 + inner), f"the LSTM default: the pattern drops {share} of p ({pattern_p:.2g}), "
+         f"element-wise {element_p:.3g} inside: {int((1 - split_pattern).sum())} columns skipped, masks per token"),
+    ]  # fmt: skip
+    cmap = ListedColormap(["#ffffff", "#d9d9d9", "#1f4e79"])  # skipped column, dropped element, kept
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8.0, 1.9 * len(panels) + 0.5))
+    for ax, (masks, title) in zip(axes, panels):
+        ax.imshow(masks.numpy(), cmap=cmap, vmin=0, vmax=2, aspect="auto", interpolation="nearest")
+        ax.set_title(title, fontsize=9, loc="left")
+        ax.set_ylabel("token", fontsize=8)
+        ax.set_yticks([])
+        ax.set_xticks(range(0, UNITS, 4))
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set_xticks([x - 0.5 for x in range(UNITS + 1)], minor=True)
+        ax.set_yticks([y - 0.5 for y in range(tokens + 1)], minor=True)
+        ax.grid(which="minor", color="#bbbbbb", linewidth=0.3)
+        ax.tick_params(which="minor", length=0)
+    axes[-1].set_xlabel("input unit (dark: kept; grey: dropped for that token; white: column the product skips)",
+                        fontsize=8)  # fmt: skip
+    fig.tight_layout()
+    path = OUT / "lstm_masks.png"
+    fig.savefig(path, dpi=110, metadata=PNG_META)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
-    for path in (row_families(), tile_family(), compact_gemm(), kept_count_cdf(), search_table()):
+    for path in (row_families(), tile_family(), compact_gemm(), kept_count_cdf(), lstm_masks(), search_table()):
         print(f"wrote {path.relative_to(OUT.parent.parent)}")
 
 

@@ -136,7 +136,6 @@ _STUDY_ARMS = (
     "ard=dropout ard.p=0.0,0.3,0.5 seed=1,2,3",  # no dropout, nn.Dropout at both rates
     f"ard.p=0.3,0.5 {_SPELLED} {_OWN} seed=1,2,3",  # the defaults, spelled out (the same plan: test_lstm_policy)
     f"ard.p=0.5 ard.lstm_mode=sequence ard.lstm_groups=2 ard.lstm_pattern=random {_OWN} seed=1,2,3",  # sequence G=2
-    f"ard.p=0.5 ard.lstm_groups=1 ard.lstm_pattern=random {_OWN} seed=1",  # LSTM sites: one pattern drops all of p
 )
 _STUDY_DEFAULTS = describe("block", 4, None, 1) + site_label({k: str(v) for k, v in AUTO_LSTM.items()})
 """The report label of the arm that spells the defaults out."""
