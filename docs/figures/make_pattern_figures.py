@@ -58,6 +58,16 @@ def _describe(dist: PatternDistribution) -> str:
     return "; ".join(parts)
 
 
+def _unit_grid(ax, rows: int, color: str, width: float) -> None:
+    """Unit ticks every 4 units and a grid line around every cell of a (rows, UNITS) mask image."""
+    ax.set_xticks(range(0, UNITS, 4))
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_xticks([x - 0.5 for x in range(UNITS + 1)], minor=True)
+    ax.set_yticks([y - 0.5 for y in range(rows + 1)], minor=True)
+    ax.grid(which="minor", color=color, linewidth=width)
+    ax.tick_params(which="minor", length=0)
+
+
 def row_families() -> Path:
     mixture = search_distribution(0.3, UNITS, "row", ks=(1, 2, 3, 4))
     panels = [
@@ -77,12 +87,7 @@ def row_families() -> Path:
         ax.set_title(title, fontsize=9, loc="left")
         ax.set_yticks(range(STEPS), [str(s + 1) for s in range(STEPS)], fontsize=7)
         ax.set_ylabel("step", fontsize=8)
-        ax.set_xticks(range(0, UNITS, 4))
-        ax.tick_params(axis="x", labelsize=7)
-        ax.set_xticks([x - 0.5 for x in range(UNITS + 1)], minor=True)
-        ax.set_yticks([y - 0.5 for y in range(STEPS + 1)], minor=True)
-        ax.grid(which="minor", color="white", linewidth=0.6)
-        ax.tick_params(which="minor", length=0)
+        _unit_grid(ax, STEPS, "white", 0.6)
     axes[-1].set_xlabel("unit index (dark: kept for the whole mini-batch in that step)", fontsize=8)
     fig.tight_layout()
     path = OUT / "row_families.png"
@@ -246,12 +251,7 @@ def lstm_masks(p: float = 0.5, share: float = 0.6, tokens: int = 16) -> Path:
         ax.set_title(title, fontsize=9, loc="left")
         ax.set_ylabel("token", fontsize=8)
         ax.set_yticks([])
-        ax.set_xticks(range(0, UNITS, 4))
-        ax.tick_params(axis="x", labelsize=7)
-        ax.set_xticks([x - 0.5 for x in range(UNITS + 1)], minor=True)
-        ax.set_yticks([y - 0.5 for y in range(tokens + 1)], minor=True)
-        ax.grid(which="minor", color="#bbbbbb", linewidth=0.3)
-        ax.tick_params(which="minor", length=0)
+        _unit_grid(ax, tokens, "#bbbbbb", 0.3)
     axes[-1].set_xlabel("input unit (dark: kept; grey: dropped for that token; white: column the product skips)",
                         fontsize=8)  # fmt: skip
     fig.tight_layout()
