@@ -102,6 +102,8 @@ class ARDController:
         self._modules: dict[str, nn.Module] = {}
         self._groups: dict[str, int] = {}  # draw -> patterns per step, for the plan _groups_of
         self._groups_of: ARDPlan | None = None
+        self._rates: dict[str, float] = {}  # site -> element-wise rate, for the plan _rates_of
+        self._rates_of: ARDPlan | None = None
 
     # ------------------------------------------------------------------ the plan
     @property
@@ -299,6 +301,13 @@ class ARDController:
             self._groups_of = plan
         return self._groups
 
+    def _draw_rates(self) -> dict[str, float]:
+        """Element-wise rate of every site under the plan in force (worked out once per plan)."""
+        if self._rates_of is not self.plan:
+            self._rates = {sp.name: sp.element_p for sp in self.plan.sites}
+            self._rates_of = self.plan
+        return self._rates
+
     def _set_lstm_patterns(self, slots: _LSTMSlots, pats: dict, served: set[str]) -> None:
         """This step's patterns on an LSTM and on the Linears that follow its sequence groups. Recurrent structured
         dropout needs every hidden-unit source served; otherwise the step runs the plain sequence groups."""
@@ -312,7 +321,7 @@ class ARDController:
             for follower in slots.followers.values():  # they read the LSTM's already scaled output
                 follower.set_patterns(in_pattern=tuple(unscaled(p) for p in last))
             return
-        rates = {sp.name: sp.element_p for sp in self.plan.sites}
+        rates = self._draw_rates()
         element_p = [rates[s] if s in served else 0.0 for s in slots.layer_sites]
         slots.module.set_patterns(inputs, mode=mode, element_p=element_p)
         for path, follower in slots.followers.items():

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
 import torch
@@ -160,13 +160,22 @@ class SpeedGuard:
             listed = ", ".join(f"{n}: {want} -> {got}" for n, (want, got) in lowered.items())
             self.notify(f"ApproximateDropout: more pattern groups than the step has rows cannot differ from one group "
                         f"per row; lowered ({listed})")  # fmt: skip
-        if ctl.config.backend == "auto":
-            plan = plan.with_backends(self._measured_backends())
-        if self.record.schedule is not None:
-            plan = self._calibrate(plan)
+        with self._generators_untouched():  # timing draws inputs and masks: never from the training streams
+            if ctl.config.backend == "auto":
+                plan = plan.with_backends(self._measured_backends())
+            if self.record.schedule is not None:
+                plan = self._calibrate(plan)
         self._decide(plan)
         if not plan.served and plan.plain is None:
             self._gave_up(plan.give_up("no site is faster with ARD"))
+
+    def _generators_untouched(self) -> AbstractContextManager[Any]:
+        """Torch's CPU generator and those of the CUDA devices the model uses, restored on exit: the random inputs,
+        nn.Dropout masks and element-wise masks that timing draws leave the fit's masks as they would be without
+        measurement."""
+        model = self.controller.model
+        cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+        return torch.random.fork_rng(devices=cuda)
 
     def _measured_backends(self) -> dict[str, str]:
         """Each ARD Linear's fastest candidate backend at this step's shapes (nothing timed with one candidate)."""

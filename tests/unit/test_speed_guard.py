@@ -179,3 +179,26 @@ def test_a_shared_dropout_module_is_judged_on_all_its_uses(monkeypatch, b_ard_ms
         )
         assert len(lines) == 3 and "measured 1.11x, 0.93x with the other uses" in lines[1]
         assert "no site is faster with ARD" in lines[2]
+
+
+def test_the_first_step_measurements_leave_the_training_generator_as_it_was(monkeypatch) -> None:
+    """Calibration times copies of the layers on random inputs with nn.Dropout and element-wise masks (an LSTM under
+    the defaults): the global generator after the first step is the one a fit without measurement has."""
+    from lightning_ard.app.models.lstm_lm import LSTMLanguageModel
+
+    states = []
+    for measured in (False, True):
+        torch.manual_seed(0)
+        model = LSTMLanguageModel(vocab_size=50, embed_dim=16, hidden_size=16)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        ctl = ARDController(model, p=0.5, seed=0).apply()
+        assert any(sp.element_p for sp in ctl.plan.sites)
+        schedule = Schedule(start=5, every=0, steps=2) if measured else None
+        guard = SpeedGuard(ctl, [opt], schedule=schedule, notify=lambda _: None)
+        x = torch.randint(0, 50, (4, 6), generator=torch.Generator().manual_seed(1))
+        with guard.step(len(x)):
+            model(x)[0].sum().backward()
+            opt.step()
+        assert (guard.speedups != {}) == measured  # calibration ran only in the measured fit
+        states.append(torch.get_rng_state())
+    assert torch.equal(states[0], states[1])
