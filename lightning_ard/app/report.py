@@ -31,6 +31,10 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_ard.app.regularization import NO_DROPOUT, gain_kept, lower_is_better, mean_curve, plot_curves, val_tag
 from lightning_ard.patterns.groups import describe, resolve_groups
 
+TRAINING_SETTINGS = (("batch", "data.batch_size"), ("lr", "model.lr"))
+"""Settings a sweep may vary besides ARD's: runs of one model that differ in them get them in their model label,
+so that a sweep over batch sizes is never folded as if its runs were seeds of one setting."""
+
 BASELINE = "dropout"
 """Family name of runs without the ARD callback."""
 
@@ -53,6 +57,7 @@ class RunResult:
     speedup: float | None = None
     flops_saved: float | None = None
     scalars: dict[str, list[float]] = field(default_factory=dict, repr=False)
+    training: dict[str, float | None] = field(default_factory=dict, repr=False)  # see TRAINING_SETTINGS
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -215,7 +220,24 @@ def load_run(run_dir: Path, root: Path) -> RunResult:
         step_ms=_finite(step_ms),
         flops_saved=_finite(flops_saved),
         scalars=scalars,
+        training={name: _number(OmegaConf.select(cfg, key, default=None)) for name, key in TRAINING_SETTINGS},
     )
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def label_training_settings(rows: Sequence[RunResult]) -> None:
+    """Append to each run's model label the training settings (:data:`TRAINING_SETTINGS`) that differ among the
+    runs of that model, e.g. ``lstm 2x256 batch 64 lr 2``; a setting all of its runs share stays out."""
+    by_model: dict[str, list[RunResult]] = {}
+    for row in rows:
+        by_model.setdefault(row.model, []).append(row)
+    for runs in by_model.values():
+        varied = [name for name, _ in TRAINING_SETTINGS if len({r.training.get(name) for r in runs}) > 1]
+        for row in runs:
+            row.model += "".join(f" {name} {_fmt(row.training.get(name)) or '?'}" for name in varied)
 
 
 def site_label(ard: DictConfig | dict) -> str:
@@ -255,6 +277,7 @@ def collect(root: Path) -> list[RunResult]:
             print(f"ard-report: skipped {run}: {err}", file=sys.stderr)
         except (ValueError, TypeError, KeyError, OSError) as err:  # a bad value in a readable config or event file
             print(f"ard-report: skipped {run}: {type(err).__name__}: {str(err).splitlines()[0]}", file=sys.stderr)
+    label_training_settings(rows)
     fill_speedups(rows)
     rows.sort(key=lambda r: (r.model, r.family != BASELINE, r.family, r.p if r.p is not None else -1.0, r.run))
     return rows

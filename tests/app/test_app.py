@@ -350,3 +350,29 @@ def test_report_skips_unreadable_and_foreign_runs(tmp_path: Path, capsys: pytest
     with (tmp_path / "report.csv").open() as f:
         rows = {r["run"]: r for r in csv.DictReader(f)}
     assert sorted(rows) == ["0", "1"] and float(rows["1"]["speedup"]) == pytest.approx(2.5)
+
+
+def test_report_keeps_runs_of_different_batch_sizes_apart(tmp_path: Path) -> None:
+    """A sweep over batch size and lr is folded per batch, each compared with its own nn.Dropout arm."""
+    for i, (family, acc, batch) in enumerate([("dropout", 0.80, 64), ("row", 0.79, 64), ("dropout", 0.70, 128),
+                                              ("row", 0.72, 128)]):  # fmt: skip
+        lr = 0.1 * batch / 64
+        fake_run(tmp_path / str(i), family, 0.5, {"test/acc": acc}, data=f"batch_size: {batch}")
+        config = tmp_path / str(i) / ".hydra" / "config.yaml"
+        config.write_text(config.read_text().replace("  num_classes: 10\n", f"  num_classes: 10\n  lr: {lr}\n"))
+    assert report_main([str(tmp_path)]) == 0
+    with (tmp_path / "report_summary.csv").open() as f:
+        rows = {(r["model"], r["family"]): r for r in csv.DictReader(f)}
+    assert sorted(rows) == [("mlp 784-64-10 batch 128 lr 0.2", "dropout"), ("mlp 784-64-10 batch 128 lr 0.2", "row"),
+                            ("mlp 784-64-10 batch 64 lr 0.1", "dropout"), ("mlp 784-64-10 batch 64 lr 0.1", "row")]
+    assert float(rows[("mlp 784-64-10 batch 64 lr 0.1", "row")]["delta"]) == pytest.approx(-1.0)
+    assert float(rows[("mlp 784-64-10 batch 128 lr 0.2", "row")]["delta"]) == pytest.approx(2.0)
+    assert all(r["runs"] == "1" for r in rows.values())
+
+
+def test_report_leaves_shared_training_settings_out_of_the_label(tmp_path: Path) -> None:
+    fake_run(tmp_path / "0", "dropout", 0.5, {"test/acc": 0.80}, data="batch_size: 64")
+    fake_run(tmp_path / "1", "row", 0.5, {"test/acc": 0.79}, data="batch_size: 64")
+    assert report_main([str(tmp_path)]) == 0
+    with (tmp_path / "report.csv").open() as f:
+        assert {r["model"] for r in csv.DictReader(f)} == {"mlp 784-64-10"}
