@@ -363,8 +363,12 @@ def test_report_keeps_runs_of_different_batch_sizes_apart(tmp_path: Path) -> Non
     assert report_main([str(tmp_path)]) == 0
     with (tmp_path / "report_summary.csv").open() as f:
         rows = {(r["model"], r["family"]): r for r in csv.DictReader(f)}
-    assert sorted(rows) == [("mlp 784-64-10 batch 128 lr 0.2", "dropout"), ("mlp 784-64-10 batch 128 lr 0.2", "row"),
-                            ("mlp 784-64-10 batch 64 lr 0.1", "dropout"), ("mlp 784-64-10 batch 64 lr 0.1", "row")]
+    assert sorted(rows) == [
+        ("mlp 784-64-10 batch 128 lr 0.2", "dropout"),
+        ("mlp 784-64-10 batch 128 lr 0.2", "row"),
+        ("mlp 784-64-10 batch 64 lr 0.1", "dropout"),
+        ("mlp 784-64-10 batch 64 lr 0.1", "row"),
+    ]
     assert float(rows[("mlp 784-64-10 batch 64 lr 0.1", "row")]["delta"]) == pytest.approx(-1.0)
     assert float(rows[("mlp 784-64-10 batch 128 lr 0.2", "row")]["delta"]) == pytest.approx(2.0)
     assert all(r["runs"] == "1" for r in rows.values())
