@@ -121,9 +121,10 @@ def _mlp(name: str, arms: Sequence[str], *settings: str) -> tuple[str, ...]:
                  for i, arm in enumerate(arms))  # fmt: skip
 
 
-CURVES = "\n\n![Validation perplexity during the fit, mean over seeds](results/lstm_study/report_curves.png)"
 LSTM_STUDY = RESULTS / "lstm_study"
 """The LSTM study where dropout pays; every ``*summary.csv`` here is rendered (``ard-report``'s summary)."""
+LSTM_BATCH = RESULTS / "lstm_batch"
+"""The same study at batch 64 and 128 (one shared pattern covers more tokens of a step)."""
 
 _OWN = "ard.never_slower=false ard.measure_speedup=false"  # the setting's own accuracy: no step falls back
 _ARMS = ("ard=dropout ard.p=0.3,0.5,0.7 seed=0,1,2", f"ard=default {_OWN} ard.p=0.3,0.5,0.7 seed=0,1,2")
@@ -139,6 +140,10 @@ _STUDY_ARMS = (
 )
 _STUDY_DEFAULTS = describe("block", 4, None, 1) + site_label({k: str(v) for k, v in AUTO_LSTM.items()})
 """The report label of the arm that spells the defaults out."""
+_BATCHES = ("data.batch_size=64 model.lr=2", "data.batch_size=128 model.lr=2.5")  # lr: about 1 x sqrt(batch / 20)
+_BATCH_ARMS = tuple(f"{batch} {arm}" for batch in _BATCHES for arm in (
+    "ard=dropout ard.p=0.5 seed=1,2,3", f"ard.p=0.5 {_OWN} seed=1,2,3", "ard=dropout ard.p=0.0 seed=1"
+))  # fmt: skip
 SWEEPS = (
     Sweep("mlp_sgd", "MLP, SGD momentum 0.9, lr 0.05, batch 128", RESULTS / "accuracy/mlp_sgd.csv",
           _mlp("mlp_sgd", _ARMS, _SGD), _EPYC),
@@ -152,6 +157,10 @@ SWEEPS = (
                 for i, arm in enumerate(_STUDY_ARMS)),
           "AMD EPYC, 2 cores, every run at 1 torch thread (several runs at a time), torch 2.13.0+cpu",
           defaults=_STUDY_DEFAULTS),
+    Sweep("lstm_batch", "LSTM LM 2 x 256, KJV, first 300k tokens, 5 epochs, batch 64 (SGD lr 2) and 128 (lr 2.5)",
+          LSTM_BATCH / "report_summary.csv",
+          tuple(f"{_STUDY} {arm} hydra.sweep.dir=multirun/accuracy/lstm_batch/{i}" for i, arm in enumerate(_BATCH_ARMS)),
+          "AMD EPYC, 2 cores, every run at 1 torch thread (two runs at a time), torch 2.13.0+cpu"),
     Sweep("mlp_groups", "MLP, SGD momentum 0.9, lr 0.05, batch 128, p = 0.5", RESULTS / "accuracy/mlp_groups.csv",
           _mlp("mlp_groups", ("ard=dropout ard.p=0.5 seed=0,1",
                               "ard=block ard.groups=1,2,4,8 ard.group_draws=independent ard.p=0.5 seed=0,1"), _SGD),
@@ -217,7 +226,13 @@ def render_blocks(manifest: dict[str, dict[str, object]], results: Path = RESULT
         tables.groups_plot(records, rows, results / "groups.png")
         return f"{tables.groups_table(records, rows)}\n\n![Speed and accuracy per group count](results/groups.png)"
 
-    study = results / LSTM_STUDY.relative_to(RESULTS)
+    def study(sweep: str, folder: Path) -> str:
+        stored = results / folder.relative_to(RESULTS)
+        link = (folder / "report_curves.png").relative_to(PAGE.parent).as_posix()
+        figure = f"\n\n![Validation perplexity during the fit, mean over seeds]({link})"
+        return (summaries.render_folder(stored, display=folder) + figure * (stored / "report_curves.png").is_file()
+                + "\n\n" + _sweep_provenance(_sweeps(sweep)))  # fmt: skip
+
     return {
         "speed": bench("speed", tables.speed_table, "speed.json"),
         "models": bench("models", tables.models_table, "models.json"),
@@ -225,9 +240,8 @@ def render_blocks(manifest: dict[str, dict[str, object]], results: Path = RESULT
         "memory": bench("speed", tables.memory_table, "speed.json"),
         "accuracy": accuracy("mlp_sgd", "mlp_nesterov", "mlp_adam"),
         "regularization": accuracy("mlp_regularization"),
-        "lstm-study": summaries.render_folder(study, display=LSTM_STUDY)
-        + CURVES * (study / "report_curves.png").is_file()
-        + "\n\n" + _sweep_provenance(_sweeps("lstm_study")),
+        "lstm-study": study("lstm_study", LSTM_STUDY),
+        "lstm-batch": study("lstm_batch", LSTM_BATCH),
     }
 
 

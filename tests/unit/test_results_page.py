@@ -171,7 +171,7 @@ def test_jobs_are_well_formed_commands(full: bool, monkeypatch: pytest.MonkeyPat
 
 def test_sweep_commands_name_their_settings() -> None:
     for sweep in results.SWEEPS:
-        assert sweep.csv.parent in (results.RESULTS / "accuracy", results.LSTM_STUDY)
+        assert sweep.csv.parent in (results.RESULTS / "accuracy", results.LSTM_STUDY, results.LSTM_BATCH)
         for command in sweep.commands:
             words = shlex.split(command)
             assert words[:2] == ["ard-train", "-m"] and f"hydra.sweep.dir=multirun/accuracy/{sweep.name}" in command
@@ -205,6 +205,7 @@ def test_render_blocks_from_stored_files(tmp_path: Path) -> None:
     assert blocks["models"].startswith(summaries.NOT_MEASURED)
     assert "ard-results --only models" in blocks["models"]
     assert blocks["lstm-study"].startswith(summaries.NOT_MEASURED)
+    assert blocks["lstm-batch"].startswith(summaries.NOT_MEASURED) and "lstm_batch/0" in blocks["lstm-batch"]
 
 
 def test_machine_line_names_cores_threads_and_torch() -> None:
