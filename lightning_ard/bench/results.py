@@ -159,7 +159,8 @@ SWEEPS = (
           defaults=_STUDY_DEFAULTS),
     Sweep("lstm_batch", "LSTM LM 2 x 256, KJV, first 300k tokens, 5 epochs, batch 64 (SGD lr 2) and 128 (lr 2.5)",
           LSTM_BATCH / "report_summary.csv",
-          tuple(f"{_STUDY} {arm} hydra.sweep.dir=multirun/accuracy/lstm_batch/{i}" for i, arm in enumerate(_BATCH_ARMS)),
+          tuple(f"{_STUDY} {arm} hydra.sweep.dir=multirun/accuracy/lstm_batch/{i}"
+                for i, arm in enumerate(_BATCH_ARMS)),
           "AMD EPYC, 2 cores, every run at 1 torch thread (two runs at a time), torch 2.13.0+cpu"),
     Sweep("mlp_groups", "MLP, SGD momentum 0.9, lr 0.05, batch 128, p = 0.5", RESULTS / "accuracy/mlp_groups.csv",
           _mlp("mlp_groups", ("ard=dropout ard.p=0.5 seed=0,1",
