@@ -142,8 +142,8 @@ _STUDY_DEFAULTS = describe("block", 4, None, 1) + site_label({k: str(v) for k, v
 """The report label of the arm that spells the defaults out."""
 _BATCH_64 = "data.batch_size=64 trainer.max_epochs=10 trainer.val_check_interval=1.0"  # about as many steps
 _BATCH_ARMS = (
-    "ard=dropout ard.p=0.5 seed=1,2,3", f"ard.p=0.5 {_OWN} seed=1,2,3",  # nn.Dropout, the defaults
-    "ard=dropout ard.p=0.0 seed=1",  # no dropout: one seed, the check that this fit overfits without dropout
+    "ard=dropout ard.p=0.5 seed=1,2,3,4,5", f"ard.p=0.5 {_OWN} seed=1,2,3,4,5",  # nn.Dropout, the defaults
+    "ard=dropout ard.p=0.0 seed=1,2,3",  # no dropout: the check that this fit overfits without dropout
 )  # fmt: skip
 SWEEPS = (
     Sweep("mlp_sgd", "MLP, SGD momentum 0.9, lr 0.05, batch 128", RESULTS / "accuracy/mlp_sgd.csv",
