@@ -70,11 +70,11 @@ def test_every_config_composes_and_instantiates(group: str, option: str, tmp_pat
         overrides.append("model=lstm_lm")
     if group in ("trainer", "experiment") and not torch.cuda.is_available():
         overrides.append("trainer.accelerator=cpu")  # gpu/ddp configs still instantiate on a CPU-only machine
-    if compose_cfg(overrides, tmp_path).data._target_.endswith("KJVDataModule"):  # every config reading KJV
+    cfg = compose_cfg(overrides, tmp_path)
+    if cfg.data._target_.endswith("KJVDataModule"):  # every config reading KJV
         if shutil.which("bible") is None:
             pytest.skip("the KJV corpus needs the Debian package bible-kjv (apt-get install -y bible-kjv)")
-        overrides.append(f"data.cache_dir={tmp_path / 'kjv'}")  # not the user's cache
-    cfg = compose_cfg(overrides, tmp_path)
+        cfg.data.cache_dir = str(tmp_path / "kjv")  # not the user's cache
     run = build(cfg)
     assert isinstance(run.callbacks[0], StepTimer)
     names = [type(c).__name__ for c in run.callbacks]
