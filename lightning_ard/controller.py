@@ -424,6 +424,13 @@ class ARDController:
                 out[sp.name] = rows
         return out
 
+    def lstm_batches(self) -> dict[str, int | None]:
+        """Sequences each ARD LSTM read in the last step (``None`` before its first ARD forward)."""
+        if self.surgery is None:
+            return {}
+        return {path: self.surgery.records[path].batch if path in self.surgery.records else None
+                for path in self.surgery.lstms}  # fmt: skip
+
     def expected_site_saving(self, site: Site) -> float:
         """Expected share of the products of the layers ``site`` touches that ARD removes (every site at its
         expected keep fraction; for an LSTM, the layer whose input the site is, and with recurrent structured

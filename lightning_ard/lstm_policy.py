@@ -3,8 +3,9 @@
 Under ``groups="auto"`` (no ``lstm_groups``, no structured dropout) the sites that feed an LSTM take the setting the
 LSTM study qualified (:data:`AUTO_LSTM`: one random pattern per step dropping 0.6 of the rate, element-wise dropout for
 the rest; docs/results.md, "LSTM language model: accuracy where dropout pays", measured at batch 20 and 64) up to the
-rate it was measured at (:data:`AUTO_LSTM_MAX_P`); above it they stay nn.Dropout with the reason
-(:data:`AUTO_LSTM_REASON`). ``lstm_groups=N`` serves them as asked. Linear sites (the decoder) keep their own defaults.
+rate and the batch it was measured at (:data:`AUTO_LSTM_MAX_P`, :data:`AUTO_LSTM_MAX_BATCH`); above them they run as
+nn.Dropout with the reason (the rate is known when the plan is built, the batch after the first step).
+``lstm_groups=N`` serves them as asked. Linear sites (the decoder) keep their own defaults.
 In sequence mode, Linear sites that read an LSTM's output follow its sequence groups. With ``lstm_recurrent_p``, the
 sites on an LSTM's hidden units take that rate and the layers with no such site get a hidden-unit distribution of their
 own (``<lstm>.h<layer>``). Every draw tied to an LSTM shares one group count.
@@ -52,6 +53,10 @@ defaults: one the user gave wins). One pattern per step has nothing to cut, so `
 ``"time"`` (no Linear follows the LSTM's sequence groups)."""
 AUTO_LSTM_MAX_P = 0.5
 """The highest rate at which the LSTM study measured :data:`AUTO_LSTM` (sites above it stay nn.Dropout)."""
+AUTO_LSTM_MAX_BATCH = 64
+"""The largest batch (sequences an LSTM reads in a step) at which the LSTM study measured :data:`AUTO_LSTM`: one
+pattern of a step is shared by every sequence of the batch, so a larger batch is a setting not yet qualified (the
+sites of an LSTM reading more fall back to nn.Dropout after the first step, :func:`auto_lstm_batch_reason`)."""
 
 
 def auto_lstm(config: ARDConfig) -> bool:
@@ -93,6 +98,16 @@ AUTO_LSTM_REASON = (
     f"setting up to p = {AUTO_LSTM_MAX_P} (docs/results.md); set lstm_groups=N to serve them"
 )
 """Why ``groups="auto"`` leaves a site that feeds an LSTM as nn.Dropout."""
+
+
+def auto_lstm_batch_reason(path: str, batch: int) -> str:
+    """Why a site that feeds the LSTM ``path``, which read ``batch`` sequences a step, runs as nn.Dropout under
+    ``groups="auto"``."""
+    spelled = ", ".join(f"{k}={v!r}" for k, v in AUTO_LSTM.items())
+    return (
+        f"LSTM {path!r} reads {batch} sequences a step; the LSTM study qualified the automatic setting up to batch "
+        f"{AUTO_LSTM_MAX_BATCH} (docs/results.md); set {spelled} to serve it at this batch"
+    )
 
 
 def _leave_auto_sites(sites: list[Site], config: ARDConfig) -> LSTMPolicy:

@@ -3,7 +3,8 @@
 Detection (:func:`~lightning_ard.sites.find_sites`), the LSTM policy (:mod:`lightning_ard.lstm_policy`), the family
 rules (:mod:`lightning_ard.families`) and the search, in that order; the model is read, never changed. The group
 counts of the plan follow ``samples`` (``groups="auto"`` grows with the batch) and are bounded by the rows a step
-has: more groups than rows cannot differ from one group per row (:func:`bound_groups`).
+has: more groups than rows cannot differ from one group per row (:func:`bound_groups`). The automatic LSTM setting
+is bounded by the batch the LSTM study measured it at (:func:`bound_lstm_batch`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from torch import nn
 
 from lightning_ard.config import ARDConfig
 from lightning_ard.families import rule_for
-from lightning_ard.lstm_policy import lstm_policy, with_auto_lstm
+from lightning_ard.lstm_policy import (
+    AUTO_LSTM_MAX_BATCH,
+    auto_lstm,
+    auto_lstm_batch_reason,
+    lstm_policy,
+    with_auto_lstm,
+)
 from lightning_ard.patterns.groups import resolve_groups
 from lightning_ard.plan import ARDPlan, HiddenPlan, SitePlan
 from lightning_ard.sites import Site, find_sites
@@ -109,3 +116,18 @@ def _bounded(name: str, want: int, samples: int | None, rows: Mapping[str, int] 
         return want
     requested[name] = want
     return max(limit, 1)
+
+
+def bound_lstm_batch(plan: ARDPlan, batches: Mapping[str, int | None]) -> ARDPlan:
+    """The plan with the sites that feed an LSTM on the automatic setting run as nn.Dropout where that LSTM read
+    more sequences in a step (``batches``: LSTM path -> sequences, ``None`` when not measured) than
+    :data:`~lightning_ard.lstm_policy.AUTO_LSTM_MAX_BATCH`, each with the reason; a site sharing their dropout
+    module falls back with them. Unchanged when the user set the LSTM sites' setting."""
+    if not auto_lstm(config_of(plan)):
+        return plan
+    reasons = {}
+    for sp in plan.served:
+        batch = batches.get(sp.site.consumer) if sp.site.kind.feeds_lstm else None
+        if batch is not None and batch > AUTO_LSTM_MAX_BATCH:
+            reasons[sp.name] = auto_lstm_batch_reason(sp.site.consumer, batch)
+    return plan.fall_back(reasons, reasons) if reasons else plan

@@ -28,7 +28,7 @@ import torch
 from lightning_ard import profiling
 from lightning_ard.controller import ARDController
 from lightning_ard.plan import PLAIN, ARDPlan, PlanRecord, Schedule
-from lightning_ard.planning import bound_groups
+from lightning_ard.planning import bound_groups, bound_lstm_batch
 from lightning_ard.step_speedup import EVERY, START, STEPS, StepSpeedMeter
 
 T = TypeVar("T")
@@ -160,6 +160,10 @@ class SpeedGuard:
             listed = ", ".join(f"{n}: {want} -> {got}" for n, (want, got) in lowered.items())
             self.notify(f"ApproximateDropout: more pattern groups than the step has rows cannot differ from one group "
                         f"per row; lowered ({listed})")  # fmt: skip
+        plan = self._bound_lstm_batch(plan)
+        if not plan.served:  # nothing left to time: the plain model trains
+            self._gave_up(plan.give_up("every site runs as nn.Dropout (the reasons above)"), hint="")
+            return
         with self._generators_untouched():  # timing draws inputs and masks: never from the training streams
             if ctl.config.backend == "auto":
                 plan = plan.with_backends(self._measured_backends())
@@ -168,6 +172,15 @@ class SpeedGuard:
         self._decide(plan)
         if not plan.served and plan.plain is None:
             self._gave_up(plan.give_up("no site is faster with ARD"))
+
+    def _bound_lstm_batch(self, plan: ARDPlan) -> ARDPlan:
+        """The automatic LSTM setting off (nn.Dropout, said once per site) where an LSTM's batch is above the
+        batch the LSTM study measured it at."""
+        bounded = bound_lstm_batch(plan, self.controller.lstm_batches())
+        for name in [n for n in bounded.fallen_back if n not in plan.fallen_back]:
+            self.notify(f"ApproximateDropout: site {name!r} runs as nn.Dropout for the rest of the fit: "
+                        f"{bounded.fallen_back[name]}")  # fmt: skip
+        return bounded
 
     def _generators_untouched(self) -> AbstractContextManager[Any]:
         """Torch's CPU generator and those of the CUDA devices the model uses, restored on exit: the random inputs,
@@ -229,12 +242,11 @@ class SpeedGuard:
             return
         self._gave_up(self.plan.give_up(f"the measured step is not faster ({plain / ard:.2f}x)"))
 
-    def _gave_up(self, plan: ARDPlan) -> None:
+    def _gave_up(self, plan: ARDPlan, hint: str = " (never_slower=False keeps ARD)") -> None:
         self._decide(plan)
         self.gave_up = plan.plain
         self.notify(
-            f"ApproximateDropout: the model trains with its plain modules for the rest of the fit: {plan.plain} "
-            "(never_slower=False keeps ARD)"
+            f"ApproximateDropout: the model trains with its plain modules for the rest of the fit: {plan.plain}{hint}"
         )
 
     # ------------------------------------------------------------------ state

@@ -222,6 +222,31 @@ def test_auto_groups_serve_lstm_sites_up_to_the_studied_rate(tmp_path) -> None:
     assert type(model.lstm) is nn.LSTM
 
 
+def test_auto_lstm_setting_above_the_studied_batch_runs_as_nn_dropout(tmp_path) -> None:
+    """A batch above the one the LSTM study measured: ARD serves the first step, then the LSTM sites and the decoder
+    site sharing their dropout module run as nn.Dropout, said once each, recorded in the plan record."""
+    from lightning_ard.lstm_policy import AUTO_LSTM_MAX_BATCH, auto_lstm_batch_reason
+
+    pl.seed_everything(0)
+    batch = AUTO_LSTM_MAX_BATCH + 8
+    tokens = torch.randint(0, 50, (batch, 9), generator=torch.Generator().manual_seed(0))
+    data = DataLoader(TensorDataset(tokens[:, :-1], tokens[:, 1:]), batch_size=batch)
+    cb = ApproximateDropout(measure_speedup=False)
+    with pytest.warns(UserWarning, match="runs as nn.Dropout for the rest of the fit") as caught:
+        _trainer(tmp_path, cb, max_steps=3).fit(LSTMLM(), data)
+    why = auto_lstm_batch_reason("lstm", batch)
+    assert [sp.name for sp in cb.record.at(0).served] == ["drop->lstm", "drop->decoder", "lstm.l1"]
+    later = cb.record.at(1)
+    assert later.served == () and later.fallen_back["drop->lstm"] == later.fallen_back["lstm.l1"] == why
+    assert "shares its dropout drop" in later.fallen_back["drop->decoder"]
+    said = [str(w.message) for w in caught if "ApproximateDropout: site " in str(w.message)]
+    assert len(said) == 3 and any(why in m for m in said)
+    assert cb.guard.gave_up == "every site runs as nn.Dropout (the reasons above)" and later.plain == cb.guard.gave_up
+    spelled = ApproximateDropout(measure_speedup=False, lstm_groups=1, lstm_pattern="random", lstm_pattern_share=0.6)
+    _trainer(tmp_path / "spelled", spelled, max_steps=2).fit(LSTMLM(), data)
+    assert spelled.record.at(1).fallen_back == {}
+
+
 def test_no_sites_warns_and_trains_unchanged(tmp_path) -> None:
     pl.seed_everything(0)
     plain = NoSites()

@@ -6,7 +6,14 @@ import pytest
 from torch import nn
 
 from lightning_ard import ARDConfig
-from lightning_ard.lstm_policy import AUTO_LSTM, AUTO_LSTM_REASON, lstm_policy
+from lightning_ard.lstm_policy import (
+    AUTO_LSTM,
+    AUTO_LSTM_MAX_BATCH,
+    AUTO_LSTM_REASON,
+    auto_lstm_batch_reason,
+    lstm_policy,
+)
+from lightning_ard.planning import bound_lstm_batch, build_plan
 from lightning_ard.sites import find_sites
 
 
@@ -78,3 +85,23 @@ def test_the_study_arm_is_the_defaults(p: float) -> None:
     defaults = build_plan(model, ARDConfig(p=p)).to_dict()
     spelled = build_plan(model, ARDConfig(p=p, **AUTO_LSTM)).to_dict()
     assert defaults["sites"] == spelled["sites"] and defaults["skipped"] == spelled["skipped"] == []
+
+
+def test_the_automatic_setting_falls_back_above_the_studied_batch() -> None:
+    """An LSTM reading more sequences than the study measured: its sites (and the decoder's, sharing their module)
+    run as nn.Dropout with the reason; at the studied batch, unmeasured, or spelled out by the user: unchanged."""
+    plan = build_plan(LM(), ARDConfig())
+    big = AUTO_LSTM_MAX_BATCH + 1
+    fell = bound_lstm_batch(plan, {"lstm": big})
+    why = auto_lstm_batch_reason("lstm", big)
+    assert fell.fallen_back == {"drop_in": why, "lstm.l1": why}  # drop_out is its own module: still served
+    assert [sp.name for sp in fell.served] == ["drop_out"]
+    assert why == (
+        f"LSTM 'lstm' reads {big} sequences a step; the LSTM study qualified the automatic setting up to batch "
+        f"{AUTO_LSTM_MAX_BATCH} (docs/results.md); set lstm_groups=1, lstm_pattern='random', lstm_pattern_share=0.6 "
+        "to serve it at this batch"
+    )
+    for batches in ({"lstm": AUTO_LSTM_MAX_BATCH}, {"lstm": None}, {}):
+        assert bound_lstm_batch(plan, batches) is plan
+    spelled = build_plan(LM(), ARDConfig(**AUTO_LSTM))
+    assert bound_lstm_batch(spelled, {"lstm": big}) is spelled
