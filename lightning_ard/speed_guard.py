@@ -175,8 +175,8 @@ class SpeedGuard:
 
     def _bound_lstm_batch(self, plan: ARDPlan) -> ARDPlan:
         """The automatic LSTM setting off (nn.Dropout, said once per site) where an LSTM's batch is above the
-        batch the LSTM study measured it at."""
-        bounded = bound_lstm_batch(plan, self.controller.lstm_batches())
+        batch the LSTM study measured it at (rank 0's batches decide for all ranks)."""
+        bounded = bound_lstm_batch(plan, self.broadcast(self.controller.lstm_batches()))
         for name in [n for n in bounded.fallen_back if n not in plan.fallen_back]:
             self.notify(f"ApproximateDropout: site {name!r} runs as nn.Dropout for the rest of the fit: "
                         f"{bounded.fallen_back[name]}")  # fmt: skip
